@@ -1,0 +1,113 @@
+"""Timing, peak-memory and reporting helpers shared by the benchmarks.
+
+Peak memory is the extra memory an operation needs beyond its inputs: on CUDA from the
+allocator's peak counter, on the CPU from the process's resident-set high-water mark, reset
+through ``/proc/self/clear_refs`` before each measurement (Linux).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(
+    fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1
+) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Memory ``fn()`` needs above what is allocated before it runs (its inputs)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    result = fn()
+    peak = _status_kib("VmHWM")
+    del result
+    return max(0, peak - before) * 1024
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "-")
+    return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def write_results(
+    benchmark: str, device: torch.device, rows: list[dict], extra: dict | None = None
+) -> Path:
+    """Write ``rows`` as JSON under ``benchmarks/results/`` and return the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{benchmark}-{machine_name(device)}-{today()}.json"
+    payload = {
+        "benchmark": benchmark,
+        "machine": machine_name(device),
+        "date": today(),
+        "torch": torch.__version__,
+        "rows": rows,
+        **(extra or {}),
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``rows`` restricted to ``columns``."""
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)

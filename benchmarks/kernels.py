@@ -1,0 +1,167 @@
+"""Vocabulary ops side by side with the reference algorithms, in one run.
+
+(a) One denoising step: token choice + confidence + selection on the same logits
+    ``[B*L, V]`` (B=4, L=512). Baseline: LLaDA's reference step (float64 softmax over the
+    whole sequence, gather, a ``torch.topk`` loop over rows).
+(b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768. Baseline: naive
+    ``log_softmax(h @ W.T).gather``; once with a frozen head (gradient w.r.t. hidden, MOSA's
+    LoRA case) and once with a trainable head.
+
+Each row gives the median time and the peak extra memory, and their ratios against the
+baseline measured in the same run. Usage: ``python benchmarks/kernels.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_table, machine_name, median_seconds, peak_bytes, write_results  # noqa: E402
+
+from mosa_kernels import available_backends, sample_tokens, select_transfer, token_logprobs  # noqa: E402
+
+
+@contextmanager
+def forced_backend(name: str):
+    previous = os.environ.get("MOSA_BACKEND")
+    os.environ["MOSA_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MOSA_BACKEND", None)
+        else:
+            os.environ["MOSA_BACKEND"] = previous
+
+
+def benchmark_backends(device: torch.device) -> list[str]:
+    # The Triton interpreter is a correctness tool, not something to time.
+    return [b for b in available_backends(device) if not (b == "triton" and device.type == "cpu")]
+
+
+def llada_reference_step(logits, mask_index, block_end, num_transfer):
+    """LLaDA's generate() step at temperature 0 with low-confidence remasking."""
+    x0 = torch.argmax(logits, dim=-1)
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    x0_p = torch.gather(p, dim=-1, index=x0[..., None])[..., 0]
+    x0_p[:, block_end:] = float("-inf")
+    confidence = torch.where(mask_index, x0_p, float("-inf"))
+    transfer = torch.zeros_like(x0, dtype=torch.bool)
+    for j in range(confidence.shape[0]):
+        _, select_index = torch.topk(confidence[j], k=int(num_transfer[j]))
+        transfer[j, select_index] = True
+    return x0, transfer
+
+
+def fused_step(logits, mask_index, block_end, num_transfer):
+    batch, length, vocab = logits.shape
+    tokens, confidence = sample_tokens(logits.view(batch * length, vocab))
+    in_block = torch.arange(length, device=logits.device) < block_end
+    transfer = select_transfer(
+        confidence.view(batch, length), mask_index & in_block, k=num_transfer
+    )
+    return tokens.view(batch, length), transfer
+
+
+def select_step_rows(device, vocab_sizes, batch, length, repeats):
+    rows = []
+    for vocab in vocab_sizes:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        logits = (torch.randn(batch, length, vocab, generator=gen) * 4).to(device)
+        mask_index = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        mask_index[:, length // 2 :] = True
+        block_end = length // 2 + 32
+        num_transfer = torch.full((batch,), 2, dtype=torch.int64, device=device)
+        args = (logits, mask_index, block_end, num_transfer)
+        base_t, base_m = _measure(functools.partial(llada_reference_step, *args), device, repeats)
+        expected = llada_reference_step(*args)
+        rows.append(
+            _row("select step", f"V={vocab}", "llada-reference", base_t, base_m, base_t, base_m)
+        )
+        for backend in benchmark_backends(device):
+            with forced_backend(backend):
+                got = fused_step(*args)
+                same = bool((got[0] == expected[0]).all() and (got[1] == expected[1]).all())
+                t, m = _measure(functools.partial(fused_step, *args), device, repeats)
+            rows.append(_row("select step", f"V={vocab}", backend, t, m, base_t, base_m, same))
+        del logits
+    return rows
+
+
+def _naive_logprobs(hidden, weight, targets):
+    return torch.log_softmax(hidden @ weight.T, dim=-1).gather(1, targets[:, None])[:, 0]
+
+
+def _forward_backward(logprobs_fn, hidden, weight, targets, upstream):
+    hidden.grad = weight.grad = None
+    (logprobs_fn(hidden, weight, targets) * upstream).sum().backward()
+
+
+def _measure(fn, device, repeats):
+    return median_seconds(fn, device, repeats), peak_bytes(fn, device)
+
+
+def logprob_rows(device, n, d, vocab, repeats):
+    rows = []
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    base_hidden = (torch.randn(n, d, generator=gen) / d**0.5).to(device)
+    base_weight = torch.randn(vocab, d, generator=gen).to(device)
+    targets = torch.randint(0, vocab, (n,), generator=gen).to(device)
+    upstream = torch.randn(n, generator=gen).to(device)
+    for head in ("frozen head", "trainable head"):
+        hidden = base_hidden.clone().requires_grad_(True)
+        weight = base_weight.clone().requires_grad_(head == "trainable head")
+        tensors = (hidden, weight, targets, upstream)
+        naive = functools.partial(_forward_backward, _naive_logprobs, *tensors)
+        base_t, base_m = _measure(naive, device, repeats)
+        rows.append(_row("token_logprobs fwd+bwd", head, "naive", base_t, base_m, base_t, base_m))
+        for backend in benchmark_backends(device):
+            with forced_backend(backend):
+                fused = functools.partial(_forward_backward, token_logprobs, *tensors)
+                t, m = _measure(fused, device, repeats)
+            rows.append(_row("token_logprobs fwd+bwd", head, backend, t, m, base_t, base_m))
+    return rows
+
+
+def _row(op, case, impl, seconds, peak, base_seconds, base_peak, same=None):
+    row = {
+        "op": op,
+        "case": case,
+        "impl": impl,
+        "ms": seconds * 1e3,
+        "speedup": base_seconds / seconds,
+        "peak_MiB": peak / 2**20,
+        "peak_ratio": peak / base_peak if base_peak else float("nan"),
+    }
+    if same is not None:
+        row["same_output"] = same
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    repeats = 3 if args.quick or device.type == "cpu" else 10
+    vocab_sizes = [32768] if args.quick else [32768, 126464]
+    rows = select_step_rows(device, vocab_sizes, batch=4, length=512, repeats=repeats)
+    rows += logprob_rows(device, n=4096, d=1024, vocab=32768, repeats=repeats)
+    path = write_results("kernels", device, rows)
+    print(f"## Vocabulary kernels on {machine_name(device)}\n")
+    columns = ["op", "case", "impl", "ms", "speedup", "peak_MiB", "peak_ratio", "same_output"]
+    print(format_table(rows, columns))
+    print(f"\nspeedup and peak_ratio are against the first row of each case; written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

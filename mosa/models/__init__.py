@@ -1,0 +1,31 @@
+"""LLaDA and Dream as plain ``nn.Module``s that load real Hugging Face checkpoint folders.
+
+``load_model(path)`` reads ``config.json`` and safetensors shards directly (no
+``trust_remote_code``); ``model(input_ids, attention_mask)`` returns hidden states after the
+final norm, and logits on request; ``lm_head_weight`` feeds the fused ops; a ``KVCache``
+serves the sampler's prefix and dual caching. Parameter names are the checkpoints' own, so
+LoRA adapters made with ``peft`` load on the original models too.
+"""
+
+from .base import DiffusionLM, DiffusionLMOutput
+from .cache import KVCache
+from .config import DreamConfig, LLaDAConfig
+from .dream import DreamModel
+from .llada import LLaDAModel
+from .loading import build_model, load_model
+from .presets import DREAM_7B, LLADA_8B, PRESETS
+
+__all__ = [
+    "DREAM_7B",
+    "LLADA_8B",
+    "PRESETS",
+    "DiffusionLM",
+    "DiffusionLMOutput",
+    "DreamConfig",
+    "DreamModel",
+    "KVCache",
+    "LLaDAConfig",
+    "LLaDAModel",
+    "build_model",
+    "load_model",
+]

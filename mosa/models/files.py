@@ -1,0 +1,227 @@
+"""Reading and writing Hugging Face checkpoint folders (safetensors only).
+
+A folder holds ``config.json`` and either one ``model.safetensors`` or shards listed by
+``model.safetensors.index.json`` (``{"metadata": {...}, "weight_map": {name: shard}}``). Every
+name, shard and shape is checked against what the model expects before any tensor is read,
+and each problem is a ValueError that names it. Pickle checkpoints are never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 64 << 20
+_SHOWN = 5
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(sorted(names)[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _read_index(folder: Path) -> dict[str, str]:
+    """``weight_map`` of the index, each shard checked to be a file name inside ``folder``."""
+    path = folder / INDEX_FILE
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_INDEX_BYTES} bytes; not a weight index")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{path} has no weight_map object naming the shard of every tensor")
+    for name, shard in weight_map.items():
+        if (
+            not isinstance(shard, str)
+            or Path(shard).name != shard
+            or not shard.endswith(".safetensors")
+        ):
+            raise ValueError(
+                f"{path}: tensor {name!r} maps to {shard!r}; shards must be .safetensors file "
+                "names inside the checkpoint folder"
+            )
+    return weight_map
+
+
+def _tensor_locations(folder: Path) -> dict[str, Path]:
+    """Which file holds each tensor of the checkpoint in ``folder``."""
+    if (folder / INDEX_FILE).is_file():
+        weight_map = _read_index(folder)
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise ValueError(f"{folder}: shard {shard} listed in {INDEX_FILE} is missing")
+        return {name: folder / shard for name, shard in weight_map.items()}
+    if (folder / SINGLE_FILE).is_file():
+        with _open(folder / SINGLE_FILE) as handle:
+            return dict.fromkeys(handle.keys(), folder / SINGLE_FILE)
+    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+        p.name for p in folder.glob("*.pt")
+    )
+    hint = (
+        f" (found {', '.join(pickles)}: pickle checkpoints are not loaded; convert them to safetensors)"
+        if pickles
+        else ""
+    )
+    raise ValueError(f"{folder} has neither {INDEX_FILE} nor {SINGLE_FILE}{hint}")
+
+
+def _open(path: Path, device: str = "cpu"):
+    try:
+        return safe_open(str(path), framework="pt", device=device)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+
+
+def read_state_dict(
+    folder: Path, expected: Mapping[str, torch.Size], dtype: torch.dtype, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Loads every tensor ``expected`` names, as ``dtype`` on ``device``, after checking them all.
+
+    Raises ValueError for a missing shard, a tensor the index lists but its shard lacks, a
+    name the model does not have (unknown key), a name the checkpoint lacks, or a shape that
+    differs from ``expected``.
+    """
+    locations = _tensor_locations(folder)
+    unknown = [name for name in locations if name not in expected]
+    if unknown:
+        raise ValueError(
+            f"{folder} holds tensors this model does not have: {_listing(unknown)}; "
+            f"the model's names look like {next(iter(expected))!r} — is config.json the right one?"
+        )
+    missing = [name for name in expected if name not in locations]
+    if missing:
+        raise ValueError(f"{folder} lacks tensors the model needs: {_listing(missing)}")
+    by_file: dict[Path, list[str]] = {}
+    for name, path in locations.items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        with _open(path) as handle:
+            present = set(handle.keys())
+            for name in names:
+                if name not in present:
+                    raise ValueError(
+                        f"{path.name} lacks tensor {name!r} that {INDEX_FILE} places there"
+                    )
+                shape = torch.Size(handle.get_slice(name).get_shape())
+                if shape != expected[name]:
+                    raise ValueError(
+                        f"tensor {name!r} in {path.name} has shape {tuple(shape)} but the config "
+                        f"gives {tuple(expected[name])}"
+                    )
+    state = {}
+    for path, names in by_file.items():
+        with _open(path, device=str(device)) as handle:
+            for name in names:
+                state[name] = handle.get_tensor(name).to(dtype)
+    return state
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _shards(
+    state: Mapping[str, torch.Tensor], max_shard_bytes: int
+) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
+
+
+def _written_here(name: str) -> bool:
+    """Files ``write_checkpoint`` owns: config, index and weights (stale shards included)."""
+    return name in ("config.json", INDEX_FILE) or (
+        name.startswith("model") and name.endswith(".safetensors")
+    )
+
+
+def _write_weights(folder: Path, state: Mapping[str, torch.Tensor], max_shard_bytes: int) -> None:
+    shards = _shards(state, max_shard_bytes)
+    names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    )
+    weight_map = {}
+    for name, shard in zip(names, shards, strict=True):
+        on_cpu = {k: v.detach().to("cpu").contiguous() for k, v in shard.items()}
+        save_file(on_cpu, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        _write_json(
+            folder / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map}
+        )
+
+
+def write_checkpoint(
+    folder: Path, config: dict[str, Any], state: Mapping[str, torch.Tensor], max_shard_bytes: int
+) -> None:
+    """Writes ``config.json`` and the weights (one file, or shards + index) atomically.
+
+    Everything is written and fsynced in a temporary sibling folder that then replaces
+    ``folder``, so a reader never sees a half-written checkpoint. Files already in ``folder``
+    that this function does not write (tokenizer, generation config, ...) are carried over.
+    """
+    if max_shard_bytes < 1:
+        raise ValueError(
+            f"max_shard_size must be a positive number of bytes, got {max_shard_bytes}"
+        )
+    folder = Path(folder).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        _write_json(staging / "config.json", config)
+        _write_weights(staging, state, max_shard_bytes)
+        for path in staging.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        if folder.exists():
+            for path in folder.iterdir():
+                if not _written_here(path.name):
+                    copy = shutil.copytree if path.is_dir() else shutil.copy2
+                    copy(path, staging / path.name)
+            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, retired / folder.name)
+            os.replace(staging, folder)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, folder)
+        _fsync_dir(folder.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

@@ -1,0 +1,135 @@
+"""``load_model`` (a checkpoint folder) and ``build_model`` (random weights from a config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import DiffusionLM
+from .config import DreamConfig, LLaDAConfig, read_config_json
+from .dream import DreamModel
+from .files import read_state_dict
+from .llada import LLaDAModel
+from .presets import PRESETS
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def model_class(config: dict[str, Any], source: str = "config") -> type[DiffusionLM]:
+    """The family of a parsed ``config.json``, from ``model_type`` (else ``architectures``)."""
+    model_type = config.get("model_type")
+    architectures = config.get("architectures")
+    if not isinstance(architectures, list):
+        architectures = []
+    if model_type == "llada" or (model_type is None and "LLaDAModelLM" in architectures):
+        return LLaDAModel
+    if model_type == "Dream" or (model_type is None and "DreamModel" in architectures):
+        return DreamModel
+    raise ValueError(
+        f"{source}: unknown model type {model_type!r} (architectures {architectures}); "
+        "mosa.models loads model_type 'llada' (LLaDAModelLM) and 'Dream' (DreamModel)"
+    )
+
+
+def _config_of(cls: type[DiffusionLM], data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
+    return (LLaDAConfig if cls is LLaDAModel else DreamConfig).from_dict(data)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or the current CUDA device when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``dtype`` (a torch dtype or a name such as "bf16"), by default bf16 on CUDA, else fp32."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+        return _DTYPES[dtype]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype or its name, got {dtype!r}")
+    return dtype
+
+
+def _empty_model(cls: type[DiffusionLM], config: Any) -> DiffusionLM:
+    with torch.device("meta"):
+        return cls(config)
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> DiffusionLM:
+    """Loads a LLaDA or Dream checkpoint folder (``config.json`` + safetensors) for inference.
+
+    The family comes from ``config.json``; the weights are read straight to ``device`` as
+    ``dtype`` (defaults: the current CUDA device in bf16 when there is one, else the CPU in
+    fp32), without ``trust_remote_code``. The model is returned in eval mode.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a checkpoint folder")
+    data = read_config_json(folder)
+    cls = model_class(data, str(folder / "config.json"))
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    model = _empty_model(cls, _config_of(cls, data))
+    shapes = {name: t.shape for name, t in model.state_dict().items()}
+    model.load_state_dict(read_state_dict(folder, shapes, dtype, device), assign=True)
+    model.name_or_path = str(folder)
+    return model.eval()
+
+
+def build_model(
+    config: str | dict[str, Any] | LLaDAConfig | DreamConfig,
+    *,
+    device: str | torch.device = "meta",
+    dtype: str | torch.dtype | None = None,
+    seed: int = 0,
+) -> DiffusionLM:
+    """A model with the shapes of ``config`` and random weights (none on the meta device).
+
+    ``config``: a preset name (``"llada-8b"``, ``"dream-7b"``), a ``config.json`` dict or a
+    config object. Weights are N(0, 0.02) from ``seed`` (``DiffusionLM.reset_parameters``).
+    """
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}; presets: {', '.join(PRESETS)}")
+        config = PRESETS[config]
+    if isinstance(config, dict):
+        cls = model_class(config)
+        config = _config_of(cls, config)
+    elif isinstance(config, LLaDAConfig | DreamConfig):
+        cls = LLaDAModel if isinstance(config, LLaDAConfig) else DreamModel
+    else:
+        raise TypeError(
+            f"config must be a preset name, a dict or a model config, got {type(config).__name__}"
+        )
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype, device)
+    model = _empty_model(cls, config)
+    if device.type == "meta":
+        return model.to(dtype)
+    empty = {
+        name: torch.empty(t.shape, dtype=dtype, device=device)
+        for name, t in model.state_dict().items()
+    }
+    model.load_state_dict(empty, assign=True)
+    model.reset_parameters(generator=torch.Generator(device=device).manual_seed(seed))
+    return model

@@ -1,0 +1,7 @@
+"""Samplers for masked diffusion LMs: LLaDA's ``generate`` and Dream's ``diffusion_generate``."""
+
+from .dream import diffusion_generate
+from .llada import generate
+from .output import GenerateOutput
+
+__all__ = ["GenerateOutput", "diffusion_generate", "generate"]

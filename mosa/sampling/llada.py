@@ -1,0 +1,184 @@
+"""``generate``: LLaDA's reference sampler, token for token, plus the fast modes."""
+
+from __future__ import annotations
+
+import torch
+
+from mosa_kernels import sample_tokens, select_transfer
+from mosa_kernels.random import seed_from
+
+from .canvas import build_canvas, first_masked_position
+from .output import GenerateOutput
+from .predictor import Predictor, model_token_id
+from .schedule import llada_transfer_counts
+
+LLADA_MASK_ID = 126336
+LLADA_EOS_ID = 126081
+LLADA_EOT_ID = 126348
+REMASKING = ("low_confidence", "random")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    steps: int = 128,
+    gen_length: int = 128,
+    block_length: int = 128,
+    temperature: float = 0.0,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    mask_id: int | None = None,
+    logits_eos_inf: bool = False,
+    confidence_eos_eot_inf: bool = False,
+    threshold: float | None = None,
+    factor: float | None = None,
+    cache: str | None = None,
+    stop_at_eos: bool = False,
+    generator: torch.Generator | None = None,
+    return_trace: bool = False,
+    *,
+    response: torch.Tensor | None = None,
+    eos_id: int | None = None,
+    eot_id: int | None = None,
+) -> torch.Tensor | GenerateOutput:
+    """Sample a response with LLaDA's semi-autoregressive, low-confidence-remasking sampler.
+
+    With the defaults (temperature 0, no cache, no threshold) the result equals LLaDA's
+    published ``generate()`` token for token, with two documented differences: confidence
+    ties are broken towards the lower position (``torch.topk`` leaves their order
+    unspecified), and padding is masked in attention.
+
+    Args:
+        model: a ``mosa`` model (fused path: hidden states of the active window only, fused
+            LM head and selection) or any model whose forward returns ``.logits``.
+        prompt: ``int[B, P]``, left-padded when rows differ (give ``attention_mask``).
+        steps, gen_length, block_length: ``gen_length % block_length == 0`` and
+            ``steps % (gen_length // block_length) == 0``; each block gets an equal share.
+        temperature: 0 for greedy; > 0 samples by Gumbel-max (counter-based noise seeded from
+            ``generator``, so runs repeat).
+        cfg_scale: classifier-free guidance; the unconditional pass masks the prompt.
+        remasking: ``'low_confidence'`` or ``'random'``.
+        mask_id: defaults to the model's ``mask_token_id`` (LLaDA's 126336 otherwise).
+        logits_eos_inf: EOS never sampled. confidence_eos_eot_inf: LLaDA's quirk — after the
+            token is chosen, EoT (and at temperature 0 also EOS) leave the confidence softmax,
+            so choosing them gives confidence 0.
+        threshold / factor: Fast-dLLM parallel decoding — each step commits every masked
+            position of the block whose confidence passes the rule (at least one); blocks run
+            until filled and ``steps`` is not used.
+        cache: ``None``, ``'prefix'`` or ``'dual'`` (approximate, as in Fast-dLLM): keys and
+            values are recomputed for the whole sequence at each block start only.
+        stop_at_eos: at block boundaries, a row whose response has a committed EOS with
+            nothing masked before it is finished: its masked positions become EOS and it
+            leaves the batch.
+        generator: CPU ``torch.Generator`` for temperature > 0 and random remasking.
+        return_trace: return a ``GenerateOutput`` with the step each position was committed.
+        response: optional ``int[G]``/``int[B, G]`` initial response; ids other than
+            ``mask_id`` are fixed tokens, never remasked.
+        eos_id, eot_id: default to the model config's, else LLaDA's 126081 / 126348.
+
+    Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
+    """
+    mask_id = model_token_id(model, "mask_token_id", LLADA_MASK_ID) if mask_id is None else mask_id
+    eos_id = model_token_id(model, "eos_token_id", LLADA_EOS_ID) if eos_id is None else eos_id
+    eot_id = model_token_id(model, "eot_token_id", LLADA_EOT_ID) if eot_id is None else eot_id
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+        raise ValueError(f"block_length must be a positive int, got {block_length!r}")
+    if gen_length % block_length:
+        raise ValueError(
+            f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
+        )
+    num_blocks = gen_length // block_length
+    if threshold is not None and factor is not None:
+        raise ValueError("give threshold or factor, not both")
+    parallel = threshold is not None or factor is not None
+    if not parallel and (steps < num_blocks or steps % num_blocks):
+        raise ValueError(
+            f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})"
+        )
+    canvas = build_canvas(prompt, attention_mask, gen_length, mask_id, response)
+    predictor = Predictor(
+        model, mask_id=mask_id, cfg_scale=cfg_scale, cache=cache, shift_logits=False
+    )
+    vocab = predictor.weight.shape[0] if predictor.fused else None
+    suppress = [eos_id] if logits_eos_inf else []
+    exclude = ([eos_id, eot_id] if temperature == 0 else [eot_id]) if confidence_eos_eot_inf else []
+    for name, ids in (("logits_eos_inf", suppress), ("confidence_eos_eot_inf", exclude)):
+        if vocab is not None and any(not 0 <= i < vocab for i in ids):
+            raise ValueError(
+                f"{name} needs eos_id/eot_id inside the vocabulary ({vocab}); pass them explicitly"
+            )
+
+    x, prompt_length = canvas.x, canvas.prompt_length
+    batch = x.shape[0]
+    steps_per_block = steps // num_blocks
+    commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=x.device)
+    active = torch.arange(batch, device=x.device)
+    step_count = 0
+
+    for block in range(num_blocks):
+        start = prompt_length + block * block_length
+        end = start + block_length
+        if stop_at_eos and block > 0:
+            active = _drop_finished(x, active, prompt_length, start, mask_id, eos_id)
+            if active.numel() == 0:
+                break
+        rows_x, rows_trace = x[active], commit_step[active]
+        rows_mask = None if canvas.attention_mask is None else canvas.attention_mask[active]
+        # Positions left of the block stay candidates while masked (prompt masks, or a model
+        # that predicted the mask token), as in the reference; one host read per block.
+        window = first_masked_position(rows_x[:, :start], mask_id, default=start)
+        counts = (
+            None
+            if parallel
+            else llada_transfer_counts(rows_x[:, start:end] == mask_id, steps_per_block)
+        )
+        budget = block_length if parallel else steps_per_block
+        for i in range(budget):
+            is_masked = rows_x[:, window:end] == mask_id
+            if parallel and not bool(is_masked.any()):
+                break
+            rows, rows_uncond = predictor.rows(
+                rows_x, rows_mask, prompt_length, window, end, refresh=i == 0
+            )
+            needs_noise = temperature > 0 or remasking == "random"
+            token, conf = sample_tokens(
+                rows, predictor.weight, x_uncond=rows_uncond, cfg_scale=cfg_scale,
+                temperature=temperature, confidence="prob" if remasking == "low_confidence" else "random",
+                suppress=suppress, exclude_from_confidence=exclude,
+                seed=seed_from(generator) if needs_noise else 0,
+            )  # fmt: skip
+            if parallel:
+                commit = select_transfer(conf, is_masked, threshold=threshold, factor=factor)
+            else:
+                commit = select_transfer(conf, is_masked, k=counts[:, i])
+            rows_x[:, window:end] = torch.where(commit, token, rows_x[:, window:end])
+            in_response = commit[:, max(prompt_length - window, 0) :]
+            rows_trace[:, max(window - prompt_length, 0) : end - prompt_length].masked_fill_(
+                in_response, step_count
+            )
+            step_count += 1
+        x[active], commit_step[active] = rows_x, rows_trace
+
+    if not return_trace:
+        return x
+    return GenerateOutput(sequences=x, commit_step=commit_step, steps=step_count)
+
+
+def _drop_finished(x, active, prompt_length, start, mask_id, eos_id):
+    """Fills finished rows with EOS and returns the rows still generating."""
+    response = x[active, prompt_length:start]
+    is_eos = response == eos_id
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), response.shape[1])
+    position = torch.arange(response.shape[1], device=x.device)[None]
+    masked_before = ((response == mask_id) & (position < first_eos[:, None])).any(dim=1)
+    finished = has_eos & ~masked_before
+    if bool(finished.any()):
+        rows = active[finished]
+        tail = x[rows, prompt_length:]
+        x[rows, prompt_length:] = torch.where(tail == mask_id, torch.full_like(tail, eos_id), tail)
+    return active[~finished]

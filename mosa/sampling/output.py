@@ -1,0 +1,28 @@
+"""What the samplers return when asked for more than the sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GenerateOutput:
+    """The result of ``generate(..., return_trace=True)`` / ``diffusion_generate(...,
+    return_dict_in_generate=True)``.
+
+    Attributes:
+        sequences: ``int64[B, P + G]``, prompt included.
+        commit_step: ``int64[B, G]``, the step (counted over the whole generation, from 0) at
+            which each response position was committed; -1 where the model never committed
+            it (fixed tokens, positions filled by ``stop_at_eos``). Sorting positions by it
+            gives the decoding order.
+        steps: the number of denoising steps run.
+        history: the canvas after every step (Dream's ``output_history``), or None.
+    """
+
+    sequences: torch.Tensor
+    commit_step: torch.Tensor
+    steps: int
+    history: list[torch.Tensor] | None = None

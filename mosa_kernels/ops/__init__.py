@@ -1,0 +1,1 @@
+"""Public ops: argument checks, chunking and autograd around the backend kernels."""

@@ -1,0 +1,79 @@
+"""``attention``: bidirectional masked attention (DESIGN §4.1)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import backend_name
+from ..reference.attention import attention as reference_attention
+from ._checks import check_same_device, check_tensor
+
+TRITON_HEAD_DIMS = (32, 64, 128)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Non-causal attention with a key mask, in the layout projections produce.
+
+    Args:
+        q: ``[B, Lq, Hq, D]``; k, v: ``[B, Lk, Hkv, D]`` with ``Hq % Hkv == 0`` (GQA) and
+            ``Lq <= Lk`` allowed (a query block over a longer cached K/V). The Triton backend
+            takes D in {32, 64, 128} and fp32/fp16/bf16.
+        key_valid: ``bool[B, Lk]``, True where a key may be attended (any pattern; left
+            padding is the common case). A batch item with no valid key outputs zeros.
+        scale: softmax scale, default ``D ** -0.5``.
+
+    Returns ``[B, Lq, Hq, D]`` in q's dtype; differentiable w.r.t. q, k and v.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim_min=4, floating=True)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, L, H, D], got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(
+            f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    batch, _, q_heads, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(
+            f"k/v {tuple(k.shape)} do not match q {tuple(q.shape)} in batch or head dim"
+        )
+    if q_heads % k.shape[2]:
+        raise ValueError(
+            f"q heads ({q_heads}) must be a multiple of k/v heads ({k.shape[2]}) for GQA"
+        )
+    if key_valid is not None:
+        if not isinstance(key_valid, torch.Tensor):
+            raise TypeError(f"key_valid must be a torch.Tensor, got {type(key_valid).__name__}")
+        if key_valid.dtype != torch.bool or key_valid.shape != (batch, k.shape[1]):
+            raise ValueError(
+                f"key_valid must be bool [B, Lk] = {(batch, k.shape[1])}, "
+                f"got {key_valid.dtype} {tuple(key_valid.shape)}"
+            )
+    device = check_same_device(q=q, k=k, v=v, key_valid=key_valid)
+    if scale is None:
+        scale = head_dim**-0.5
+    if backend_name(device) != "triton":
+        return reference_attention(q, k, v, key_valid, scale)
+    if head_dim not in TRITON_HEAD_DIMS:
+        raise ValueError(
+            f"the Triton attention kernel takes head dim D in {TRITON_HEAD_DIMS}, got {head_dim}; "
+            "pad the heads or use MOSA_BACKEND=torch"
+        )
+    if q.dtype not in TRITON_DTYPES:
+        raise TypeError(
+            f"the Triton attention kernel takes float32, float16 or bfloat16, got {q.dtype}; "
+            "cast the inputs or use MOSA_BACKEND=torch"
+        )
+    from ..triton_kernels.attention import attention as triton_attention
+
+    return triton_attention(q, k, v, key_valid, scale)

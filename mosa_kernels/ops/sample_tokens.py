@@ -1,0 +1,131 @@
+"""``sample_tokens``: token choice and confidence in one pass over the vocabulary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .. import torch_kernels as layout
+from ..dispatch import kernels_for
+from ..random import RANDOM_CONFIDENCE_COLUMN, seed_from, uniform
+from ._checks import check_same_device, check_tensor, id_tensor
+
+CONFIDENCES = ("prob", "margin", "neg_entropy", "random")
+_VOCAB_CHUNK_BYTES = 32 << 20
+
+
+def sample_tokens(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    x_uncond: torch.Tensor | None = None,
+    cfg_scale: float = 0.0,
+    temperature: float = 0.0,
+    confidence: str = "prob",
+    tempered_confidence: bool = False,
+    suppress: Sequence[int] | torch.Tensor = (),
+    exclude_from_confidence: Sequence[int] | torch.Tensor = (),
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    vocab_chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose a token per row and its confidence, without materialising probabilities.
+
+    Args:
+        x: logits ``[..., V]``, or hidden states ``[..., d]`` when ``weight`` is given.
+        weight: LM-head weight ``[V, d]``; logits are then made chunk by chunk and never
+            stored whole.
+        x_uncond: the unconditional logits/hidden states for classifier-free guidance;
+            the logits become ``u + (cfg_scale + 1) (l - u)``.
+        temperature: 0 picks the argmax (lowest id on ties, as ``torch.argmax``); T > 0
+            samples from ``softmax(l / T)`` by Gumbel-max with counter-based noise, the same
+            distribution as LLaDA's ``exp(l) / (-log u)^T``.
+        confidence: ``'prob'`` (probability of the chosen token), ``'margin'`` (top-1 minus
+            top-2 probability, Dream ``topk_margin``), ``'neg_entropy'`` (sum p log p, Dream
+            ``entropy``) or ``'random'`` (uniform, LLaDA random remasking).
+        tempered_confidence: compute the confidence from ``softmax(l / T)`` (Dream) instead of
+            the un-tempered ``softmax(l)`` (LLaDA).
+        suppress: token ids whose logits are -inf before sampling (LLaDA ``logits_eos_inf``).
+        exclude_from_confidence: ids left out of the confidence distribution *after* the
+            token is chosen; a chosen excluded id gets probability 0 (LLaDA
+            ``confidence_eos_eot_inf``).
+        generator / seed: the source of randomness for T > 0 and ``'random'``; a CPU
+            generator or an int. With neither, torch's default CPU generator is used.
+        vocab_chunk: vocabulary columns per chunk in the fused-linear form.
+
+    Returns:
+        ``(token int64[...], confidence float32[...])`` over the leading dimensions of ``x``.
+    """
+    check_tensor("x", x, floating=True)
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
+    if not (temperature >= 0 and temperature != float("inf")):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if x_uncond is not None:
+        check_tensor("x_uncond", x_uncond, floating=True)
+        if x_uncond.shape != x.shape or x_uncond.dtype != x.dtype:
+            raise ValueError(
+                f"x_uncond must match x in shape and dtype: {tuple(x_uncond.shape)} "
+                f"{x_uncond.dtype} vs {tuple(x.shape)} {x.dtype}"
+            )
+    if weight is not None:
+        check_tensor("weight", weight, ndim_min=2, floating=True)
+        if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+            raise ValueError(
+                f"weight must be [V, d] with d = x.shape[-1] = {x.shape[-1]}, "
+                f"got {tuple(weight.shape)}"
+            )
+        if weight.dtype != x.dtype:
+            raise TypeError(f"weight is {weight.dtype} but x is {x.dtype}; cast one of them")
+    device = check_same_device(x=x, weight=weight, x_uncond=x_uncond)
+    vocab_size = weight.shape[0] if weight is not None else x.shape[-1]
+    suppress_ids = id_tensor("suppress", suppress, vocab_size, device)
+    exclude_ids = id_tensor("exclude_from_confidence", exclude_from_confidence, vocab_size, device)
+    if seed is None:
+        needs_noise = temperature > 0 or confidence == "random"
+        seed = seed_from(generator) if needs_noise else 0
+
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    rows_uncond = None if x_uncond is None else x_uncond.reshape(rows.shape).contiguous()
+    n = rows.shape[0]
+    state = torch.full((n, layout.STATE_WIDTH), float("-inf"), device=device)
+    state[:, layout.S] = 0.0
+    state[:, layout.E] = 0.0
+    best_index = torch.full((n,), -1, dtype=torch.int64, device=device)
+    if n == 0:
+        return best_index.reshape(lead), state[:, 0].reshape(lead)
+
+    kernels = kernels_for(device)
+
+    def fold(logits, logits_uncond, col_offset):
+        kernels.sample_update(
+            logits, logits_uncond, float(cfg_scale), col_offset, state, best_index,
+            float(temperature), bool(tempered_confidence), int(seed), suppress_ids, exclude_ids,
+        )  # fmt: skip
+
+    if weight is None:
+        fold(rows, rows_uncond, 0)
+    else:
+        if vocab_chunk is None:
+            vocab_chunk = max(1024, _VOCAB_CHUNK_BYTES // (n * rows.element_size()))
+        for start in range(0, vocab_size, vocab_chunk):
+            w = weight[start : start + vocab_chunk]
+            fold(rows @ w.T, None if rows_uncond is None else rows_uncond @ w.T, start)
+
+    conf = _confidence_from_state(state, confidence, seed)
+    return best_index.reshape(lead), conf.reshape(lead)
+
+
+def _confidence_from_state(state: torch.Tensor, confidence: str, seed: int) -> torch.Tensor:
+    top, total = state[:, layout.M], state[:, layout.S]
+    if confidence == "prob":
+        return torch.exp(state[:, layout.BEST_C] - top) / total
+    if confidence == "margin":
+        return (1.0 - torch.exp(state[:, layout.TOP2] - top)) / total
+    if confidence == "neg_entropy":
+        return state[:, layout.E] / total - torch.log(total)
+    rows = torch.arange(state.shape[0], device=state.device)
+    column = torch.tensor(RANDOM_CONFIDENCE_COLUMN, device=state.device)
+    return uniform(seed, rows, column).float()

@@ -1,0 +1,288 @@
+"""Log-probabilities of chosen tokens and per-row KL, chunked so no ``[N, V]`` tensor exists.
+
+``token_logprobs`` follows the cost note of DESIGN §4.3: the gradient w.r.t. ``hidden`` is
+``(sum_j g_ij W[t_ij] - (sum_j g_ij) E_p[W]) / T`` and ``E_p[W] = p @ W`` does not depend on
+the upstream gradient, so the forward pass accumulates it chunk by chunk. With a frozen head
+(LoRA) the backward then needs no matmul; a trainable head recomputes ``p`` once for ``dW``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..dispatch import kernels_for
+from ._checks import check_same_device, check_tensor, check_token_ids, rows_per_chunk
+
+_CHUNK_BYTES = 64 << 20
+
+
+def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(h, weight, bias)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, ignore_index, chunk):
+        kernels = kernels_for(hidden.device)
+        n, k = targets.shape
+        logp = torch.empty(n, k, dtype=torch.float32, device=hidden.device)
+        need_hidden_grad = ctx.needs_input_grad[0]
+        expected_w = (
+            torch.empty(n, weight.shape[1], dtype=torch.float32, device=hidden.device)
+            if need_hidden_grad
+            else None
+        )
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            logits = _linear(hidden[rows], weight, bias)
+            logp[rows], _ = kernels.logprob_rows(
+                logits, targets[rows], temperature, ignore_index, None, need_hidden_grad
+            )
+            if need_hidden_grad:
+                expected_w[rows] = logits @ weight  # logits now holds p
+        ctx.save_for_backward(hidden, weight, bias, targets, expected_w)
+        ctx.settings = (temperature, ignore_index, chunk)
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_logp):
+        hidden, weight, bias, targets, expected_w = ctx.saved_tensors
+        temperature, ignore_index, chunk = ctx.settings
+        keep = targets != ignore_index
+        g = torch.where(keep, grad_logp.float(), torch.zeros((), device=grad_logp.device))
+        safe_targets = torch.where(keep, targets, torch.zeros_like(targets))
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            picked = F.embedding_bag(
+                safe_targets, weight, per_sample_weights=g.to(weight.dtype), mode="sum"
+            )
+            grad_hidden = (picked.float() - g.sum(1, keepdim=True) * expected_w) / temperature
+            grad_hidden = grad_hidden.to(hidden.dtype)
+        if ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2]):
+            kernels = kernels_for(hidden.device)
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_bias = (
+                None
+                if bias is None
+                else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+            )
+            for start in range(0, hidden.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                logits = _linear(hidden[rows], weight, bias)
+                kernels.logprob_rows(
+                    logits, targets[rows], temperature, ignore_index, g[rows], False
+                )
+                grad_weight.addmm_(logits.T.float(), hidden[rows].float())
+                if grad_bias is not None:
+                    grad_bias += logits.float().sum(0)
+            grad_weight = grad_weight.to(weight.dtype)
+            grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def _check_head(hidden, weight, bias):
+    check_tensor("hidden", hidden, floating=True)
+    check_tensor("weight", weight, ndim_min=2, floating=True)
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must be [V, d] with d = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight is {weight.dtype} but hidden is {hidden.dtype}; cast one of them")
+    if bias is not None:
+        check_tensor("bias", bias, floating=True)
+        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
+            raise ValueError(
+                f"bias must be [{weight.shape[0]}] of dtype {weight.dtype}, got {tuple(bias.shape)} {bias.dtype}"
+            )
+
+
+def _check_temperature(temperature: float) -> float:
+    if not (temperature > 0 and temperature != float("inf")):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    return float(temperature)
+
+
+def _flatten_targets(targets: torch.Tensor, lead: torch.Size) -> tuple[torch.Tensor, bool]:
+    """Targets as ``[N, K]``; returns whether the caller gave one target per row."""
+    check_tensor("targets", targets, ndim_min=0, floating=False)
+    if targets.shape == lead:
+        return targets.reshape(-1, 1).to(torch.int64).contiguous(), True
+    if targets.dim() == len(lead) + 1 and targets.shape[:-1] == lead:
+        if targets.shape[-1] == 0:
+            raise ValueError("targets has K = 0 tokens per row; give at least one")
+        return targets.reshape(-1, targets.shape[-1]).to(torch.int64).contiguous(), False
+    raise ValueError(
+        f"targets must be shaped {tuple(lead)} (one token per row) or {tuple(lead)} + (K,), "
+        f"got {tuple(targets.shape)}"
+    )
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """``log softmax(hidden @ weight.T / T)[targets]`` without an ``[N, V]`` tensor.
+
+    Args:
+        hidden: ``[..., d]``; weight: the LM head ``[V, d]`` (optional ``bias [V]``).
+        targets: ``[...]`` (one token per row) or ``[..., K]`` (K tokens per row sharing one
+            log-sum-exp). ``ignore_index`` entries give 0 and no gradient.
+        chunk_rows: rows per chunk (default: as many as keep a chunk's logits near 64 MiB).
+
+    Returns float32 log-probabilities shaped like ``targets``; differentiable w.r.t.
+    ``hidden``, ``weight`` and ``bias``.
+    """
+    _check_head(hidden, weight, bias)
+    temperature = _check_temperature(temperature)
+    check_same_device(hidden=hidden, weight=weight, bias=bias, targets=targets)
+    lead = hidden.shape[:-1]
+    flat_targets, single = _flatten_targets(targets, lead)
+    check_token_ids("targets", flat_targets, weight.shape[0], ignore_index)
+    chunk = rows_per_chunk(weight.shape[0], hidden.element_size(), _CHUNK_BYTES, chunk_rows)
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    logp = _TokenLogprobs.apply(
+        flat_hidden, weight, bias, flat_targets, temperature, ignore_index, chunk
+    )
+    return logp.reshape(targets.shape) if single else logp.reshape(*lead, -1)
+
+
+class _LogprobsFromLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, ignore_index):
+        logp, _ = kernels_for(logits.device).logprob_rows(
+            logits, targets, temperature, ignore_index, None, False
+        )
+        ctx.save_for_backward(logits, targets)
+        ctx.settings = (temperature, ignore_index)
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_logp):
+        logits, targets = ctx.saved_tensors
+        temperature, ignore_index = ctx.settings
+        grad_logits = logits.clone()
+        kernels_for(logits.device).logprob_rows(
+            grad_logits, targets, temperature, ignore_index, grad_logp.float().contiguous(), False
+        )
+        return grad_logits, None, None, None
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """``log softmax(logits / T)[targets]`` for models that only give logits ``[..., V]``.
+
+    ``targets`` is ``[...]`` or ``[..., K]`` as in :func:`token_logprobs`; one pass per row,
+    no log-softmax tensor is stored. Differentiable w.r.t. ``logits``.
+    """
+    check_tensor("logits", logits, floating=True)
+    temperature = _check_temperature(temperature)
+    check_same_device(logits=logits, targets=targets)
+    lead = logits.shape[:-1]
+    flat_targets, single = _flatten_targets(targets, lead)
+    check_token_ids("targets", flat_targets, logits.shape[-1], ignore_index)
+    flat_logits = logits.reshape(-1, logits.shape[-1]).contiguous()
+    logp = _LogprobsFromLogits.apply(flat_logits, flat_targets, temperature, ignore_index)
+    return logp.reshape(targets.shape) if single else logp.reshape(*lead, -1)
+
+
+class _TokenKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, ref_hidden, weight, ref_weight, bias, chunk):
+        kernels = kernels_for(hidden.device)
+        kl = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        with torch.no_grad():
+            for start in range(0, hidden.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                kl[rows] = kernels.kl_rows(
+                    _linear(hidden[rows], weight, bias),
+                    _linear(ref_hidden[rows], ref_weight, bias),
+                    None,
+                )
+        ctx.save_for_backward(hidden, ref_hidden, weight, ref_weight, bias)
+        ctx.chunk = chunk
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl):
+        hidden, ref_hidden, weight, ref_weight, bias = ctx.saved_tensors
+        kernels = kernels_for(hidden.device)
+        g = grad_kl.float().contiguous()
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        need_b = bias is not None and ctx.needs_input_grad[4]
+        grad_hidden = torch.empty_like(hidden) if need_h else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        )
+        grad_bias = (
+            torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        )
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            dlogits = _linear(hidden[rows], weight, bias)
+            kernels.kl_rows(dlogits, _linear(ref_hidden[rows], ref_weight, bias), g[rows])
+            if need_h:
+                grad_hidden[rows] = dlogits @ weight
+            if need_w:
+                grad_weight.addmm_(dlogits.T.float(), hidden[rows].float())
+            if need_b:
+                grad_bias += dlogits.float().sum(0)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        return grad_hidden, None, grad_weight, None, grad_bias, None
+
+
+def token_kl(
+    hidden: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    ref_weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Per-row ``KL(softmax(hidden @ W.T) || softmax(ref_hidden @ W_ref.T))`` over the vocabulary.
+
+    ``ref_weight`` defaults to ``weight`` (a frozen head shared by policy and reference); the
+    reference side gets no gradient. Returns float32 ``[...]``; differentiable w.r.t.
+    ``hidden``, ``weight`` and ``bias``. The backward recomputes both logits chunk by chunk,
+    so memory stays O(chunk x V).
+    """
+    _check_head(hidden, weight, bias)
+    ref_weight = weight if ref_weight is None else ref_weight
+    _check_head(ref_hidden, ref_weight, bias)
+    if ref_hidden.shape != hidden.shape:
+        raise ValueError(
+            f"ref_hidden must match hidden's shape {tuple(hidden.shape)}, got {tuple(ref_hidden.shape)}"
+        )
+    if ref_weight.shape != weight.shape:
+        raise ValueError(
+            f"ref_weight must match weight's shape {tuple(weight.shape)}, got {tuple(ref_weight.shape)}"
+        )
+    check_same_device(
+        hidden=hidden, ref_hidden=ref_hidden, weight=weight, ref_weight=ref_weight, bias=bias
+    )
+    chunk = rows_per_chunk(weight.shape[0], hidden.element_size(), _CHUNK_BYTES // 2, chunk_rows)
+    lead = hidden.shape[:-1]
+    d = hidden.shape[-1]
+    kl = _TokenKL.apply(
+        hidden.reshape(-1, d),
+        ref_hidden.reshape(-1, d).detach(),
+        weight,
+        ref_weight.detach(),
+        bias,
+        chunk,
+    )
+    return kl.reshape(lead)

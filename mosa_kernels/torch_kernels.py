@@ -1,0 +1,185 @@
+"""The kernel interface every backend implements, written in plain torch.
+
+This is the ``torch`` backend (used where neither Triton nor the C++ extension can run) and
+the readable statement of what ``triton_kernels`` and ``csrc`` compute. All arithmetic is
+float32 whatever the input dtype; in-place outputs keep the buffer's dtype.
+
+Sampling state (``sample_update``), float32 ``[N, 6]`` with these columns, over the
+*confidence logits* ``c`` (the logits, divided by the temperature when the confidence is
+tempered, excluded ids at -inf):
+    M          running max of c                       (init -inf)
+    S          sum exp(c - M)                         (init 0)
+    E          sum exp(c - M) * (c - M)               (init 0)
+    TOP2       second largest c                       (init -inf)
+    BEST       best sampling score so far             (init -inf)
+    BEST_C     c at the best-scoring column           (init -inf)
+and ``best_index`` int64 ``[N]`` (init -1). Rescaling when M grows to M':
+    S' = S e^(M - M'),   E' = (E + S (M - M')) e^(M - M').
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .random import gumbel
+
+M, S, E, TOP2, BEST, BEST_C = range(6)
+STATE_WIDTH = 6
+
+
+def _cols(col_offset: int, width: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(col_offset, col_offset + width, device=device)
+
+
+def sample_update(
+    logits: torch.Tensor,
+    logits_uncond: torch.Tensor | None,
+    cfg_scale: float,
+    col_offset: int,
+    state: torch.Tensor,
+    best_index: torch.Tensor,
+    temperature: float,
+    tempered_confidence: bool,
+    seed: int,
+    suppress: torch.Tensor,
+    exclude: torch.Tensor,
+) -> None:
+    """Fold the vocabulary columns ``[col_offset, col_offset + Vc)`` into ``state``.
+
+    ``logits``/``logits_uncond``: ``[N, Vc]``; with ``logits_uncond`` the logits are
+    ``u + (cfg_scale + 1) (l - u)``. ``suppress``: int64 global ids set to -inf before
+    sampling. ``exclude``: global ids left out of the confidence distribution only.
+    Sampling score: ``l`` at temperature 0, else ``l / T + gumbel(seed, row, col)``; ties go to
+    the lowest column.
+    """
+    n, width = logits.shape
+    logit = logits.float()
+    if logits_uncond is not None:
+        uncond = logits_uncond.float()
+        logit = uncond + (cfg_scale + 1.0) * (logit - uncond)
+    cols = _cols(col_offset, width, logit.device)
+    if suppress.numel():
+        logit = logit.masked_fill(torch.isin(cols, suppress), float("-inf"))
+    if temperature > 0:
+        rows = torch.arange(n, device=logit.device)[:, None]
+        score = logit / temperature + gumbel(seed, rows, cols[None]).float()
+    else:
+        score = logit
+    conf = logit / temperature if (tempered_confidence and temperature > 0) else logit
+    if exclude.numel():
+        conf = conf.masked_fill(torch.isin(cols, exclude), float("-inf"))
+
+    tile_best, tile_arg = score.max(dim=1)
+    better = tile_best > state[:, BEST]
+    state[:, BEST] = torch.where(better, tile_best, state[:, BEST])
+    state[:, BEST_C] = torch.where(
+        better, conf.gather(1, tile_arg[:, None])[:, 0], state[:, BEST_C]
+    )
+    best_index.copy_(torch.where(better, tile_arg + col_offset, best_index))
+
+    top = conf.topk(min(2, width), dim=1).values
+    tile_max = top[:, 0]
+    tile_second = top[:, 1] if width > 1 else torch.full_like(tile_max, float("-inf"))
+    old_max = state[:, M]
+    new_max = torch.maximum(old_max, tile_max)
+    finite = torch.isfinite(new_max)
+    safe_max = torch.where(finite, new_max, torch.zeros_like(new_max))
+    shifted = conf - safe_max[:, None]
+    p = torch.exp(shifted)
+    tile_s = p.sum(1)
+    tile_e = torch.where(p > 0, p * shifted, torch.zeros_like(p)).sum(1)
+    old_s, old_e = state[:, S], state[:, E]
+    had_mass = old_s > 0
+    drop = torch.where(had_mass, old_max - safe_max, torch.zeros_like(old_max))
+    scale = torch.exp(drop)
+    state[:, E] = torch.where(had_mass, (old_e + old_s * drop) * scale, old_e) + tile_e
+    state[:, S] = old_s * scale + tile_s
+    state[:, TOP2] = torch.maximum(
+        torch.maximum(state[:, TOP2], tile_second), torch.minimum(old_max, tile_max)
+    )
+    state[:, M] = new_max
+
+
+def select_transfer(
+    confidence: torch.Tensor,
+    is_masked: torch.Tensor,
+    k: torch.Tensor | None,
+    threshold: float | None,
+    factor: float | None,
+) -> torch.Tensor:
+    """Which masked positions to commit, ``bool[B, W]`` (exactly one of k/threshold/factor).
+
+    Positions are ranked per row among the masked ones by confidence, descending, ties to the
+    lower index. ``k[B]``: rank < k. ``threshold``: confidence >= threshold, or rank 0.
+    ``factor``: confidence >= 1 - factor / (rank + 2), or rank 0. Comparisons are float32:
+    the threshold, and the factor bound computed in float64, are rounded to float32.
+    """
+    conf = confidence.float()
+    width = conf.shape[1]
+    by_conf = torch.sort(conf, dim=1, descending=True, stable=True).indices
+    masked_first = torch.sort(
+        is_masked.gather(1, by_conf).to(torch.int8), dim=1, descending=True, stable=True
+    ).indices
+    order = by_conf.gather(1, masked_first)
+    positions = torch.arange(width, device=conf.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    if k is not None:
+        take = rank < k[:, None]
+    elif threshold is not None:
+        take = (conf >= threshold) | (rank == 0)
+    else:
+        take = (conf >= (1.0 - factor / (rank + 2).double()).float()) | (rank == 0)
+    return take & is_masked
+
+
+def logprob_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    ignore_index: int,
+    grad: torch.Tensor | None,
+    write_probs: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row log-softmax statistics of ``logits / temperature`` ``[n, V]``.
+
+    Returns ``logp`` float32 ``[n, K]`` (``z[t] - lse``; 0 where ``t == ignore_index``) and
+    ``lse`` float32 ``[n]``. In place, when asked: ``write_probs`` overwrites ``logits`` with
+    ``softmax(z)``; ``grad`` (float32 ``[n, K]``, the upstream gradient of ``logp``)
+    overwrites ``logits`` with d(sum grad * logp)/d logits
+    ``= (scatter(grad at targets) - sum(grad) * softmax(z)) / temperature``.
+    """
+    z = logits.float() / temperature
+    lse = torch.logsumexp(z, dim=1)
+    keep = targets != ignore_index
+    safe_targets = torch.where(keep, targets, torch.zeros_like(targets))
+    logp = torch.where(
+        keep, z.gather(1, safe_targets) - lse[:, None], torch.zeros_like(lse)[:, None]
+    )
+    if grad is not None:
+        g = torch.where(keep, grad.float(), torch.zeros_like(grad, dtype=torch.float32))
+        dz = torch.exp(z - lse[:, None]) * -g.sum(1, keepdim=True)
+        dz.scatter_add_(1, safe_targets, g)
+        logits.copy_(dz / temperature)
+    elif write_probs:
+        logits.copy_(torch.exp(z - lse[:, None]))
+    return logp, lse
+
+
+def kl_rows(
+    logits: torch.Tensor, ref_logits: torch.Tensor, grad: torch.Tensor | None
+) -> torch.Tensor:
+    """KL(softmax(logits) || softmax(ref_logits)) per row, float32 ``[n]``.
+
+    With ``grad`` (float32 ``[n]``), ``logits`` is overwritten in place with
+    d(sum grad * kl)/d logits ``= grad * p * (d - E_p[d])``, ``d = logits - ref_logits``.
+    """
+    z = logits.float()
+    zr = ref_logits.float()
+    logp = torch.log_softmax(z, dim=1)
+    p = logp.exp()
+    kl = (p * (logp - torch.log_softmax(zr, dim=1))).sum(1)
+    if grad is not None:
+        d = z - zr
+        centred = d - (p * d).sum(1, keepdim=True)
+        logits.copy_(grad.float()[:, None] * p * centred)
+    return kl

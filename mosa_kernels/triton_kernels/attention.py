@@ -1,0 +1,778 @@
+"""Bidirectional masked attention in Triton: FlashAttention-2 forward and backward (DESIGN §4.1).
+
+Layout is the one projections produce: q ``[B, Lq, Hq, D]``, k/v ``[B, Lk, Hkv, D]``, read
+through their strides. The forward keeps a running max and sum per query row over key tiles
+(online softmax) and saves the row's log-sum-exp (base 2) for the backward, which recomputes
+the probabilities tile by tile instead of storing them.
+
+Key masking: a short kernel lists, per batch item, the key tiles that hold at least one valid
+key. The forward and dQ loops walk that list, so tiles with no valid key (left padding, or
+holes anywhere) are never loaded or multiplied; the dK/dV kernel, which owns one key tile per
+program, skips its whole loop when its tile has no valid key. Masked keys are never read, so
+padding may hold anything (even NaN).
+
+A batch item with no valid key outputs zeros and gets zero gradients: its key-tile list is
+empty, so no loop runs and the accumulators stay zero.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Keys per tile in the forward and dQ loops. It is fixed (not tuned) because the per-batch list
+# of live key tiles is built for one tile size and shared by the forward and the backward.
+_KEY_TILE = 32 if _INTERPRETING else 64
+# Key tiles examined per step when listing the live tiles of a batch item.
+_SCHEDULE_TILES_PER_STEP = 16
+_DELTA_BLOCK_M = 32 if _INTERPRETING else 64
+
+_TORCH_TO_TRITON = {
+    torch.float32: tl.float32,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
+
+class _Launcher:
+    """Launches a kernel with tiles that ``triton.autotune`` picks for 16-bit inputs on a GPU, or
+    with a fixed config: fp32 tiles take twice the shared memory (most tuned configs would not
+    fit), and the interpreter cannot time configs."""
+
+    def __init__(self, kernel, tuned_configs, fp32_config, interpreter_config):
+        self.kernel = kernel
+        self.tuned = None
+        if not _INTERPRETING:
+            self.tuned = triton.autotune(configs=tuned_configs, key=["HEAD_DIM"])(kernel)
+        self.fp32_config = fp32_config
+        self.interpreter_config = interpreter_config
+
+    def __call__(self, grid, dtype: torch.dtype, *args, **kwargs) -> None:
+        if _INTERPRETING:
+            config = self.interpreter_config
+        elif dtype == torch.float32:
+            config = self.fp32_config
+        else:
+            self.tuned[grid](*args, **kwargs)
+            return
+        self.kernel[grid](*args, **kwargs, **config.all_kwargs())
+
+
+@triton.jit
+def _live_key_tiles_kernel(
+    valid_ptr,
+    stride_valid_b,
+    stride_valid_n,
+    seqlen_k,
+    num_key_tiles,
+    tile_list_ptr,
+    tile_count_ptr,
+    BLOCK_N: tl.constexpr,
+    TILES_PER_STEP: tl.constexpr,
+):
+    """Writes, for batch item ``program_id(0)``, the ascending indices of the key tiles that
+    hold at least one valid key into ``tile_list[b, :count]`` and ``count`` into
+    ``tile_count[b]``."""
+    batch = tl.program_id(0)
+    valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b
+    tile_in_step = tl.arange(0, TILES_PER_STEP)
+    key_in_tile = tl.arange(0, BLOCK_N)
+    count = 0
+    for first_tile in range(0, num_key_tiles, TILES_PER_STEP):
+        tiles = first_tile + tile_in_step
+        keys = tiles[:, None] * BLOCK_N + key_in_tile[None, :]
+        valid = tl.load(valid_row + keys * stride_valid_n, mask=keys < seqlen_k, other=0) != 0
+        live = tl.max(valid.to(tl.int32), axis=1)
+        # Exclusive prefix sum: where each live tile goes in the compacted list.
+        slot = count + tl.cumsum(live, axis=0) - live
+        tl.store(tile_list_ptr + batch * num_key_tiles + slot, tiles, mask=live > 0)
+        count += tl.sum(live, axis=0)
+    tl.store(tile_count_ptr + batch, count)
+
+
+@triton.jit
+def _forward_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    lse_ptr,
+    valid_ptr,
+    tile_list_ptr,
+    tile_count_ptr,
+    stride_qb,
+    stride_qm,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_vd,
+    stride_ob,
+    stride_om,
+    stride_oh,
+    stride_od,
+    stride_valid_b,
+    stride_valid_n,
+    q_heads,
+    seqlen_q,
+    seqlen_k,
+    num_key_tiles,
+    qk_scale_log2,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program: BLOCK_M query rows of one (batch, q head); loops over the live key tiles."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = pid_bh // q_heads
+    head = pid_bh % q_heads
+    kv_head = head // GROUP
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen_q
+
+    q_rows = q_ptr + batch.to(tl.int64) * stride_qb + head * stride_qh
+    k_rows = k_ptr + batch.to(tl.int64) * stride_kb + kv_head * stride_kh
+    v_rows = v_ptr + batch.to(tl.int64) * stride_vb + kv_head * stride_vh
+    q = tl.load(
+        q_rows + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    if HAS_MASK:
+        num_tiles = tl.load(tile_count_ptr + batch)
+    else:
+        num_tiles = tl.cdiv(seqlen_k, BLOCK_N)
+    for i in range(0, num_tiles):
+        if HAS_MASK:
+            tile = tl.load(tile_list_ptr + batch * num_key_tiles + i)
+        else:
+            tile = i
+        offs_key = tile * BLOCK_N + offs_n
+        key_ok = offs_key < seqlen_k
+        if HAS_MASK:
+            valid = tl.load(
+                valid_ptr + batch.to(tl.int64) * stride_valid_b + offs_key * stride_valid_n,
+                mask=key_ok,
+                other=0,
+            )
+            key_ok = key_ok & (valid != 0)
+        k = tl.load(
+            k_rows + offs_key[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+            mask=key_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        scores = tl.where(key_ok[None, :], scores, float("-inf"))
+        # Every listed tile holds a valid key, so new_max is finite from the first tile on.
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        rescale = tl.exp2(row_max - new_max)
+        p = tl.exp2(scores - new_max[:, None])
+        row_sum = row_sum * rescale + tl.sum(p, axis=1)
+        v = tl.load(
+            v_rows + offs_key[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            mask=key_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        acc = acc * rescale[:, None]
+        acc = tl.dot(p.to(DOT_DTYPE), v, acc, input_precision=DOT_PRECISION)
+        row_max = new_max
+
+    has_key = row_sum > 0.0
+    # Rows with no valid key have acc == 0 and row_sum == 0: dividing by 1 leaves zeros.
+    row_sum = tl.where(has_key, row_sum, 1.0)
+    out = acc / row_sum[:, None]
+    o_rows = o_ptr + batch.to(tl.int64) * stride_ob + head * stride_oh
+    tl.store(
+        o_rows + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+        out.to(o_ptr.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+    # +inf for a row with no valid key makes any exp2(score - lse) zero, never NaN.
+    lse = tl.where(has_key, row_max + tl.log2(row_sum), float("inf"))
+    tl.store(lse_ptr + pid_bh.to(tl.int64) * seqlen_q + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _delta_kernel(
+    o_ptr,
+    do_ptr,
+    delta_ptr,
+    stride_ob,
+    stride_om,
+    stride_oh,
+    stride_od,
+    stride_dob,
+    stride_dom,
+    stride_doh,
+    stride_dod,
+    q_heads,
+    seqlen_q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """``delta = rowsum(dO * O)``, the softmax-backward term shared by dQ and dK."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = pid_bh // q_heads
+    head = pid_bh % q_heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen_q
+    o = tl.load(
+        o_ptr
+        + batch.to(tl.int64) * stride_ob
+        + head * stride_oh
+        + offs_m[:, None] * stride_om
+        + offs_d[None, :] * stride_od,
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(tl.float32)
+    do = tl.load(
+        do_ptr
+        + batch.to(tl.int64) * stride_dob
+        + head * stride_doh
+        + offs_m[:, None] * stride_dom
+        + offs_d[None, :] * stride_dod,
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(tl.float32)
+    tl.store(
+        delta_ptr + pid_bh.to(tl.int64) * seqlen_q + offs_m, tl.sum(o * do, axis=1), mask=row_ok
+    )
+
+
+@triton.jit
+def _dkdv_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    dk_ptr,
+    dv_ptr,
+    lse_ptr,
+    delta_ptr,
+    valid_ptr,
+    stride_qb,
+    stride_qm,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_vd,
+    stride_dob,
+    stride_dom,
+    stride_doh,
+    stride_dod,
+    stride_dkb,
+    stride_dkn,
+    stride_dkh,
+    stride_dkd,
+    stride_dvb,
+    stride_dvn,
+    stride_dvh,
+    stride_dvd,
+    stride_valid_b,
+    stride_valid_n,
+    q_heads,
+    kv_heads,
+    seqlen_q,
+    seqlen_k,
+    softmax_scale,
+    qk_scale_log2,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program: dK and dV of BLOCK_N keys of one (batch, kv head), summed over every query
+    tile of every q head in the kv head's group (so GQA needs no atomics)."""
+    pid_n = tl.program_id(0)
+    pid_bkv = tl.program_id(1)
+    batch = pid_bkv // kv_heads
+    kv_head = pid_bkv % kv_heads
+
+    offs_key = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_in_range = offs_key < seqlen_k
+    key_ok = key_in_range
+    if HAS_MASK:
+        valid = tl.load(
+            valid_ptr + batch.to(tl.int64) * stride_valid_b + offs_key * stride_valid_n,
+            mask=key_in_range,
+            other=0,
+        )
+        key_ok = key_ok & (valid != 0)
+
+    k = tl.load(
+        k_ptr
+        + batch.to(tl.int64) * stride_kb
+        + kv_head * stride_kh
+        + offs_key[:, None] * stride_kn
+        + offs_d[None, :] * stride_kd,
+        mask=key_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    v = tl.load(
+        v_ptr
+        + batch.to(tl.int64) * stride_vb
+        + kv_head * stride_vh
+        + offs_key[:, None] * stride_vn
+        + offs_d[None, :] * stride_vd,
+        mask=key_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    q_tiles = tl.cdiv(seqlen_q, BLOCK_M)
+    # A tile with no valid key gets no gradient: run no step at all and store zeros.
+    num_steps = tl.where(tl.max(key_ok.to(tl.int32), axis=0) > 0, GROUP * q_tiles, 0)
+    # One flat loop over (q head of the group, query tile) so the compiler pipelines its loads.
+    for step in range(0, num_steps):
+        head = kv_head * GROUP + step // q_tiles
+        rows = (step % q_tiles) * BLOCK_M + offs_m
+        row_ok = rows < seqlen_q
+        q = tl.load(
+            q_ptr
+            + batch.to(tl.int64) * stride_qb
+            + head * stride_qh
+            + rows[:, None] * stride_qm
+            + offs_d[None, :] * stride_qd,
+            mask=row_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        do = tl.load(
+            do_ptr
+            + batch.to(tl.int64) * stride_dob
+            + head * stride_doh
+            + rows[:, None] * stride_dom
+            + offs_d[None, :] * stride_dod,
+            mask=row_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        stats_offset = (batch * q_heads + head).to(tl.int64) * seqlen_q + rows
+        lse = tl.load(lse_ptr + stats_offset, mask=row_ok, other=0.0)
+        delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
+
+        # Transposed scores [keys, rows], so dK and dV come out of dots without transposes.
+        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
+        p_t = tl.exp2(scores_t - lse[None, :])
+        # Rows past seqlen_q load as zeros (q, dO, delta), so they add nothing to dK or dV.
+        p_t = tl.where(key_ok[:, None], p_t, 0.0)
+        dv = tl.dot(p_t.to(DOT_DTYPE), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(DOT_DTYPE), q, dk, input_precision=DOT_PRECISION)
+
+    dk = dk * softmax_scale
+    tl.store(
+        dk_ptr
+        + batch.to(tl.int64) * stride_dkb
+        + kv_head * stride_dkh
+        + offs_key[:, None] * stride_dkn
+        + offs_d[None, :] * stride_dkd,
+        dk.to(dk_ptr.dtype.element_ty),
+        mask=key_in_range[:, None],
+    )
+    tl.store(
+        dv_ptr
+        + batch.to(tl.int64) * stride_dvb
+        + kv_head * stride_dvh
+        + offs_key[:, None] * stride_dvn
+        + offs_d[None, :] * stride_dvd,
+        dv.to(dv_ptr.dtype.element_ty),
+        mask=key_in_range[:, None],
+    )
+
+
+@triton.jit
+def _dq_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    dq_ptr,
+    lse_ptr,
+    delta_ptr,
+    valid_ptr,
+    tile_list_ptr,
+    tile_count_ptr,
+    stride_qb,
+    stride_qm,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kn,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vn,
+    stride_vh,
+    stride_vd,
+    stride_dob,
+    stride_dom,
+    stride_doh,
+    stride_dod,
+    stride_dqb,
+    stride_dqm,
+    stride_dqh,
+    stride_dqd,
+    stride_valid_b,
+    stride_valid_n,
+    q_heads,
+    seqlen_q,
+    seqlen_k,
+    num_key_tiles,
+    softmax_scale,
+    qk_scale_log2,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program: dQ of BLOCK_M query rows of one (batch, q head) over the live key tiles."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = pid_bh // q_heads
+    head = pid_bh % q_heads
+    kv_head = head // GROUP
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen_q
+
+    q = tl.load(
+        q_ptr
+        + batch.to(tl.int64) * stride_qb
+        + head * stride_qh
+        + offs_m[:, None] * stride_qm
+        + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    do = tl.load(
+        do_ptr
+        + batch.to(tl.int64) * stride_dob
+        + head * stride_doh
+        + offs_m[:, None] * stride_dom
+        + offs_d[None, :] * stride_dod,
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    stats_offset = pid_bh.to(tl.int64) * seqlen_q + offs_m
+    lse = tl.load(lse_ptr + stats_offset, mask=row_ok, other=0.0)
+    delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
+    k_rows = k_ptr + batch.to(tl.int64) * stride_kb + kv_head * stride_kh
+    v_rows = v_ptr + batch.to(tl.int64) * stride_vb + kv_head * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    if HAS_MASK:
+        num_tiles = tl.load(tile_count_ptr + batch)
+    else:
+        num_tiles = tl.cdiv(seqlen_k, BLOCK_N)
+    for i in range(0, num_tiles):
+        if HAS_MASK:
+            tile = tl.load(tile_list_ptr + batch * num_key_tiles + i)
+        else:
+            tile = i
+        offs_key = tile * BLOCK_N + offs_n
+        key_ok = offs_key < seqlen_k
+        if HAS_MASK:
+            valid = tl.load(
+                valid_ptr + batch.to(tl.int64) * stride_valid_b + offs_key * stride_valid_n,
+                mask=key_ok,
+                other=0,
+            )
+            key_ok = key_ok & (valid != 0)
+        k = tl.load(
+            k_rows + offs_key[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+            mask=key_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        v = tl.load(
+            v_rows + offs_key[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            mask=key_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        p = tl.where(key_ok[None, :], tl.exp2(scores - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(DOT_DTYPE), k, dq, input_precision=DOT_PRECISION)
+
+    dq = dq * softmax_scale
+    tl.store(
+        dq_ptr
+        + batch.to(tl.int64) * stride_dqb
+        + head * stride_dqh
+        + offs_m[:, None] * stride_dqm
+        + offs_d[None, :] * stride_dqd,
+        dq.to(dq_ptr.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+
+
+# Tuned configs were checked to compile for sm_90 without register spills; the fp32 ones to
+# fit H100 shared memory at D = 128.
+_forward = _Launcher(
+    _forward_kernel,
+    tuned_configs=[
+        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3),
+    ],
+    fp32_config=triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2),
+    interpreter_config=triton.Config({"BLOCK_M": 32}),
+)
+_dkdv = _Launcher(
+    _dkdv_kernel,
+    tuned_configs=[
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    ],
+    fp32_config=triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    interpreter_config=triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}),
+)
+_dq = _Launcher(
+    _dq_kernel,
+    tuned_configs=[
+        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=2),
+    ],
+    fp32_config=triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2),
+    interpreter_config=triton.Config({"BLOCK_M": 32}),
+)
+
+
+def _dot_settings(dtype: torch.dtype) -> tuple[tl.dtype, str]:
+    """Operand dtype and precision of the kernels' dots for inputs of ``dtype``.
+
+    fp32 dots use three tf32 products ("tf32x3"): fp32 accuracy on the tensor cores, where plain
+    tf32 would lose three digits and "ieee" compiles to slow, long-compiling FMA loops. The
+    interpreter multiplies bf16 wrongly, so there bf16 tiles are widened to fp32 first.
+    """
+    if dtype == torch.float32 or (_INTERPRETING and dtype == torch.bfloat16):
+        return tl.float32, "tf32x3"
+    return _TORCH_TO_TRITON[dtype], "tf32"
+
+
+def _live_key_tiles(key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per batch item, the indices of the ``_KEY_TILE``-key tiles with a valid key, and how many."""
+    batch, seqlen_k = key_valid.shape
+    num_key_tiles = triton.cdiv(seqlen_k, _KEY_TILE)
+    tile_list = torch.empty((batch, num_key_tiles), dtype=torch.int32, device=key_valid.device)
+    tile_count = torch.empty((batch,), dtype=torch.int32, device=key_valid.device)
+    _live_key_tiles_kernel[(batch,)](
+        key_valid,
+        key_valid.stride(0),
+        key_valid.stride(1),
+        seqlen_k,
+        num_key_tiles,
+        tile_list,
+        tile_count,
+        BLOCK_N=_KEY_TILE,
+        TILES_PER_STEP=_SCHEDULE_TILES_PER_STEP,
+    )
+    return tile_list, tile_count
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, key_valid, scale):
+        batch, seqlen_q, q_heads, head_dim = q.shape
+        seqlen_k, kv_heads = k.shape[1], k.shape[2]
+        group = q_heads // kv_heads
+        has_mask = key_valid is not None
+        # Triton loads bool tensors as bytes; a same-size view costs nothing.
+        valid = key_valid.view(torch.uint8) if has_mask else q.new_empty((1, 1), dtype=torch.uint8)
+        if has_mask:
+            tile_list, tile_count = _live_key_tiles(valid)
+        else:
+            tile_list = tile_count = q.new_empty((1,), dtype=torch.int32)
+        dot_dtype, dot_precision = _dot_settings(q.dtype)
+        qk_scale_log2 = scale * math.log2(math.e)
+
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty((batch, q_heads, seqlen_q), dtype=torch.float32, device=q.device)
+        grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * q_heads)  # noqa: E731
+        _forward(
+            grid,
+            q.dtype,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            valid,
+            tile_list,
+            tile_count,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *out.stride(),
+            *valid.stride(),
+            q_heads,
+            seqlen_q,
+            seqlen_k,
+            tile_list.shape[-1],
+            qk_scale_log2,
+            GROUP=group,
+            HEAD_DIM=head_dim,
+            HAS_MASK=has_mask,
+            DOT_DTYPE=dot_dtype,
+            DOT_PRECISION=dot_precision,
+            BLOCK_N=_KEY_TILE,
+        )
+        ctx.save_for_backward(q, k, v, out, lse, valid, tile_list, tile_count)
+        ctx.has_mask = has_mask
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, valid, tile_list, tile_count = ctx.saved_tensors
+        batch, seqlen_q, q_heads, head_dim = q.shape
+        seqlen_k, kv_heads = k.shape[1], k.shape[2]
+        group = q_heads // kv_heads
+        dot_dtype, dot_precision = _dot_settings(q.dtype)
+        qk_scale_log2 = ctx.scale * math.log2(math.e)
+        common = {
+            "GROUP": group,
+            "HEAD_DIM": head_dim,
+            "HAS_MASK": ctx.has_mask,
+            "DOT_DTYPE": dot_dtype,
+            "DOT_PRECISION": dot_precision,
+        }
+
+        delta = torch.empty_like(lse)
+        _delta_kernel[(triton.cdiv(seqlen_q, _DELTA_BLOCK_M), batch * q_heads)](
+            out,
+            grad_out,
+            delta,
+            *out.stride(),
+            *grad_out.stride(),
+            q_heads,
+            seqlen_q,
+            HEAD_DIM=head_dim,
+            BLOCK_M=_DELTA_BLOCK_M,
+        )
+
+        dq = dk = dv = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+            dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+            grid = lambda meta: (triton.cdiv(seqlen_k, meta["BLOCK_N"]), batch * kv_heads)  # noqa: E731
+            _dkdv(
+                grid,
+                q.dtype,
+                q,
+                k,
+                v,
+                grad_out,
+                dk,
+                dv,
+                lse,
+                delta,
+                valid,
+                *q.stride(),
+                *k.stride(),
+                *v.stride(),
+                *grad_out.stride(),
+                *dk.stride(),
+                *dv.stride(),
+                *valid.stride(),
+                q_heads,
+                kv_heads,
+                seqlen_q,
+                seqlen_k,
+                ctx.scale,
+                qk_scale_log2,
+                **common,
+            )
+        if ctx.needs_input_grad[0]:
+            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * q_heads)  # noqa: E731
+            _dq(
+                grid,
+                q.dtype,
+                q,
+                k,
+                v,
+                grad_out,
+                dq,
+                lse,
+                delta,
+                valid,
+                tile_list,
+                tile_count,
+                *q.stride(),
+                *k.stride(),
+                *v.stride(),
+                *grad_out.stride(),
+                *dq.stride(),
+                *valid.stride(),
+                q_heads,
+                seqlen_q,
+                seqlen_k,
+                tile_list.shape[-1],
+                ctx.scale,
+                qk_scale_log2,
+                BLOCK_N=_KEY_TILE,
+                **common,
+            )
+        return dq, dk, dv, None, None
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Differentiable masked attention on already-checked arguments (see ``mosa_kernels.attention``).
+
+    q ``[B, Lq, Hq, D]``; k, v ``[B, Lk, Hkv, D]`` with ``Hq % Hkv == 0`` and D in {32, 64, 128};
+    one dtype among fp32/fp16/bf16; ``key_valid`` ``bool[B, Lk]`` or None (every key valid).
+    Returns ``[B, Lq, Hq, D]`` in q's dtype.
+    """
+    return _Attention.apply(q, k, v, key_valid, float(scale))

@@ -1,0 +1,34 @@
+"""Fixtures of the model tests: one tiny random model per family and its checkpoint folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_checkpoints import TINY_CONFIGS, tiny_model, write_sharded
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: thread start-up would dominate, worse on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["llada", "dream"])
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(family):
+    return tiny_model(family)
+
+
+@pytest.fixture
+def checkpoint(tmp_path, family, model) -> Path:
+    """A two-shard checkpoint folder of ``model``."""
+    return write_sharded(tmp_path / "ckpt", TINY_CONFIGS[family], model.state_dict())

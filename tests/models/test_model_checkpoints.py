@@ -1,0 +1,244 @@
+"""Checkpoint folders: parameter names, bit-exact loading, saving, presets, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_checkpoints import TINY_CONFIGS, write_sharded
+
+import mosa
+from mosa.models import DreamModel, LLaDAModel, build_model, load_model
+
+
+def published_names(family: str, config: dict) -> set[str]:
+    """The tensor names of the published checkpoints (DESIGN §5), spelled out by hand."""
+    if family == "llada":
+        block = [
+            "attn_norm",
+            "ff_norm",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "attn_out",
+            "ff_proj",
+            "up_proj",
+            "ff_out",
+        ]
+        names = {f"model.transformer.{n}.weight" for n in ("wte", "ln_f", "ff_out")}
+        for i in range(config["n_layers"]):
+            names |= {f"model.transformer.blocks.{i}.{n}.weight" for n in block}
+        return names
+    names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for i in range(config["num_hidden_layers"]):
+        prefix = f"model.layers.{i}"
+        names |= {
+            f"{prefix}.self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")
+        }
+        names |= {f"{prefix}.self_attn.o_proj.weight", f"{prefix}.input_layernorm.weight"}
+        names |= {f"{prefix}.post_attention_layernorm.weight"}
+        names |= {f"{prefix}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+    return names
+
+
+def test_parameter_names_are_the_published_ones(family, model):
+    assert set(model.state_dict()) == published_names(family, TINY_CONFIGS[family])
+
+
+@pytest.mark.parametrize(
+    ("preset", "cls", "params", "shapes"),
+    [
+        (
+            "llada-8b",
+            LLaDAModel,
+            8_015_581_184,
+            {
+                "model.transformer.wte.weight": (126464, 4096),
+                "model.transformer.blocks.31.ff_proj.weight": (12288, 4096),
+                "model.transformer.ff_out.weight": (126464, 4096),
+            },
+        ),
+        (
+            "dream-7b",
+            DreamModel,
+            7_615_616_512,
+            {
+                "model.layers.27.self_attn.k_proj.weight": (512, 3584),
+                "model.layers.0.self_attn.q_proj.bias": (3584,),
+                "model.layers.0.mlp.down_proj.weight": (3584, 18944),
+                "lm_head.weight": (152064, 3584),
+            },
+        ),
+    ],
+)
+def test_presets_build_the_real_shapes_on_meta(preset, cls, params, shapes):
+    model = build_model(preset, dtype=torch.bfloat16)
+    assert isinstance(model, cls) and model.device.type == "meta" and model.dtype == torch.bfloat16
+    assert sum(p.numel() for p in model.parameters()) == params
+    state = model.state_dict()
+    for name, shape in shapes.items():
+        assert tuple(state[name].shape) == shape
+    assert model.lm_head_weight.shape[0] == model.vocab_size
+
+
+def test_token_ids_and_head(family, model):
+    config = TINY_CONFIGS[family]
+    assert (model.mask_token_id, model.eos_token_id) == (
+        config["mask_token_id"],
+        config["eos_token_id"],
+    )
+    head = model.lm_head.weight if family == "dream" else model.model.transformer.ff_out.weight
+    assert model.lm_head_weight is head
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sharded_folder_loads_bit_exactly(tmp_path, family, model, dtype):
+    state = {k: v.to(dtype) for k, v in model.state_dict().items()}
+    folder = write_sharded(tmp_path / "ckpt", TINY_CONFIGS[family], state)
+    loaded = load_model(folder, dtype=dtype, device="cpu")
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.name_or_path == str(folder)
+    for name, tensor in loaded.state_dict().items():
+        assert tensor.dtype == dtype and torch.equal(tensor, state[name]), name
+    assert all(isinstance(p, torch.nn.Parameter) for p in loaded.parameters())
+
+
+def test_top_level_load_model_defaults(tmp_path, family, model):
+    """One model.safetensors; the defaults: the GPU in bf16 when there is one, else fp32 CPU."""
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    folder = tmp_path / "single"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIGS[family]))
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    loaded = mosa.load_model(folder)
+    on_gpu = torch.cuda.is_available()
+    assert loaded.device.type == ("cuda" if on_gpu else "cpu")
+    assert loaded.dtype == (torch.bfloat16 if on_gpu else torch.float32)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor.cpu().float(), state[name].float()), name
+
+
+def test_save_pretrained_round_trip(tmp_path, family, model):
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "model-00001-of-00009.safetensors").write_bytes(b"stale")
+    model.save_pretrained(folder, max_shard_size=40_000)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and sorted(p.name for p in folder.glob("model-*.safetensors")) == shards
+    assert (folder / "tokenizer.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temporary folders left
+    config = json.loads((folder / "config.json").read_text())
+    assert {k: config[k] for k in TINY_CONFIGS[family]} == TINY_CONFIGS[family]
+    assert config["torch_dtype"] == "float32"
+    loaded = load_model(folder, device="cpu")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+    model.save_pretrained(folder)  # overwrite with one file
+    assert [p.name for p in folder.glob("*.safetensors")] == ["model.safetensors"]
+    assert not (folder / "model.safetensors.index.json").exists()
+    assert set(load_file(folder / "model.safetensors")) == set(model.state_dict())
+
+
+def _edit_index(folder, edit):
+    path = folder / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    edit(index["weight_map"])
+    path.write_text(json.dumps(index))
+
+
+def test_missing_shard_is_named(checkpoint):
+    (checkpoint / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ValueError, match="shard model-00002-of-00002.safetensors .* is missing"):
+        load_model(checkpoint, device="cpu")
+
+
+def test_unknown_key_is_named(checkpoint):
+    extra = checkpoint / "model-00003-of-00003.safetensors"
+    save_file({"model.bogus.weight": torch.zeros(2)}, str(extra))
+    _edit_index(checkpoint, lambda m: m.update({"model.bogus.weight": extra.name}))
+    with pytest.raises(ValueError, match="does not have: model.bogus.weight"):
+        load_model(checkpoint, device="cpu")
+
+
+def test_missing_key_is_named(checkpoint):
+    _edit_index(checkpoint, lambda m: m.pop(next(iter(m))))
+    with pytest.raises(ValueError, match="lacks tensors the model needs"):
+        load_model(checkpoint, device="cpu")
+
+
+def test_index_entry_absent_from_its_shard_is_named(checkpoint):
+    def move(weight_map):
+        name = next(n for n, s in weight_map.items() if s.startswith("model-00001"))
+        weight_map[name] = "model-00002-of-00002.safetensors"
+
+    _edit_index(checkpoint, move)
+    with pytest.raises(ValueError, match="model-00002-of-00002.safetensors lacks tensor"):
+        load_model(checkpoint, device="cpu")
+
+
+def test_shape_mismatch_is_named(tmp_path, family, model):
+    config = dict(TINY_CONFIGS[family])
+    config["vocab_size" if family == "dream" else "embedding_size"] = 256
+    folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
+    with pytest.raises(
+        ValueError, match=r"has shape \(128, \d+\) but the config gives \(256, \d+\)"
+    ):
+        load_model(folder, device="cpu")
+
+
+def test_unknown_model_type_is_named(checkpoint):
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update(model_type="lladamoe", architectures=["LLaDAMoEModelLM"])
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown model type 'lladamoe'"):
+        load_model(checkpoint, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("family", "setting", "value"),
+    [
+        ("llada", "block_type", "sequential"),
+        ("llada", "rope", False),
+        ("dream", "rope_scaling", {"type": "yarn"}),
+    ],
+)
+def test_unsupported_setting_is_refused(tmp_path, family, setting, value):
+    config = dict(TINY_CONFIGS[family], **{setting: value})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{setting} is .* implements only"):
+        load_model(tmp_path, device="cpu")
+
+
+def test_malformed_files_are_refused(tmp_path, checkpoint):
+    _edit_index(checkpoint, lambda m: m.update({k: "../outside.safetensors" for k in m}))
+    with pytest.raises(ValueError, match="inside the checkpoint folder"):
+        load_model(checkpoint, device="cpu")
+    (checkpoint / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_model(checkpoint, device="cpu")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps(TINY_CONFIGS["llada"]))
+    (pickled / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="pickle checkpoints are not loaded"):
+        load_model(pickled, device="cpu")
+    (pickled / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_model(pickled, device="cpu")
+
+
+def test_bad_config_values_are_named(tmp_path):
+    config = dict(TINY_CONFIGS["dream"], num_key_value_heads=3)
+    with pytest.raises(
+        ValueError, match="num_attention_heads=4 is not a multiple of num_key_value_heads=3"
+    ):
+        build_model(config)
+    with pytest.raises(TypeError, match="n_layers must be an integer"):
+        build_model(dict(TINY_CONFIGS["llada"], n_layers="2"))
+    with pytest.raises(ValueError, match="mask_token_id=500 is outside the vocabulary"):
+        build_model(dict(TINY_CONFIGS["llada"], mask_token_id=500))

@@ -1,0 +1,104 @@
+"""Tiny random LLaDA and Dream models, and checkpoint folders in the published on-disk format.
+
+The folders are written here with ``safetensors`` directly (config.json + two shards +
+``model.safetensors.index.json``), not with ``save_pretrained``, so loading is tested against
+the format rather than against this package's own writer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from mosa.models import DREAM_7B, LLADA_8B, build_model
+
+TINY_CONFIGS = {
+    "llada": dict(
+        LLADA_8B,
+        d_model=64,
+        n_heads=2,
+        n_kv_heads=2,
+        n_layers=2,
+        mlp_hidden_size=96,
+        vocab_size=120,
+        embedding_size=128,
+        max_sequence_length=64,
+        mask_token_id=126,
+        eos_token_id=125,
+        pad_token_id=125,
+    ),
+    "dream": dict(
+        DREAM_7B,
+        hidden_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        vocab_size=128,
+        max_position_embeddings=64,
+        mask_token_id=126,
+        pad_token_id=125,
+        eos_token_id=125,
+        bos_token_id=125,
+    ),
+}
+
+
+def random_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """fp32 weights at scales that make attention patterns and logits far from uniform."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        noise = torch.randn(tensor.shape, generator=generator)
+        if "norm" in name or name.endswith("ln_f.weight"):
+            state[name] = 1.0 + 0.2 * noise
+        elif name.endswith("bias"):
+            state[name] = 0.2 * noise
+        elif tensor.dim() == 2 and ("wte" in name or "embed_tokens" in name):
+            state[name] = noise
+        else:
+            state[name] = noise / math.sqrt(tensor.shape[1])
+    return state
+
+
+def write_sharded(
+    folder: Path, config: dict, state: dict[str, torch.Tensor], shards: int = 2
+) -> Path:
+    """config.json + ``shards`` safetensors shards + index, as Hugging Face writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    names = list(state)
+    per_shard = math.ceil(len(names) / shards)
+    weight_map = {}
+    for i in range(shards):
+        shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: state[n].contiguous() for n in names[i * per_shard : (i + 1) * per_shard]}
+        save_file(part, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    model = build_model(TINY_CONFIGS[family], device="cpu")
+    model.load_state_dict(random_weights(model, seed))
+    return model.eval()
+
+
+def padded_batch(
+    lengths: list[int], total: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts of ``lengths``, left padded to ``total`` with id 125 (the tiny pad id)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), total), 125)
+    mask = torch.zeros(len(lengths), total, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, total - n :] = torch.randint(0, 120, (n,), generator=generator)
+        mask[row, total - n :] = 1
+    return ids, mask
