@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import llada_reference_step  # noqa: E402
 from common import format_table, machine_name, median_seconds, peak_bytes, write_results  # noqa: E402
 
 from mosa_kernels import available_backends, sample_tokens, select_transfer, token_logprobs  # noqa: E402
@@ -44,20 +45,6 @@ def forced_backend(name: str):
 def benchmark_backends(device: torch.device) -> list[str]:
     # The Triton interpreter is a correctness tool, not something to time.
     return [b for b in available_backends(device) if not (b == "triton" and device.type == "cpu")]
-
-
-def llada_reference_step(logits, mask_index, block_end, num_transfer):
-    """LLaDA's generate() step at temperature 0 with low-confidence remasking."""
-    x0 = torch.argmax(logits, dim=-1)
-    p = torch.softmax(logits.to(torch.float64), dim=-1)
-    x0_p = torch.gather(p, dim=-1, index=x0[..., None])[..., 0]
-    x0_p[:, block_end:] = float("-inf")
-    confidence = torch.where(mask_index, x0_p, float("-inf"))
-    transfer = torch.zeros_like(x0, dtype=torch.bool)
-    for j in range(confidence.shape[0]):
-        _, select_index = torch.topk(confidence[j], k=int(num_transfer[j]))
-        transfer[j, select_index] = True
-    return x0, transfer
 
 
 def fused_step(logits, mask_index, block_end, num_transfer):

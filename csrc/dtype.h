@@ -1,9 +1,9 @@
 // Element types the kernels read and write, and float conversions for them.
 //
-// Every kernel computes in float32: a row is loaded chunk by chunk into a float buffer and,
-// for the in-place modes, stored back in the buffer's own dtype. The conversions are written
-// with integer bit operations (no _Float16, no F16C) so that they vectorise on plain SSE2 and
-// need no runtime support from a recent libgcc.
+// Every kernel computes in float32 (vec_math.h loads rows chunk by chunk into float buffers
+// and stores in-place results back in the row's own dtype). The conversions are written with
+// integer bit operations (no _Float16, no F16C) so that they vectorise on plain SSE2 and need
+// no runtime support from a recent libgcc.
 #pragma once
 
 #include <cstdint>
@@ -65,57 +65,6 @@ MOSA_INLINE std::uint16_t float_to_f16(float x) {
   // (nearest even) in the low mantissa bits. m = 1024 correctly becomes the smallest normal.
   const float scaled = bits_float(magnitude) * 0x1p24f + 0x1p23f;
   return std::uint16_t(sign | (float_bits(scaled) - 0x4b000000u));
-}
-
-// out[i] = float(row[start + i]) for i < count.
-MOSA_INLINE void load_floats(const void* row, Dtype dtype, std::int64_t start, int count,
-                             float* out) {
-  switch (dtype) {
-    case Dtype::f32:
-      std::memcpy(out, static_cast<const float*>(row) + start, sizeof(float) * count);
-      break;
-    case Dtype::f64: {
-      const double* src = static_cast<const double*>(row) + start;
-      for (int i = 0; i < count; ++i) out[i] = float(src[i]);
-      break;
-    }
-    case Dtype::bf16: {
-      const std::uint16_t* src = static_cast<const std::uint16_t*>(row) + start;
-      for (int i = 0; i < count; ++i) out[i] = bf16_to_float(src[i]);
-      break;
-    }
-    case Dtype::f16: {
-      const std::uint16_t* src = static_cast<const std::uint16_t*>(row) + start;
-#pragma omp simd
-      for (int i = 0; i < count; ++i) out[i] = f16_to_float(src[i]);
-      break;
-    }
-  }
-}
-
-// row[start + i] = in[i] in the row's dtype, for i < count.
-MOSA_INLINE void store_floats(const float* in, int count, void* row, Dtype dtype,
-                              std::int64_t start) {
-  switch (dtype) {
-    case Dtype::f32:
-      std::memcpy(static_cast<float*>(row) + start, in, sizeof(float) * count);
-      break;
-    case Dtype::f64: {
-      double* dst = static_cast<double*>(row) + start;
-      for (int i = 0; i < count; ++i) dst[i] = in[i];
-      break;
-    }
-    case Dtype::bf16: {
-      std::uint16_t* dst = static_cast<std::uint16_t*>(row) + start;
-      for (int i = 0; i < count; ++i) dst[i] = float_to_bf16(in[i]);
-      break;
-    }
-    case Dtype::f16: {
-      std::uint16_t* dst = static_cast<std::uint16_t*>(row) + start;
-      for (int i = 0; i < count; ++i) dst[i] = float_to_f16(in[i]);
-      break;
-    }
-  }
 }
 
 inline std::size_t element_size(Dtype dtype) {

@@ -1,13 +1,18 @@
 // sample_update: folds vocabulary columns into the per-row sampling state in one pass.
 //
-// Each row is streamed in chunks of kChunk columns through an L1-resident float buffer:
-// load (+ guidance, suppression), token choice, then a top-2 pass and an exp pass over the
-// confidence logits, whose sums are rescaled whenever the running max grows (online softmax).
-// GCC keeps a float compare or multiply that an earlier pass made conditional out of a
-// vectorised loop when it "could trap"; nothing here reads the FP exception flags, so say so
-// (results, inf and NaN included, are unchanged). First, so that it covers every function.
+// Each row is streamed in chunks of kChunk columns through an L1-resident float buffer. The
+// common case costs two passes over a chunk: the load (which also finds the max and so the
+// T = 0 token), then one pass for the confidence statistics, whose sums are rescaled whenever
+// the running max grows (online softmax). Guidance, suppressed or excluded ids and tempering
+// add work only where they apply.
+
+// First, so that they cover every function here: GCC keeps a float compare or multiply that
+// an earlier pass made conditional out of a vectorised loop when it "could trap", and nothing
+// here reads the FP exception flags (no-trapping-math leaves results, inf and NaN included,
+// unchanged); and GCC fuses a * b + c into an FMA in C++ by default on CPUs that have one,
+// which would make results depend on the CPU (fp-contract=off).
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #endif
 
 #include <algorithm>
@@ -22,10 +27,12 @@
 namespace mosa {
 namespace {
 
-constexpr int kChunk = 2048;
+constexpr int kChunk = 512;
 
 // Columns of the state rows, as in torch_kernels.py.
 enum StateColumn { kMax, kSum, kMoment, kTop2, kBest, kBestConf, kStateWidth };
+
+using IdRange = std::pair<const std::int64_t*, const std::int64_t*>;
 
 // Global token ids, sorted once per call so that each chunk finds its own by binary search.
 class IdSet {
@@ -35,8 +42,7 @@ class IdSet {
   }
 
   // The ids in [begin, end).
-  std::pair<const std::int64_t*, const std::int64_t*> within(std::int64_t begin,
-                                                             std::int64_t end) const {
+  IdRange within(std::int64_t begin, std::int64_t end) const {
     const std::int64_t* first = std::lower_bound(ids_.data(), ids_.data() + ids_.size(), begin);
     return {first, std::lower_bound(first, ids_.data() + ids_.size(), end)};
   }
@@ -63,57 +69,73 @@ struct RowState {
   std::int64_t best_index;
 };
 
-MOSA_INLINE void set_minus_inf(float* chunk, std::int64_t col0,
-                               std::pair<const std::int64_t*, const std::int64_t*> ids) {
+// Sets the chunk's entries at `ids` to -inf and returns the chunk's new max (`top` if none).
+MOSA_INLINE float set_minus_inf(float* chunk, int count, std::int64_t col0, IdRange ids,
+                                float top) {
+  if (ids.first == ids.second) return top;
   for (const std::int64_t* id = ids.first; id != ids.second; ++id) chunk[*id - col0] = -kInf;
+  return chunk_max(chunk, count);
 }
 
-// Temperature 0: the first column holding the chunk's best logit wins if it beats the best so
-// far (strictly, so earlier columns keep ties). `chunk` holds logits, not yet excluded.
-MOSA_INLINE void take_argmax(const Call& call, const float* chunk, int count, float chunk_best,
+// The confidence logit of a chosen column whose logit is `logit`.
+MOSA_INLINE float confidence_of(const Call& call, float logit, std::int64_t col) {
+  if (call.exclude.contains(col)) return -kInf;
+  return call.tempered ? logit / call.temperature : logit;
+}
+
+// Temperature 0: the first column holding the chunk's best logit `top` wins if it beats the
+// best so far (strictly, so earlier columns keep ties).
+MOSA_INLINE void take_argmax(const Call& call, const float* logits, int count, float top,
                              std::int64_t col0, RowState& row) {
-  if (!(chunk_best > row.best)) return;
-  const int j = int(std::find(chunk, chunk + count, chunk_best) - chunk);
-  row.best = chunk_best;
+  if (!(top > row.best)) return;
+  const int j = int(std::find(logits, logits + count, top) - logits);
+  row.best = top;
   row.best_index = col0 + j;
-  row.best_conf = call.exclude.contains(col0 + j) ? -kInf : chunk[j];
+  row.best_conf = confidence_of(call, logits[j], col0 + j);
 }
 
-// Temperature > 0: Gumbel-max over logits / T + gumbel(seed, row, col).
-MOSA_INLINE void take_gumbel_max(const Call& call, const float* chunk, int count,
-                                 std::uint32_t key, std::int64_t col0, RowState& row) {
-  const float t = call.temperature;
-  for (int j = 0; j < count; ++j) {
-    const float score = chunk[j] / t + gumbel(key, col0 + j);
-    if (score > row.best) {
-      row.best = score;
-      row.best_index = col0 + j;
-      const float conf = call.tempered ? chunk[j] / t : chunk[j];
-      row.best_conf = call.exclude.contains(col0 + j) ? -kInf : conf;
-    }
-  }
-}
-
-// Folds a chunk of confidence logits (max `first`, runner-up `second`) into the row's max,
-// top-2, sum exp(c - M) and sum exp(c - M) (c - M).
-MOSA_INLINE void fold_confidence(const float* chunk, int count, float first, float second,
+// Temperature > 0: Gumbel-max over logits / T + gumbel(seed, row, col); `scores` is scratch.
+// No draw exceeds -log(-log(1 - 2^-24)) = 16.6355, so a chunk whose best logit `top` cannot
+// beat the best score even with that much noise is skipped (the rounding of l / T + g is
+// monotonic, so this is exact). With real logits most chunks go.
+MOSA_INLINE void take_gumbel_max(const Call& call, const float* logits, int count, float top,
+                                 std::uint32_t key, std::int64_t col0, float* scores,
                                  RowState& row) {
-  const float new_max = std::max(row.max, first);
-  row.top2 = std::max(row.top2, std::max(second, std::min(row.max, first)));
-  if (first > -kInf) {
-    // Everything -inf so far keeps the spec's shift of 0 (no inf - inf).
-    const float shift = std::isfinite(new_max) ? new_max : 0.0f;
-    float sum, moment;
-    chunk_exp_sums(chunk, count, shift, sum, moment);
-    if (row.sum > 0) {
-      const double drop = double(row.max) - shift;
-      const double scale = std::exp(drop);
-      row.moment = (row.moment + row.sum * drop) * scale;
-      row.sum *= scale;
-    }
-    row.sum += sum;
-    row.moment += moment;
+  if (!(top / call.temperature + 16.64f > row.best)) return;
+  const std::uint32_t col = std::uint32_t(col0);  // the spec hashes columns mod 2^32
+  top = -kInf;
+#pragma omp simd reduction(max : top)
+  for (int j = 0; j < count; ++j)
+    top = max_of(top, scores[j] = logits[j] / call.temperature + gumbel(key, col + j));
+  if (!(top > row.best)) return;
+  const int j = int(std::find(scores, scores + count, top) - scores);
+  row.best = top;
+  row.best_index = col0 + j;
+  row.best_conf = confidence_of(call, logits[j], col0 + j);
+}
+
+// Folds a chunk of confidence logits with max `top` into the row's max, top-2,
+// sum exp(c - M) and sum exp(c - M) (c - M).
+MOSA_INLINE void fold_confidence(const float* conf, int count, float top, RowState& row) {
+  const float new_max = std::max(row.max, top);
+  row.top2 = std::max(row.top2, std::min(row.max, top));
+  if (!(top > -kInf)) {
+    row.max = new_max;
+    return;
   }
+  // A +inf logit takes the spec's shift of 0 instead of the max (no inf - inf).
+  const float shift = std::isfinite(new_max) ? new_max : 0.0f;
+  float sum, moment, second;
+  chunk_softmax_stats(conf, count, top, shift, sum, moment, second);
+  if (row.sum > 0) {
+    const double drop = double(row.max) - shift;
+    const double scale = std::exp(drop);
+    row.moment = (row.moment + row.sum * drop) * scale;
+    row.sum *= scale;
+  }
+  row.sum += sum;
+  row.moment += moment;
+  row.top2 = std::max(row.top2, second);
   row.max = new_max;
 }
 
@@ -121,10 +143,10 @@ MOSA_MULTIVERSION
 void update_row(const Call& call, std::int64_t r) {
   const SampleUpdateArgs& a = call.args;
   alignas(64) float chunk[kChunk];
-  alignas(64) float uncond[kChunk];
+  alignas(64) float scratch[kChunk];  // unconditional logits, then sampling scores
   float* state = a.state + r * kStateWidth;
-  RowState row{state[kMax],  state[kTop2],          state[kBest], state[kBestConf],
-               state[kSum],  state[kMoment],        a.best_index[r]};
+  RowState row{state[kMax], state[kTop2],   state[kBest],   state[kBestConf],
+               state[kSum], state[kMoment], a.best_index[r]};
   const void* logits = row_at(a.logits.data, a.logits.dtype, r, a.logits.stride);
   const std::uint32_t key = row_key(a.seed, r);
 
@@ -132,30 +154,32 @@ void update_row(const Call& call, std::int64_t r) {
     const int count = int(std::min<std::int64_t>(kChunk, a.width - c0));
     const std::int64_t col0 = a.col_offset + c0;
 
-    load_floats(logits, a.logits.dtype, c0, count, chunk);
+    float top = load_floats(logits, a.logits.dtype, c0, count, chunk);
     if (a.logits_uncond != nullptr) {
       const Matrix& u = *a.logits_uncond;
-      load_floats(row_at(u.data, u.dtype, r, u.stride), u.dtype, c0, count, uncond);
+      load_floats(row_at(u.data, u.dtype, r, u.stride), u.dtype, c0, count, scratch);
       const float w = call.cfg_weight;
-      for (int j = 0; j < count; ++j) chunk[j] = uncond[j] + w * (chunk[j] - uncond[j]);
+      top = -kInf;
+#pragma omp simd reduction(max : top)
+      for (int j = 0; j < count; ++j)
+        top = max_of(top, chunk[j] = scratch[j] + w * (chunk[j] - scratch[j]));
     }
-    set_minus_inf(chunk, col0, call.suppress.within(col0, col0 + count));
+    top = set_minus_inf(chunk, count, col0, call.suppress.within(col0, col0 + count), top);
 
-    // Excluded ids still compete for the token, so at T = 0 the argmax needs its own max pass
-    // in the (rare) chunks holding one; elsewhere it reuses the confidence max below.
-    const auto excluded = call.exclude.within(col0, col0 + count);
-    const bool excluding = excluded.first != excluded.second;
+    // The chunk holds the logits: choose the token (excluded ids compete for it).
     if (call.sample)
-      take_gumbel_max(call, chunk, count, key, col0, row);
-    else if (excluding)
-      take_argmax(call, chunk, count, chunk_max(chunk, count), col0, row);
+      take_gumbel_max(call, chunk, count, top, key, col0, scratch, row);
+    else
+      take_argmax(call, chunk, count, top, col0, row);
 
-    if (call.tempered)
+    // Now make it the confidence logits. Division by T > 0 keeps the order, so the max of the
+    // quotients is the quotient of the max.
+    if (call.tempered) {
       for (int j = 0; j < count; ++j) chunk[j] /= call.temperature;
-    set_minus_inf(chunk, col0, excluded);
-    const float first = chunk_max(chunk, count);
-    if (!call.sample && !excluding) take_argmax(call, chunk, count, first, col0, row);
-    fold_confidence(chunk, count, first, chunk_second(chunk, count, first), row);
+      top /= call.temperature;
+    }
+    top = set_minus_inf(chunk, count, col0, call.exclude.within(col0, col0 + count), top);
+    fold_confidence(chunk, count, top, row);
   }
 
   state[kMax] = row.max;

@@ -8,9 +8,8 @@
 namespace mosa {
 namespace {
 
-// Descending confidence with NaN first (torch's descending sort); the stable sort then sends
-// ties to the lower position.
-bool ranks_before(float a, float b) { return (std::isnan(a) && !std::isnan(b)) || a > b; }
+// Descending confidence with NaN first (torch's descending sort).
+bool more_confident(float a, float b) { return (std::isnan(a) && !std::isnan(b)) || a > b; }
 
 // Whether the masked position at `rank` (0 = most confident) with confidence `conf` is taken.
 // The float32 arithmetic repeats the torch spec's: `threshold` is compared as a float32 and
@@ -35,7 +34,8 @@ void select_transfer(const float* confidence, const std::uint8_t* is_masked, std
   const float bound = float(threshold_or_factor);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<std::int64_t> order;
+    std::vector<std::int64_t> order;  // the row's masked positions, best first
+    order.reserve(width);
 #pragma omp for schedule(static)
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* conf = confidence + r * width;
@@ -46,8 +46,9 @@ void select_transfer(const float* confidence, const std::uint8_t* is_masked, std
         out[w] = 0;
         if (masked[w]) order.push_back(w);
       }
-      std::stable_sort(order.begin(), order.end(), [conf](std::int64_t a, std::int64_t b) {
-        return ranks_before(conf[a], conf[b]);
+      // Ties go to the lower position, as in the spec's stable sort.
+      std::sort(order.begin(), order.end(), [conf](std::int64_t a, std::int64_t b) {
+        return more_confident(conf[a], conf[b]) || (!more_confident(conf[b], conf[a]) && a < b);
       });
       const std::int64_t row_k = rule == TransferRule::top_k ? k[r] : 0;
       for (std::int64_t rank = 0; rank < std::int64_t(order.size()); ++rank) {

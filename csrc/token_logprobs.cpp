@@ -4,11 +4,14 @@
 // A row is streamed in kChunk-column chunks through L1-resident float buffers (online
 // log-sum-exp): read once for the statistics and, in the in-place modes, once more to be
 // overwritten.
-// GCC keeps a float compare or multiply that an earlier pass made conditional out of a
-// vectorised loop when it "could trap"; nothing here reads the FP exception flags, so say so
-// (results, inf and NaN included, are unchanged). First, so that it covers every function.
+
+// First, so that they cover every function here: GCC keeps a float compare or multiply that
+// an earlier pass made conditional out of a vectorised loop when it "could trap", and nothing
+// here reads the FP exception flags (no-trapping-math leaves results, inf and NaN included,
+// unchanged); and GCC fuses a * b + c into an FMA in C++ by default on CPUs that have one,
+// which would make results depend on the CPU (fp-contract=off).
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #endif
 
 #include <algorithm>
@@ -21,10 +24,11 @@
 namespace mosa {
 namespace {
 
-constexpr int kChunk = 2048;
+constexpr int kChunk = 512;
 
 // A row's running log-sum-exp: `sum` holds sum exp(x - shift) and `dot` sum exp(x - shift) y
-// for a second row y folded along, where shift is the max so far, or 0 while that is -inf.
+// for a second row y folded along, where shift is the max so far, or 0 while that is not
+// finite (as in torch.logsumexp).
 struct RunningLse {
   float max = -kInf;
   double sum = 0, dot = 0;
@@ -32,8 +36,8 @@ struct RunningLse {
   static float shift_for(float m) { return std::isfinite(m) ? m : 0.0f; }
 
   // Moves to a chunk's max, rescaling the sums; returns the shift the chunk's sums must use.
-  float raise_to(float chunk_max) {
-    const float new_max = std::max(max, chunk_max);
+  float raise_to(float top) {
+    const float new_max = std::max(max, top);
     const float shift = shift_for(new_max);
     if (sum > 0) {
       const double scale = std::exp(double(max) - shift);
@@ -48,12 +52,14 @@ struct RunningLse {
 };
 
 // Loads columns [c0, c0 + count) of a row divided by t (the spec's float32 division, skipped
-// at t = 1, where it is exact).
-MOSA_INLINE void load_scaled(const void* row, Dtype dtype, std::int64_t c0, int count, float t,
-                             float* out) {
-  load_floats(row, dtype, c0, count, out);
-  if (t != 1.0f)
-    for (int j = 0; j < count; ++j) out[j] /= t;
+// at t = 1, where it is exact) and returns their max. Division by t > 0 keeps the order, so
+// the max of the quotients is the quotient of the max.
+MOSA_INLINE float load_scaled(const void* row, Dtype dtype, std::int64_t c0, int count, float t,
+                              float* out) {
+  const float top = load_floats(row, dtype, c0, count, out);
+  if (t == 1.0f) return top;
+  for (int j = 0; j < count; ++j) out[j] /= t;
+  return top / t;
 }
 
 MOSA_MULTIVERSION
@@ -66,8 +72,7 @@ void logprob_row(const LogprobArgs& a, std::int64_t r) {
   RunningLse stats;
   for (std::int64_t c0 = 0; c0 < a.vocab; c0 += kChunk) {
     const int count = int(std::min<std::int64_t>(kChunk, a.vocab - c0));
-    load_scaled(row, dtype, c0, count, t, chunk);
-    const float top = chunk_max(chunk, count);
+    const float top = load_scaled(row, dtype, c0, count, t, chunk);
     if (top > -kInf) stats.sum += chunk_exp_sum(chunk, count, stats.raise_to(top));
   }
   const float lse = float(stats.log_sum_exp());
@@ -130,11 +135,9 @@ void kl_row(const KlArgs& a, std::int64_t r) {
   RunningLse policy, reference;
   for (std::int64_t c0 = 0; c0 < a.vocab; c0 += kChunk) {
     const int count = int(std::min<std::int64_t>(kChunk, a.vocab - c0));
-    load_floats(row, a.logits.dtype, c0, count, z);
-    load_floats(ref_row, a.ref_logits.dtype, c0, count, zr);
-    const float ref_top = chunk_max(zr, count);
+    const float top = load_floats(row, a.logits.dtype, c0, count, z);
+    const float ref_top = load_floats(ref_row, a.ref_logits.dtype, c0, count, zr);
     if (ref_top > -kInf) reference.sum += chunk_exp_sum(zr, count, reference.raise_to(ref_top));
-    const float top = chunk_max(z, count);
     if (top > -kInf) {
       for (int j = 0; j < count; ++j) zr[j] = z[j] - zr[j];
       float sum, dot;

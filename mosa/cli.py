@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 _PLANNED = {
     "demo": "evaluate the embedded tiny model, align it with MOSA, evaluate again",
-    "sample": "generate with the drop-in sampler",
     "align": "train a MOSA adapter",
     "eval": "run the safety evaluation harness",
     "analyze": "decoding-order and prefill-position analyses",
@@ -29,16 +30,113 @@ def _not_yet(name: str):
     def run(_args: argparse.Namespace) -> int:
         print(
             f"`mosa {name}` ({_PLANNED[name]}) is not yet available in this version; "
-            "`mosa backends` shows the kernel backends that are."
+            "`mosa sample` and `mosa backends` are."
         )
         return 0
 
     return run
 
 
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise SystemExit(f"--prompts-file {path}: no such file")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"{path}:{number}: not JSON ({err.msg})") from None
+            if isinstance(record, dict) and isinstance(record.get("prompt"), str):
+                prompts.append(record["prompt"])
+            elif isinstance(record, str):
+                prompts.append(record)
+            else:
+                raise SystemExit(
+                    f"{path}:{number}: expected a string or an object with a 'prompt' string"
+                )
+    if not prompts:
+        raise SystemExit("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE.jsonl")
+    return prompts
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from mosa.models import load_model
+    from mosa.sampling.prompts import load_tokenizer, sample_texts
+
+    prompts = _read_prompts(args)
+    model = load_model(args.model, dtype=args.dtype, device=args.device).eval()
+    tokenizer = load_tokenizer(args.model)
+    # A short --gen-length alone should just work: one block, one step per token.
+    if args.gen_length is not None:
+        if args.block_length is None and args.gen_length % 128:
+            args.block_length = args.gen_length
+        if args.steps is None:
+            args.steps = args.gen_length
+    options = {
+        name: getattr(args, name)
+        for name in (
+            "steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
+            "threshold", "factor", "cache", "top_p", "top_k", "alg", "alg_temp",
+        )
+    }  # fmt: skip
+    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
+        options[flag] = True if getattr(args, flag) else None
+    responses = sample_texts(
+        model, tokenizer, prompts, batch_size=args.batch_size, chat_template=not args.no_chat_template,
+        seed=args.seed, progress=True, **options,
+    )  # fmt: skip
+    lines = [
+        json.dumps({"prompt": p, "response": r}) for p, r in zip(prompts, responses, strict=True)
+    ]
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} responses to {args.out}", file=sys.stderr)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _add_sample_parser(commands) -> None:
+    p = commands.add_parser("sample", help="generate responses with the drop-in sampler")
+    p.add_argument("model", help="checkpoint folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", help="JSONL: one string or {'prompt': ...} per line")
+    p.add_argument("--out", help="write JSONL here instead of stdout")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", default=None, help="default: bf16 on cuda, fp32 on cpu")
+    g = p.add_argument_group("sampler (unset options keep the sampler's defaults)")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--gen-length", type=int)
+    g.add_argument("--block-length", type=int)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--cfg-scale", type=float)
+    g.add_argument("--remasking", choices=["low_confidence", "random"])
+    g.add_argument("--threshold", type=float, help="parallel decoding: commit confidence >= this")
+    g.add_argument("--factor", type=float, help="Fast-dLLM dynamic parallel decoding")
+    g.add_argument("--cache", choices=["prefix", "dual"])
+    g.add_argument("--stop-at-eos", action="store_true")
+    g.add_argument("--logits-eos-inf", action="store_true")
+    g.add_argument("--confidence-eos-eot-inf", action="store_true")
+    g.add_argument(
+        "--alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"], help="Dream"
+    )
+    g.add_argument("--alg-temp", type=float, help="Dream")
+    g.add_argument("--top-p", type=float, help="Dream")
+    g.add_argument("--top-k", type=int, help="Dream")
+    p.set_defaults(run=_sample)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_sample_parser(commands)
     for name, summary in _PLANNED.items():
         commands.add_parser(name, help=summary).set_defaults(run=_not_yet(name))
     commands.add_parser("backends", help="list the kernel backends on this machine").set_defaults(

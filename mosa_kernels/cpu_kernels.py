@@ -124,7 +124,7 @@ def select_transfer(
     k_rows = None
     if k is not None:
         rule, value = _TOP_K, 0.0
-        k_rows = _vector("k", k, torch.int64, rows)
+        k_rows = _vector("k", k.to(torch.int64), torch.int64, rows)
     elif threshold is not None:
         rule, value = _THRESHOLD, float(threshold)
     else:

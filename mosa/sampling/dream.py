@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mosa_kernels import sample_tokens, select_transfer
-from mosa_kernels.random import seed_from
+from mosa_kernels.random import gumbel, seed_from
 
 from .canvas import build_canvas, first_masked_position
 from .filters import top_k_filter, top_p_filter
@@ -74,10 +74,17 @@ def diffusion_generate(
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a tensor of token ids, got {type(inputs).__name__}")
     prompt = inputs if inputs.dim() == 2 else inputs[None]
     if max_new_tokens is None:
         if max_length is None:
             raise ValueError("give max_new_tokens (or max_length, prompt included)")
+        if max_length <= prompt.shape[1]:
+            raise ValueError(
+                f"max_length ({max_length}) must exceed the prompt length ({prompt.shape[1]}); "
+                "or give max_new_tokens"
+            )
         max_new_tokens = max_length - prompt.shape[1]
     mask_id = (
         model_token_id(model, "mask_token_id", DREAM_MASK_ID)
@@ -87,6 +94,7 @@ def diffusion_generate(
     canvas = build_canvas(prompt, attention_mask, max_new_tokens, mask_id, response)
     predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
     x, prompt_length = canvas.x, canvas.prompt_length
+    given = x != mask_id
     start, end = first_masked_position(x, mask_id, default=x.shape[1]), x.shape[1]
     timesteps = dream_timesteps(steps, eps)
     commit_step = torch.full((x.shape[0], max_new_tokens), -1, dtype=torch.long, device=x.device)
@@ -95,32 +103,40 @@ def diffusion_generate(
 
     for i in range(steps):
         is_masked = x[:, start:end] == mask_id
-        rows, _ = predictor.rows(x, canvas.attention_mask, prompt_length, start, end, refresh=True)
+        rows, _ = predictor.rows(x, canvas.attention_mask, given, start, end, refresh=True)
         if filtered:
             rows = _filtered_logits(rows, predictor, temperature, top_p, top_k)
-            head, sample_temperature = None, (1.0 if temperature > 0 else 0.0)
+            head, bias, sample_temperature = None, None, (1.0 if temperature > 0 else 0.0)
         else:
-            head, sample_temperature = predictor.weight, temperature
+            head, bias, sample_temperature = predictor.weight, predictor.bias, temperature
         seed = seed_from(generator) if sample_temperature > 0 else 0
         if alg == "origin":
-            token, _ = sample_tokens(rows, head, temperature=sample_temperature, seed=seed)
+            token, _ = sample_tokens(
+                rows, head, bias=bias, temperature=sample_temperature, seed=seed
+            )
             p_transfer = 1 - float(timesteps[i + 1] / timesteps[i]) if i < steps - 1 else 1.0
             draws = torch.rand(is_masked.shape, generator=generator).to(x.device)
             commit = is_masked & (draws < p_transfer)
         else:
             token, conf = sample_tokens(
-                rows, head, temperature=sample_temperature, confidence=ALGORITHMS[alg],
+                rows, head, bias=bias, temperature=sample_temperature, confidence=ALGORITHMS[alg],
                 tempered_confidence=True, seed=seed,
             )  # fmt: skip
             count = dream_transfer_count(x == mask_id, timesteps, i)
             if count <= 0:
                 commit = torch.zeros_like(is_masked)
             elif alg_temp:
-                commit = _draw_positions(conf, is_masked, count, alg_temp, generator)
+                # Gumbel-top-k: `count` masked positions drawn without replacement from
+                # softmax(confidence / alg_temp), as Dream's torch.multinomial does.
+                rows_index = torch.arange(conf.shape[0], device=conf.device)[:, None]
+                cols_index = torch.arange(conf.shape[1], device=conf.device)[None]
+                noise = gumbel(seed_from(generator), rows_index, cols_index)
+                commit = select_transfer((conf / alg_temp + noise).float(), is_masked, k=count)
             else:
                 commit = select_transfer(conf, is_masked, k=count)
         x[:, start:end] = torch.where(commit, token, x[:, start:end])
-        in_response = commit[:, max(prompt_length - start, 0) :]
+        filled = commit & (token != mask_id)
+        in_response = filled[:, max(prompt_length - start, 0) :]
         commit_step[:, max(start - prompt_length, 0) :].masked_fill_(in_response, i)
         if history is not None:
             history.append(x.clone())
@@ -139,17 +155,3 @@ def _filtered_logits(rows, predictor, temperature, top_p, top_k):
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     return logits
-
-
-def _draw_positions(conf, is_masked, count, alg_temp, generator):
-    """``count`` masked positions per row, drawn without replacement from softmax(conf / alg_temp)."""
-    weights = torch.softmax(conf.masked_fill(~is_masked, float("-inf")) / alg_temp, dim=-1)
-    commit = torch.zeros_like(is_masked)
-    for row in range(conf.shape[0]):
-        available = int(is_masked[row].sum())
-        if available:
-            picked = torch.multinomial(
-                weights[row].cpu(), min(count, available), generator=generator
-            )
-            commit[row, picked.to(conf.device)] = True
-    return commit

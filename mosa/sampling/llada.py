@@ -85,8 +85,9 @@ def generate(
     eot_id = model_token_id(model, "eot_token_id", LLADA_EOT_ID) if eot_id is None else eot_id
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
-        raise ValueError(f"block_length must be a positive int, got {block_length!r}")
+    for name, value in (("gen_length", gen_length), ("block_length", block_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     if gen_length % block_length:
         raise ValueError(
             f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
@@ -103,16 +104,12 @@ def generate(
     predictor = Predictor(
         model, mask_id=mask_id, cfg_scale=cfg_scale, cache=cache, shift_logits=False
     )
-    vocab = predictor.weight.shape[0] if predictor.fused else None
     suppress = [eos_id] if logits_eos_inf else []
     exclude = ([eos_id, eot_id] if temperature == 0 else [eot_id]) if confidence_eos_eot_inf else []
-    for name, ids in (("logits_eos_inf", suppress), ("confidence_eos_eot_inf", exclude)):
-        if vocab is not None and any(not 0 <= i < vocab for i in ids):
-            raise ValueError(
-                f"{name} needs eos_id/eot_id inside the vocabulary ({vocab}); pass them explicitly"
-            )
+    special_ids_checked = False
 
     x, prompt_length = canvas.x, canvas.prompt_length
+    given = x != mask_id
     batch = x.shape[0]
     steps_per_block = steps // num_blocks
     commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=x.device)
@@ -128,6 +125,7 @@ def generate(
                 break
         rows_x, rows_trace = x[active], commit_step[active]
         rows_mask = None if canvas.attention_mask is None else canvas.attention_mask[active]
+        rows_given = given[active]
         # Positions left of the block stay candidates while masked (prompt masks, or a model
         # that predicted the mask token), as in the reference; one host read per block.
         window = first_masked_position(rows_x[:, :start], mask_id, default=start)
@@ -136,17 +134,22 @@ def generate(
             if parallel
             else llada_transfer_counts(rows_x[:, start:end] == mask_id, steps_per_block)
         )
-        budget = block_length if parallel else steps_per_block
+        # Parallel decoding commits at least one masked position per row and step.
+        budget = end - window if parallel else steps_per_block
         for i in range(budget):
             is_masked = rows_x[:, window:end] == mask_id
             if parallel and not bool(is_masked.any()):
                 break
             rows, rows_uncond = predictor.rows(
-                rows_x, rows_mask, prompt_length, window, end, refresh=i == 0
+                rows_x, rows_mask, rows_given, window, end, refresh=i == 0
             )
+            if not special_ids_checked:
+                vocab = predictor.weight.shape[0] if predictor.fused else rows.shape[-1]
+                _check_special_ids(vocab, logits_eos_inf, confidence_eos_eot_inf, eos_id, eot_id)
+                special_ids_checked = True
             needs_noise = temperature > 0 or remasking == "random"
             token, conf = sample_tokens(
-                rows, predictor.weight, x_uncond=rows_uncond, cfg_scale=cfg_scale,
+                rows, predictor.weight, bias=predictor.bias, x_uncond=rows_uncond, cfg_scale=cfg_scale,
                 temperature=temperature, confidence="prob" if remasking == "low_confidence" else "random",
                 suppress=suppress, exclude_from_confidence=exclude,
                 seed=seed_from(generator) if needs_noise else 0,
@@ -156,7 +159,9 @@ def generate(
             else:
                 commit = select_transfer(conf, is_masked, k=counts[:, i])
             rows_x[:, window:end] = torch.where(commit, token, rows_x[:, window:end])
-            in_response = commit[:, max(prompt_length - window, 0) :]
+            # Committing the mask token itself leaves the position masked: not in the trace.
+            filled = commit & (token != mask_id)
+            in_response = filled[:, max(prompt_length - window, 0) :]
             rows_trace[:, max(window - prompt_length, 0) : end - prompt_length].masked_fill_(
                 in_response, step_count
             )
@@ -166,6 +171,18 @@ def generate(
     if not return_trace:
         return x
     return GenerateOutput(sequences=x, commit_step=commit_step, steps=step_count)
+
+
+def _check_special_ids(vocab, logits_eos_inf, confidence_eos_eot_inf, eos_id, eot_id):
+    wanted = {"eos_id": eos_id} if logits_eos_inf or confidence_eos_eot_inf else {}
+    if confidence_eos_eot_inf:
+        wanted["eot_id"] = eot_id
+    for name, value in wanted.items():
+        if not 0 <= value < vocab:
+            raise ValueError(
+                f"{name}={value} is outside the model's vocabulary ({vocab}); pass {name} "
+                "explicitly (the defaults are LLaDA-8B's ids)"
+            )
 
 
 def _drop_finished(x, active, prompt_length, start, mask_id, eos_id):

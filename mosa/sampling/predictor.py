@@ -49,16 +49,18 @@ class Predictor:
             )
         self.shift = model.logits_shift if self.fused else int(shift_logits)
         self.weight = model.lm_head_weight if self.fused else None
+        self.bias = model.lm_head_bias if self.fused else None
         self.mask_id = mask_id
         self.cfg = cfg_scale > 0
         self.cache_mode = cache
         self._cache = None
 
-    def _inputs(self, x, attention_mask, prompt_length):
+    def _inputs(self, x, attention_mask, given):
         if not self.cfg:
             return x, attention_mask
-        uncond = x.clone()
-        uncond[:, :prompt_length] = self.mask_id
+        # As LLaDA's reference: the unconditional copy masks every position that was not a
+        # mask at the start (the prompt, and fixed response tokens).
+        uncond = x.masked_fill(given, self.mask_id)
         both_masks = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
         return torch.cat([x, uncond]), both_masks
 
@@ -71,8 +73,11 @@ class Predictor:
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits
 
-    def rows(self, x, attention_mask, prompt_length, start, end, refresh):
-        x_in, mask_in = self._inputs(x, attention_mask, prompt_length)
+    def rows(self, x, attention_mask, given, start, end, refresh):
+        """Rows for positions ``[start, end)`` of ``x``; ``given`` is ``x != mask_id`` at the
+        start of sampling (what classifier-free guidance hides); ``refresh`` reruns the whole
+        sequence (and refills the cache)."""
+        x_in, mask_in = self._inputs(x, attention_mask, given)
         # Position p is predicted by row p - shift (Dream); position 0 keeps its own row.
         sources = (torch.arange(start, end, device=x.device) - self.shift).clamp(min=0)
         if self.cache_mode is None or refresh:

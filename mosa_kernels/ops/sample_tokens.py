@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .. import torch_kernels as layout
 from ..dispatch import kernels_for
@@ -19,6 +20,7 @@ def sample_tokens(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,
     *,
+    bias: torch.Tensor | None = None,
     x_uncond: torch.Tensor | None = None,
     cfg_scale: float = 0.0,
     temperature: float = 0.0,
@@ -36,6 +38,7 @@ def sample_tokens(
         x: logits ``[..., V]``, or hidden states ``[..., d]`` when ``weight`` is given.
         weight: LM-head weight ``[V, d]``; logits are then made chunk by chunk and never
             stored whole.
+        bias: the LM head's bias ``[V]`` (fused-linear form only).
         x_uncond: the unconditional logits/hidden states for classifier-free guidance;
             the logits become ``u + (cfg_scale + 1) (l - u)``.
         temperature: 0 picks the argmax (lowest id on ties, as ``torch.argmax``); T > 0
@@ -78,7 +81,15 @@ def sample_tokens(
             )
         if weight.dtype != x.dtype:
             raise TypeError(f"weight is {weight.dtype} but x is {x.dtype}; cast one of them")
-    device = check_same_device(x=x, weight=weight, x_uncond=x_uncond)
+    if bias is not None:
+        if weight is None:
+            raise ValueError("bias is the LM head's; give it with weight (the fused-linear form)")
+        check_tensor("bias", bias, floating=True)
+        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
+            raise ValueError(
+                f"bias must be [{weight.shape[0]}] of dtype {weight.dtype}, got {tuple(bias.shape)} {bias.dtype}"
+            )
+    device = check_same_device(x=x, weight=weight, bias=bias, x_uncond=x_uncond)
     vocab_size = weight.shape[0] if weight is not None else x.shape[-1]
     suppress_ids = id_tensor("suppress", suppress, vocab_size, device)
     exclude_ids = id_tensor("exclude_from_confidence", exclude_from_confidence, vocab_size, device)
@@ -112,7 +123,12 @@ def sample_tokens(
             vocab_chunk = max(1024, _VOCAB_CHUNK_BYTES // (n * rows.element_size()))
         for start in range(0, vocab_size, vocab_chunk):
             w = weight[start : start + vocab_chunk]
-            fold(rows @ w.T, None if rows_uncond is None else rows_uncond @ w.T, start)
+            b = None if bias is None else bias[start : start + vocab_chunk]
+            fold(
+                F.linear(rows, w, b),
+                None if rows_uncond is None else F.linear(rows_uncond, w, b),
+                start,
+            )
 
     conf = _confidence_from_state(state, confidence, seed)
     return best_index.reshape(lead), conf.reshape(lead)

@@ -11,6 +11,7 @@ def sample_tokens(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,
     *,
+    bias: torch.Tensor | None = None,
     x_uncond: torch.Tensor | None = None,
     cfg_scale: float = 0.0,
     temperature: float = 0.0,
@@ -21,9 +22,15 @@ def sample_tokens(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``mosa_kernels.sample_tokens`` for 2-D ``x``; returns float64 confidence."""
-    logits = x.double() if weight is None else x.double() @ weight.double().T
+
+    def head(h):
+        if weight is None:
+            return h.double()
+        return h.double() @ weight.double().T + (0.0 if bias is None else bias.double())
+
+    logits = head(x)
     if x_uncond is not None:
-        uncond = x_uncond.double() if weight is None else x_uncond.double() @ weight.double().T
+        uncond = head(x_uncond)
         logits = uncond + (cfg_scale + 1.0) * (logits - uncond)
     logits = logits.clone()
     logits[:, list(suppress)] = float("-inf")

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.filterwarnings(
 ON_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 
-# max |out - ref| / max |ref| against the float64 reference. The Triton kernels multiply fp32
-# exactly (no tf32), so fp32 holds 1e-5 on the GPU too.
+# max |out - ref| / max |ref| against the float64 reference. On a GPU the Triton kernels multiply
+# fp32 as three tf32 products (fp32 accuracy, not tf32's), so fp32 holds 1e-5 there too.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
@@ -96,7 +96,6 @@ def _check_against_reference(q, k, v, key_valid, grad_out, scale=None):
         assert torch.isfinite(actual).all(), f"{name} has NaN/inf"
         error = _relative_error(actual, ref)
         assert error <= tolerance, f"{name}: relative error {error:.2e} > {tolerance:.0e}"
-    return results
 
 
 # (batch, Lq, Lk, Hq, Hkv, D), key mask. Odd lengths are not multiples of any tile size.
@@ -143,13 +142,14 @@ def test_item_without_valid_keys_gives_zeros_and_zero_grads(backend, device):
 
 
 def test_strided_inputs_and_custom_scale(backend, device):
-    """q, k, v as views into one fused projection, the way a model hands them over."""
+    """q, k, v as views into one fused projection, the way a model hands them over, and an
+    output gradient broadcast along every axis but D (strides of 0)."""
     batch, seqlen, heads, head_dim = 2, 45, 4, 32
     gen = torch.Generator().manual_seed(4)
     fused = torch.randn(batch, seqlen, 3, heads, head_dim, generator=gen).to(device)
     q, k, v = fused.unbind(dim=2)
     assert not q.is_contiguous()
-    grad_out = torch.randn(batch, seqlen, heads, head_dim, generator=gen).to(device)
+    grad_out = torch.randn(head_dim, generator=gen).to(device).expand(batch, seqlen, heads, -1)
     key_valid = _key_valid("left", batch, seqlen, gen).to(device)
     _check_against_reference(q, k, v, key_valid, grad_out, scale=0.3)
 
@@ -174,6 +174,7 @@ def test_scores_far_below_zero(backend, device):
 def test_invalid_leading_keys_match_keys_removed(monkeypatch, device):
     """Left padding longer than a key tile (32 keys interpreted, 64 on a GPU) is skipped: the
     result equals attention over the valid keys alone, and the padding is never read."""
+    pytest.importorskip("triton")
     monkeypatch.setenv("MOSA_BACKEND", "triton")
     pad, seqlen_q, seqlen_k = 70, 23, 133
     q, k, v, grad_out, _ = _inputs((1, seqlen_q, seqlen_k, 4, 2, 32), torch.float32, device, 5)
@@ -232,7 +233,7 @@ def test_rejects_bad_arguments(device):
         attention(q, k, k[:, :8])
     with pytest.raises(TypeError, match="share a dtype"):
         attention(q, k.half(), k.half())
-    with pytest.raises(TypeError, match="k must be float"):
+    with pytest.raises(TypeError, match="k must be .*int64"):
         attention(q, k.long(), k.long())
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         attention(q.tolist(), k, k)

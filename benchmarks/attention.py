@@ -1,0 +1,198 @@
+"""Masked attention, forward and forward+backward, against SDPA (DESIGN §10).
+
+On a GPU: bf16, D = 128, B = 8 x L = 2048 tokens, with 32/32 heads and Dream's 28/4 (GQA).
+Without padding the baseline is SDPA's flash backend (no mask); with 30 % left padding on every
+item it is SDPA with the boolean key mask, on whatever backend SDPA picks for it. The baseline
+gets K/V already expanded to all q heads (the expansion is not timed; its gradient is not
+summed back over the group), which favours it slightly.
+
+TFLOP/s count the useful work: every query row against the valid keys only, 4·Lq·Lk_valid·D
+per head for the forward and 3.5 times that for forward+backward (2 products forward, 5
+backward). Both columns use the same count, so their ratio is the speed ratio.
+
+On a CPU both sides run the torch reference; the script then times one small case to show
+that it works and says that the figures need a GPU.
+
+Run: ``python benchmarks/attention.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    format_table,
+    machine_name,
+    median_seconds,
+    peak_bytes,
+    write_results,
+)
+from mosa_kernels import attention, backend_name  # noqa: E402
+
+GPU_SHAPE = {"batch": 8, "seqlen": 2048, "head_dim": 128}
+GPU_HEADS = [(32, 32), (28, 4)]
+CPU_SHAPE = {"batch": 2, "seqlen": 256, "head_dim": 64}
+CPU_HEADS = [(8, 2)]
+PADDINGS = [0.0, 0.3]
+TARGETS = {0.0: "≥ 0.9× SDPA-flash", 0.3: "≥ 1.3× (H100)"}
+COLUMNS = [
+    "heads",
+    "padding",
+    "pass",
+    "mosa ms",
+    "SDPA ms",
+    "speedup",
+    "mosa TFLOP/s",
+    "SDPA TFLOP/s",
+    "mosa peak MiB",
+    "SDPA peak MiB",
+    "target (fwd+bwd)",
+]
+
+
+def _inputs(batch, seqlen, q_heads, kv_heads, head_dim, padding, dtype, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(heads):
+        shape = (batch, seqlen, heads, head_dim)
+        return torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+    q, k, v = randn(q_heads), randn(kv_heads), randn(kv_heads)
+    pad = round(padding * seqlen)
+    key_valid = None
+    if pad:
+        key_valid = (torch.arange(seqlen, device=device) >= pad).repeat(batch, 1)
+    return q, k, v, key_valid, seqlen - pad
+
+
+def _mosa_step(q, k, v, key_valid, grad_out):
+    """Forward only when ``grad_out`` is None, else forward and backward."""
+    if grad_out is None:
+        return lambda: attention(q, k, v, key_valid)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+
+    def step():
+        out = attention(*leaves, key_valid)
+        return torch.autograd.grad(out, leaves, grad_out)
+
+    return step
+
+
+def _sdpa_step(q, k, v, key_valid, grad_out):
+    """SDPA in its own [B, H, L, D] layout: transposed views, K/V expanded to the q heads."""
+    group = q.shape[2] // k.shape[2]
+    qh = q.transpose(1, 2)
+    kh = k.repeat_interleave(group, dim=2).transpose(1, 2)
+    vh = v.repeat_interleave(group, dim=2).transpose(1, 2)
+    mask = None if key_valid is None else key_valid[:, None, None, :]
+    force_flash = mask is None and q.is_cuda
+    grad_h = None if grad_out is None else grad_out.transpose(1, 2)
+
+    def forward(qh, kh, vh):
+        if force_flash:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(qh, kh, vh)
+        return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+
+    if grad_h is None:
+        return lambda: forward(qh, kh, vh)
+    leaves = [t.detach().requires_grad_() for t in (qh, kh, vh)]
+    return lambda: torch.autograd.grad(forward(*leaves), leaves, grad_h)
+
+
+def measure(batch, seqlen, head_dim, heads, padding, dtype, device, repeats):
+    """Rows for one shape: the forward and the forward+backward, mosa against SDPA."""
+    q_heads, kv_heads = heads
+    q, k, v, key_valid, valid_keys = _inputs(
+        batch, seqlen, q_heads, kv_heads, head_dim, padding, dtype, device
+    )
+    grad_out = torch.randn_like(q)
+    forward_flops = 4 * batch * q_heads * seqlen * valid_keys * head_dim
+    rows = []
+    for name, grad, flops in (
+        ("fwd", None, forward_flops),
+        ("fwd+bwd", grad_out, 3.5 * forward_flops),
+    ):
+        mosa = _mosa_step(q, k, v, key_valid, grad)
+        sdpa = _sdpa_step(q, k, v, key_valid, grad)
+        mosa_s = median_seconds(mosa, device, repeats=repeats)
+        sdpa_s = median_seconds(sdpa, device, repeats=repeats)
+        rows.append(
+            {
+                "heads": f"{q_heads}/{kv_heads}",
+                "padding": f"{padding:.0%}",
+                "pass": name,
+                "mosa ms": mosa_s * 1e3,
+                "SDPA ms": sdpa_s * 1e3,
+                "speedup": sdpa_s / mosa_s,
+                "mosa TFLOP/s": flops / mosa_s / 1e12,
+                "SDPA TFLOP/s": flops / sdpa_s / 1e12,
+                "mosa peak MiB": peak_bytes(mosa, device) / 2**20,
+                "SDPA peak MiB": peak_bytes(sdpa, device) / 2**20,
+                "target (fwd+bwd)": TARGETS[padding] if name == "fwd+bwd" and q.is_cuda else "",
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="32/32 heads only, fewer repeats (under a minute)"
+    )
+    args = parser.parse_args()
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    shape = GPU_SHAPE if on_gpu else CPU_SHAPE
+    heads_list = GPU_HEADS if on_gpu else CPU_HEADS
+    if args.quick:
+        heads_list = heads_list[:1]
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    repeats = 5 if args.quick or not on_gpu else 10
+
+    rows = []
+    for heads in heads_list:
+        for padding in PADDINGS:
+            rows.extend(
+                measure(
+                    **shape,
+                    heads=heads,
+                    padding=padding,
+                    dtype=dtype,
+                    device=device,
+                    repeats=repeats,
+                )
+            )
+
+    backend = backend_name(device)
+    title = (
+        f"attention, {dtype}, B={shape['batch']}, L={shape['seqlen']}, D={shape['head_dim']}, "
+        f"mosa backend: {backend}, {machine_name(device)}"
+    )
+    path = write_results(
+        "attention",
+        device,
+        rows,
+        extra={"shape": shape, "dtype": str(dtype), "backend": backend, "quick": args.quick},
+    )
+    print(title)
+    print(format_table(rows, COLUMNS))
+    if not on_gpu:
+        print(
+            "\nNo CUDA GPU: both sides ran the torch reference on a small case. "
+            "The speed figures and targets need a GPU."
+        )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Tiny random models, model wrappers and prompts shared by the sampler tests."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
+
+from mosa.models import build_model  # noqa: E402
+
+MASK_ID = 126  # both tiny configs
+PAD_ID = 125  # != MASK_ID
+PROMPT_VOCAB = 120  # real token ids the prompts use
+LLADA_LAYERS = TINY_CONFIGS["llada"]["n_layers"]
+
+
+@lru_cache
+def llada_model(seed: int = 0, n_layers: int = LLADA_LAYERS, **overrides) -> nn.Module:
+    """A tiny random LLaDA (fp32, CPU, eval); cached, the sampler never changes weights."""
+    config = dict(TINY_CONFIGS["llada"], n_layers=n_layers, **overrides)
+    model = build_model(config, device="cpu", dtype=torch.float32)
+    model.load_state_dict(random_weights(model, seed))
+    return model.eval()
+
+
+@lru_cache
+def dream_model(seed: int = 0) -> nn.Module:
+    model = build_model(TINY_CONFIGS["dream"], device="cpu", dtype=torch.float32)
+    model.load_state_dict(random_weights(model, seed))
+    return model.eval()
+
+
+class LogitsOnly(nn.Module):
+    """A Hugging Face-style view of a mosa model: ``forward(...)`` returns only ``.logits``.
+
+    The samplers take their generic (non-fused, uncached) path for it.
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None):
+        return SimpleNamespace(
+            logits=self.inner(input_ids, attention_mask, return_logits=True).logits
+        )
+
+
+class UnshiftedLogits(nn.Module):
+    """Dream as Hugging Face's ``DreamModel`` returns it: the head at every position, unshifted
+    (``hidden_states @ lm_head_weight.T``); Dream's sampler applies the shift itself."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None):
+        hidden = self.inner(input_ids, attention_mask).hidden_states
+        return SimpleNamespace(logits=hidden @ self.inner.lm_head_weight.T)
+
+
+def random_prompt(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, PROMPT_VOCAB, (batch, length), generator=generator)
+
+
+def padded_prompts(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts of ``lengths``, left padded with ``PAD_ID``; ``(ids, attention_mask)``."""
+    generator = torch.Generator().manual_seed(seed)
+    total = max(lengths)
+    ids = torch.full((len(lengths), total), PAD_ID)
+    mask = torch.zeros(len(lengths), total, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, total - n :] = torch.randint(0, PROMPT_VOCAB, (n,), generator=generator)
+        mask[row, total - n :] = 1
+    return ids, mask
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
