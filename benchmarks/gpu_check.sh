@@ -16,21 +16,20 @@ report="benchmarks/results/gpu-check-$gpu-$(date +%F).md"
 mkdir -p benchmarks/results
 log=$(mktemp)
 
-python3 setup.py -q build_ext --inplace >/dev/null || { echo "building the C++ extension failed" >&2; exit 1; }
+python3 setup.py -q build_ext --inplace -j 8 >/dev/null || { echo "building the C++ extension failed" >&2; exit 1; }
 
 status=0
 echo "== kernel tests (compiled Triton)"
-timeout 300 python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tee "$log" || status=1
+timeout 240 python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tee "$log" || status=1
 tests_line=$(grep -E "[0-9]+ (passed|failed)" "$log" | tail -n 1)
 
 echo "== benchmarks"
 benchmark_tables=""
-for bench in kernels attention; do
-  if [ -f "benchmarks/$bench.py" ]; then
-    table=$(timeout 240 python3 "benchmarks/$bench.py" --quick 2>&1) || status=1
-    echo "$table"
-    benchmark_tables+="$table"$'\n\n'
-  fi
+for bench in kernels:60 attention:90 sampler:120; do
+  name=${bench%%:*}
+  table=$(timeout "${bench##*:}" python3 "benchmarks/$name.py" --quick 2>&1) || status=1
+  echo "$table"
+  benchmark_tables+="$table"$'\n\n'
 done
 
 {
