@@ -50,23 +50,31 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Memory ``fn()`` needs above what is allocated before it runs (its inputs)."""
+def profile_call(fn: Callable[[], object], device: torch.device) -> tuple[object, float, int]:
+    """Runs ``fn()`` once: its result, wall time, and the memory it needed above what was
+    allocated before it ran (its inputs)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        fn()
+        start = time.perf_counter()
+        result = fn()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
+        seconds = time.perf_counter() - start
+        return result, seconds, torch.cuda.max_memory_allocated(device) - before
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _status_kib("VmRSS")
+    start = time.perf_counter()
     result = fn()
-    peak = _status_kib("VmHWM")
-    del result
-    return max(0, peak - before) * 1024
+    seconds = time.perf_counter() - start
+    return result, seconds, max(0, _status_kib("VmHWM") - before) * 1024
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Memory ``fn()`` needs above what is allocated before it runs (its inputs)."""
+    return profile_call(fn, device)[2]
 
 
 def machine_name(device: torch.device) -> str:

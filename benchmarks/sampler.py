@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import llada_reference_generate  # noqa: E402
-from common import format_table, machine_name, median_seconds, peak_bytes, write_results  # noqa: E402
+from common import format_table, machine_name, median_seconds, profile_call, write_results  # noqa: E402
 
 from mosa.models import LLADA_8B, build_model  # noqa: E402
 from mosa.sampling import generate  # noqa: E402
@@ -63,11 +63,11 @@ def run_modes(device, *, batch, prompt_length, gen_length, block_length, steps, 
     reference = None
     rows = []
     for name, run in modes.items():
-        out = run()
+        out, seconds, peak = profile_call(run, device)
+        if repeats > 1:
+            seconds = median_seconds(run, device, repeats=repeats, warmup=0)
         if reference is None:
             reference = out
-        seconds = median_seconds(run, device, repeats=repeats, warmup=0)
-        peak = peak_bytes(run, device)
         agreement = (out[:, prompt_length:] == reference[:, prompt_length:]).float().mean().item()
         rows.append(
             {

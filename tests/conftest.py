@@ -50,6 +50,22 @@ def device():
     return DEVICE
 
 
+_TINY_MODEL_DIRS = ("models", "sampling")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tests of tiny models run torch on one thread: thread start-up would dominate them,
+    worse on a loaded machine. Kernel tests keep every thread (the C++ kernels use them)."""
+    if request.path.parent.name not in _TINY_MODEL_DIRS:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def poison_outputs(monkeypatch):
     """Make every ``torch.empty``/``empty_like`` during the test NaN (or -7777777) filled.

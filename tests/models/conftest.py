@@ -5,17 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from tiny_checkpoints import TINY_CONFIGS, tiny_model, write_sharded
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: thread start-up would dominate, worse on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=["llada", "dream"])
