@@ -14,7 +14,10 @@ cpu_kernels = Pybind11Extension(
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
     cxx_std=17,
-    extra_compile_args=["-O3", "-fopenmp"],
+    # no-trapping-math: nothing reads the FP exception flags, and without it GCC keeps float
+    # compares inside vectorised loops as branches. fp-contract=off: no fused a * b + c, whose
+    # rounding would make results depend on the CPU (the torch spec rounds each operation).
+    extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"],
     extra_link_args=["-fopenmp"],
 )
 

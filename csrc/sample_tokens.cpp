@@ -6,15 +6,6 @@
 // the running max grows (online softmax). Guidance, suppressed or excluded ids and tempering
 // add work only where they apply.
 
-// First, so that they cover every function here: GCC keeps a float compare or multiply that
-// an earlier pass made conditional out of a vectorised loop when it "could trap", and nothing
-// here reads the FP exception flags (no-trapping-math leaves results, inf and NaN included,
-// unchanged); and GCC fuses a * b + c into an FMA in C++ by default on CPUs that have one,
-// which would make results depend on the CPU (fp-contract=off).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math", "fp-contract=off")
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <utility>
