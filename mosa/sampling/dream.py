@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
@@ -147,7 +148,10 @@ def diffusion_generate(
 
 
 def _filtered_logits(rows, predictor, temperature, top_p, top_k):
-    logits = rows.float() if predictor.weight is None else (rows @ predictor.weight.T).float()
+    if predictor.weight is None:
+        logits = rows.float()
+    else:
+        logits = F.linear(rows, predictor.weight, predictor.bias).float()
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1:
