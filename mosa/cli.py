@@ -64,12 +64,14 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from mosa import tiny
     from mosa.models import load_model
     from mosa.sampling.prompts import load_tokenizer, sample_texts
 
     prompts = _read_prompts(args)
-    model = load_model(args.model, dtype=args.dtype, device=args.device).eval()
-    tokenizer = load_tokenizer(args.model)
+    folder = args.model if args.model is not None else tiny.path()
+    model = load_model(folder, dtype=args.dtype, device=args.device).eval()
+    tokenizer = load_tokenizer(folder)
     # A short --gen-length alone should just work: one block, one step per token.
     if args.gen_length is not None:
         if args.block_length is None and args.gen_length % 128:
@@ -102,7 +104,11 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _add_sample_parser(commands) -> None:
     p = commands.add_parser("sample", help="generate responses with the drop-in sampler")
-    p.add_argument("model", help="checkpoint folder (config.json, safetensors, tokenizer)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="checkpoint folder (config.json, safetensors, tokenizer); default: the embedded tiny model",
+    )
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts-file", help="JSONL: one string or {'prompt': ...} per line")
     p.add_argument("--out", help="write JSONL here instead of stdout")

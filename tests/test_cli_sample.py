@@ -76,6 +76,13 @@ def test_sample_is_the_sampler_output(checkpoint, capsys):
     assert record["response"] == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
+def test_sample_defaults_to_the_embedded_tiny_model(capsys):
+    prompt = "what is 2 plus 3 ?"
+    assert main(["sample", "--prompt", prompt, "--gen-length", "8", "--steps", "8"]) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["prompt"] == prompt and record["response"].strip()
+
+
 def test_sample_rejects_bad_input(checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="no prompts"):
         main(["sample", str(checkpoint)])
