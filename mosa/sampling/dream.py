@@ -10,7 +10,7 @@ from mosa_kernels.random import gumbel, seed_from
 
 from .canvas import build_canvas, first_masked_position
 from .filters import top_k_filter, top_p_filter
-from .output import GenerateOutput
+from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
 from .schedule import dream_timesteps, dream_transfer_count
 
@@ -136,9 +136,7 @@ def diffusion_generate(
             else:
                 commit = select_transfer(conf, is_masked, k=count)
         x[:, start:end] = torch.where(commit, token, x[:, start:end])
-        filled = commit & (token != mask_id)
-        in_response = filled[:, max(prompt_length - start, 0) :]
-        commit_step[:, max(start - prompt_length, 0) :].masked_fill_(in_response, i)
+        record_commits(commit_step, commit, token, mask_id, start, prompt_length, i)
         if history is not None:
             history.append(x.clone())
 

@@ -8,7 +8,7 @@ from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import seed_from
 
 from .canvas import build_canvas, first_masked_position
-from .output import GenerateOutput
+from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
 from .schedule import llada_transfer_counts
 
@@ -159,12 +159,7 @@ def generate(
             else:
                 commit = select_transfer(conf, is_masked, k=counts[:, i])
             rows_x[:, window:end] = torch.where(commit, token, rows_x[:, window:end])
-            # Committing the mask token itself leaves the position masked: not in the trace.
-            filled = commit & (token != mask_id)
-            in_response = filled[:, max(prompt_length - window, 0) :]
-            rows_trace[:, max(window - prompt_length, 0) : end - prompt_length].masked_fill_(
-                in_response, step_count
-            )
+            record_commits(rows_trace, commit, token, mask_id, window, prompt_length, step_count)
             step_count += 1
         x[active], commit_step[active] = rows_x, rows_trace
 

@@ -26,3 +26,12 @@ class GenerateOutput:
     commit_step: torch.Tensor
     steps: int
     history: list[torch.Tensor] | None = None
+
+
+def record_commits(commit_step, commit, token, mask_id, start, prompt_length, step):
+    """Writes ``step`` into ``commit_step [B, G]`` where ``commit [B, W]`` (window from position
+    ``start``) filled a response position; committing the mask token itself fills nothing."""
+    filled = commit & (token != mask_id)
+    in_response = filled[:, max(prompt_length - start, 0) :]
+    first = max(start - prompt_length, 0)
+    commit_step[:, first : first + in_response.shape[1]].masked_fill_(in_response, step)

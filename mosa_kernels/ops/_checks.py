@@ -22,6 +22,24 @@ def check_tensor(name: str, value, *, ndim_min: int = 1, floating: bool | None =
         raise TypeError(f"{name} must be an integer tensor of token ids, got {value.dtype}")
 
 
+def check_head(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``x [..., d]`` against an LM head ``weight [V, d]`` (and ``bias [V]``), same dtype."""
+    check_tensor(name, x, floating=True)
+    check_tensor("weight", weight, ndim_min=2, floating=True)
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"weight must be [V, d] with d = {name}.shape[-1] = {x.shape[-1]}, got {tuple(weight.shape)}"
+        )
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight is {weight.dtype} but {name} is {x.dtype}; cast one of them")
+    if bias is not None:
+        check_tensor("bias", bias, floating=True)
+        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
+            raise ValueError(
+                f"bias must be [{weight.shape[0]}] of dtype {weight.dtype}, got {tuple(bias.shape)} {bias.dtype}"
+            )
+
+
 def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
     named = [(n, t) for n, t in tensors.items() if t is not None]
     device = named[0][1].device

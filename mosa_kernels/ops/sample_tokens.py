@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .. import torch_kernels as layout
 from ..dispatch import kernels_for
 from ..random import RANDOM_CONFIDENCE_COLUMN, seed_from, uniform
-from ._checks import check_same_device, check_tensor, id_tensor
+from ._checks import check_head, check_same_device, check_tensor, id_tensor
 
 CONFIDENCES = ("prob", "margin", "neg_entropy", "random")
 _VOCAB_CHUNK_BYTES = 32 << 20
@@ -73,22 +73,9 @@ def sample_tokens(
                 f"{x_uncond.dtype} vs {tuple(x.shape)} {x.dtype}"
             )
     if weight is not None:
-        check_tensor("weight", weight, ndim_min=2, floating=True)
-        if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
-            raise ValueError(
-                f"weight must be [V, d] with d = x.shape[-1] = {x.shape[-1]}, "
-                f"got {tuple(weight.shape)}"
-            )
-        if weight.dtype != x.dtype:
-            raise TypeError(f"weight is {weight.dtype} but x is {x.dtype}; cast one of them")
-    if bias is not None:
-        if weight is None:
-            raise ValueError("bias is the LM head's; give it with weight (the fused-linear form)")
-        check_tensor("bias", bias, floating=True)
-        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
-            raise ValueError(
-                f"bias must be [{weight.shape[0]}] of dtype {weight.dtype}, got {tuple(bias.shape)} {bias.dtype}"
-            )
+        check_head("x", x, weight, bias)
+    elif bias is not None:
+        raise ValueError("bias is the LM head's; give it with weight (the fused-linear form)")
     device = check_same_device(x=x, weight=weight, bias=bias, x_uncond=x_uncond)
     vocab_size = weight.shape[0] if weight is not None else x.shape[-1]
     suppress_ids = id_tensor("suppress", suppress, vocab_size, device)

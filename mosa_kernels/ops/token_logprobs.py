@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dispatch import kernels_for
-from ._checks import check_same_device, check_tensor, check_token_ids, rows_per_chunk
+from ._checks import check_head, check_same_device, check_tensor, check_token_ids, rows_per_chunk
 
 _CHUNK_BYTES = 64 << 20
 
@@ -81,23 +81,6 @@ class _TokenLogprobs(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
-def _check_head(hidden, weight, bias):
-    check_tensor("hidden", hidden, floating=True)
-    check_tensor("weight", weight, ndim_min=2, floating=True)
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(
-            f"weight must be [V, d] with d = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}"
-        )
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight is {weight.dtype} but hidden is {hidden.dtype}; cast one of them")
-    if bias is not None:
-        check_tensor("bias", bias, floating=True)
-        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
-            raise ValueError(
-                f"bias must be [{weight.shape[0]}] of dtype {weight.dtype}, got {tuple(bias.shape)} {bias.dtype}"
-            )
-
-
 def _check_temperature(temperature: float) -> float:
     if not (temperature > 0 and temperature != float("inf")):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
@@ -140,7 +123,7 @@ def token_logprobs(
     Returns float32 log-probabilities shaped like ``targets``; differentiable w.r.t.
     ``hidden``, ``weight`` and ``bias``.
     """
-    _check_head(hidden, weight, bias)
+    check_head("hidden", hidden, weight, bias)
     temperature = _check_temperature(temperature)
     check_same_device(hidden=hidden, weight=weight, bias=bias, targets=targets)
     lead = hidden.shape[:-1]
@@ -260,9 +243,9 @@ def token_kl(
     ``hidden``, ``weight`` and ``bias``. The backward recomputes both logits chunk by chunk,
     so memory stays O(chunk x V).
     """
-    _check_head(hidden, weight, bias)
+    check_head("hidden", hidden, weight, bias)
     ref_weight = weight if ref_weight is None else ref_weight
-    _check_head(ref_hidden, ref_weight, bias)
+    check_head("ref_hidden", ref_hidden, ref_weight, bias)
     if ref_hidden.shape != hidden.shape:
         raise ValueError(
             f"ref_hidden must match hidden's shape {tuple(hidden.shape)}, got {tuple(ref_hidden.shape)}"
