@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from ..dispatch import kernels_for
 from ._checks import check_head, check_same_device, check_tensor, check_token_ids, rows_per_chunk
 
-_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = {"cuda": 512 << 20}  # big chunks keep a GPU's matmuls efficient
+_CPU_CHUNK_BYTES = 64 << 20  # the CPU kernels want a chunk's logits near the caches
+
+
+def _chunk_bytes(device: torch.device) -> int:
+    return _CHUNK_BYTES.get(device.type, _CPU_CHUNK_BYTES)
 
 
 def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -118,7 +123,8 @@ def token_logprobs(
         hidden: ``[..., d]``; weight: the LM head ``[V, d]`` (optional ``bias [V]``).
         targets: ``[...]`` (one token per row) or ``[..., K]`` (K tokens per row sharing one
             log-sum-exp). ``ignore_index`` entries give 0 and no gradient.
-        chunk_rows: rows per chunk (default: as many as keep a chunk's logits near 64 MiB).
+        chunk_rows: rows per chunk (default: as many as keep a chunk's logits near 64 MiB on
+            the CPU, 512 MiB on a GPU).
 
     Returns float32 log-probabilities shaped like ``targets``; differentiable w.r.t.
     ``hidden``, ``weight`` and ``bias``.
@@ -129,7 +135,8 @@ def token_logprobs(
     lead = hidden.shape[:-1]
     flat_targets, single = _flatten_targets(targets, lead)
     check_token_ids("targets", flat_targets, weight.shape[0], ignore_index)
-    chunk = rows_per_chunk(weight.shape[0], hidden.element_size(), _CHUNK_BYTES, chunk_rows)
+    budget = _chunk_bytes(hidden.device)
+    chunk = rows_per_chunk(weight.shape[0], hidden.element_size(), budget, chunk_rows)
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     logp = _TokenLogprobs.apply(
         flat_hidden, weight, bias, flat_targets, temperature, ignore_index, chunk
@@ -186,23 +193,34 @@ class _TokenKL(torch.autograd.Function):
     def forward(ctx, hidden, ref_hidden, weight, ref_weight, bias, chunk):
         kernels = kernels_for(hidden.device)
         kl = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        # With a frozen head (LoRA) d kl / d hidden is known up to the upstream scale, so the
+        # forward computes it while it holds the logits and the backward needs no matmul.
+        head_trains = ctx.needs_input_grad[2] or (bias is not None and ctx.needs_input_grad[4])
+        direction = None
+        if ctx.needs_input_grad[0] and not head_trains:
+            direction = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+            unit = torch.ones(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         with torch.no_grad():
             for start in range(0, hidden.shape[0], chunk):
                 rows = slice(start, start + chunk)
-                kl[rows] = kernels.kl_rows(
-                    _linear(hidden[rows], weight, bias),
-                    _linear(ref_hidden[rows], ref_weight, bias),
-                    None,
-                )
-        ctx.save_for_backward(hidden, ref_hidden, weight, ref_weight, bias)
+                logits = _linear(hidden[rows], weight, bias)
+                ref_logits = _linear(ref_hidden[rows], ref_weight, bias)
+                if direction is None:
+                    kl[rows] = kernels.kl_rows(logits, ref_logits, None)
+                else:
+                    kl[rows] = kernels.kl_rows(logits, ref_logits, unit[rows])
+                    direction[rows] = logits @ weight  # logits now hold d kl / d logits
+        ctx.save_for_backward(hidden, ref_hidden, weight, ref_weight, bias, direction)
         ctx.chunk = chunk
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl):
-        hidden, ref_hidden, weight, ref_weight, bias = ctx.saved_tensors
-        kernels = kernels_for(hidden.device)
+        hidden, ref_hidden, weight, ref_weight, bias, direction = ctx.saved_tensors
         g = grad_kl.float().contiguous()
+        if direction is not None:
+            return (g[:, None] * direction).to(hidden.dtype), None, None, None, None, None
+        kernels = kernels_for(hidden.device)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         need_b = bias is not None and ctx.needs_input_grad[4]
         grad_hidden = torch.empty_like(hidden) if need_h else None
@@ -240,8 +258,9 @@ def token_kl(
 
     ``ref_weight`` defaults to ``weight`` (a frozen head shared by policy and reference); the
     reference side gets no gradient. Returns float32 ``[...]``; differentiable w.r.t.
-    ``hidden``, ``weight`` and ``bias``. The backward recomputes both logits chunk by chunk,
-    so memory stays O(chunk x V).
+    ``hidden``, ``weight`` and ``bias``. Memory stays O(chunk x V): with a frozen head the
+    forward also computes d kl / d hidden (``[..., d]`` float32, no matmul left for the
+    backward); a trainable head makes the backward recompute both logits chunk by chunk.
     """
     check_head("hidden", hidden, weight, bias)
     ref_weight = weight if ref_weight is None else ref_weight
@@ -257,7 +276,8 @@ def token_kl(
     check_same_device(
         hidden=hidden, ref_hidden=ref_hidden, weight=weight, ref_weight=ref_weight, bias=bias
     )
-    chunk = rows_per_chunk(weight.shape[0], hidden.element_size(), _CHUNK_BYTES // 2, chunk_rows)
+    budget = _chunk_bytes(hidden.device) // 2
+    chunk = rows_per_chunk(weight.shape[0], hidden.element_size(), budget, chunk_rows)
     lead = hidden.shape[:-1]
     d = hidden.shape[-1]
     kl = _TokenKL.apply(

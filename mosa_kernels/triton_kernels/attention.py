@@ -5,14 +5,19 @@ through their strides. The forward keeps a running max and sum per query row ove
 (online softmax) and saves the row's log-sum-exp (base 2) for the backward, which recomputes
 the probabilities tile by tile instead of storing them.
 
-Key masking: a short kernel lists, per batch item, the key tiles that hold at least one valid
-key. The forward and dQ loops walk that list, so tiles with no valid key (left padding, or
-holes anywhere) are never loaded or multiplied; the dK/dV kernel, which owns one key tile per
-program, skips its whole loop when its tile has no valid key. Masked keys are never read, so
-padding may hold anything (even NaN).
+Key masking: a short kernel finds, per batch item, the keys from its first valid key to its
+last one and whether an invalid key lies between them (a hole). The forward and dQ loops walk
+that range in contiguous tiles that start at its first key, so keys outside it (left or right
+padding) are never loaded or multiplied, and a tile's addresses follow from the loop counter
+alone, which lets Triton prefetch the next tiles while it multiplies this one. A range without
+holes masks only past its end; a range with holes runs a second copy of the loop that also
+loads the mask and masks key by key (a tile of invalid keys inside the range costs a step but
+changes nothing). The dK/dV kernel, which owns one key tile per program, runs no step when its
+tile has no valid key and stores zeros. Masked keys are never read, so they may hold anything
+(even NaN).
 
-A batch item with no valid key outputs zeros and gets zero gradients: its key-tile list is
-empty, so no loop runs and the accumulators stay zero.
+A batch item with no valid key outputs zeros and gets zero gradients: its key range is empty,
+so no loop runs and the accumulators stay zero.
 """
 
 from __future__ import annotations
@@ -26,11 +31,8 @@ import triton.language as tl
 
 _INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
-# Keys per tile in the forward and dQ loops. It is fixed (not tuned) because the per-batch list
-# of live key tiles is built for one tile size and shared by the forward and the backward.
-_KEY_TILE = 32 if _INTERPRETING else 64
-# Key tiles examined per step when listing the live tiles of a batch item.
-_SCHEDULE_TILES_PER_STEP = 16
+# Keys examined per step when finding a batch item's key range.
+_RANGE_BLOCK = 1024
 _DELTA_BLOCK_M = 32 if _INTERPRETING else 64
 
 _TORCH_TO_TRITON = {
@@ -49,7 +51,10 @@ class _Launcher:
         self.kernel = kernel
         self.tuned = None
         if not _INTERPRETING:
-            self.tuned = triton.autotune(configs=tuned_configs, key=["HEAD_DIM"])(kernel)
+            # A masked launch compiles a second copy of the key loop, so it may want other tiles.
+            self.tuned = triton.autotune(configs=tuned_configs, key=["HEAD_DIM", "HAS_MASK"])(
+                kernel
+            )
         self.fp32_config = fp32_config
         self.interpreter_config = interpreter_config
 
@@ -65,35 +70,88 @@ class _Launcher:
 
 
 @triton.jit
-def _live_key_tiles_kernel(
+def _key_range_kernel(
     valid_ptr,
     stride_valid_b,
     stride_valid_n,
     seqlen_k,
-    num_key_tiles,
-    tile_list_ptr,
-    tile_count_ptr,
-    BLOCK_N: tl.constexpr,
-    TILES_PER_STEP: tl.constexpr,
+    key_range_ptr,
+    BLOCK: tl.constexpr,
 ):
-    """Writes, for batch item ``program_id(0)``, the ascending indices of the key tiles that
-    hold at least one valid key into ``tile_list[b, :count]`` and ``count`` into
-    ``tile_count[b]``."""
+    """Writes ``key_range[b] = (first, end, holes)`` for batch item ``b = program_id(0)``: keys
+    ``first .. end - 1`` hold all its valid keys, from the first to the last, and ``holes`` is 1
+    where an invalid key lies between them. An item without a valid key gets ``(0, 0, 0)``."""
     batch = tl.program_id(0)
     valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b
-    tile_in_step = tl.arange(0, TILES_PER_STEP)
-    key_in_tile = tl.arange(0, BLOCK_N)
+    offs = tl.arange(0, BLOCK)
+    first = seqlen_k
+    end = 0
     count = 0
-    for first_tile in range(0, num_key_tiles, TILES_PER_STEP):
-        tiles = first_tile + tile_in_step
-        keys = tiles[:, None] * BLOCK_N + key_in_tile[None, :]
+    for start in range(0, seqlen_k, BLOCK):
+        keys = start + offs
         valid = tl.load(valid_row + keys * stride_valid_n, mask=keys < seqlen_k, other=0) != 0
-        live = tl.max(valid.to(tl.int32), axis=1)
-        # Exclusive prefix sum: where each live tile goes in the compacted list.
-        slot = count + tl.cumsum(live, axis=0) - live
-        tl.store(tile_list_ptr + batch * num_key_tiles + slot, tiles, mask=live > 0)
-        count += tl.sum(live, axis=0)
-    tl.store(tile_count_ptr + batch, count)
+        first = tl.minimum(first, tl.min(tl.where(valid, keys, seqlen_k), axis=0))
+        end = tl.maximum(end, tl.max(tl.where(valid, keys + 1, 0), axis=0))
+        count += tl.sum(valid.to(tl.int32), axis=0)
+    # Without a valid key first = seqlen_k > end = 0; the range must be empty, not reversed.
+    first = tl.minimum(first, end)
+    entry = key_range_ptr + 3 * batch
+    tl.store(entry, first)
+    tl.store(entry + 1, end)
+    tl.store(entry + 2, (end - first != count).to(tl.int32))
+
+
+@triton.jit
+def _key_range(key_range_ptr, batch, seqlen_k, HAS_MASK: tl.constexpr):
+    """``(first, end, holes)`` of the batch item (see ``_key_range_kernel``); every key, without
+    holes, when there is no mask."""
+    if HAS_MASK:
+        entry = key_range_ptr + 3 * batch
+        first = tl.load(entry)
+        end = tl.load(entry + 1)
+        holes = tl.load(entry + 2)
+    else:
+        first = 0
+        end = seqlen_k
+        holes = 0
+    return first, end, holes
+
+
+@triton.jit
+def _tile_ptrs(base, batch, head, rows, offs_d, stride_b, stride_l, stride_h, stride_d):
+    """Pointers to rows ``rows`` (all of D) of one (batch, head) of a ``[B, L, H, D]`` tensor."""
+    return (
+        base
+        + batch.to(tl.int64) * stride_b
+        + head * stride_h
+        + rows[:, None] * stride_l
+        + offs_d[None, :] * stride_d
+    )
+
+
+@triton.jit
+def _key_tile(keys, offs_n, offs_d, start, end, HOLES: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """K, V and the attendable keys of the keys ``start + offs_n`` of one (batch, kv head), where
+    ``keys`` holds the head's row bases of K, V and the mask and their strides (see the callers).
+    Attendable: before ``end`` and, where ``HOLES``, valid in the mask; the others load as zeros
+    and are never read."""
+    k_rows, v_rows, valid_row, stride_kn, stride_kd, stride_vn, stride_vd, stride_valid_n = keys
+    offs_key = start + offs_n
+    key_ok = offs_key < end
+    if HOLES:
+        valid = tl.load(valid_row + offs_key * stride_valid_n, mask=key_ok, other=0)
+        key_ok = key_ok & (valid != 0)
+    k = tl.load(
+        k_rows + offs_key[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        mask=key_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    v = tl.load(
+        v_rows + offs_key[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        mask=key_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    return k, v, key_ok
 
 
 @triton.jit
@@ -104,8 +162,7 @@ def _forward_kernel(
     o_ptr,
     lse_ptr,
     valid_ptr,
-    tile_list_ptr,
-    tile_count_ptr,
+    key_range_ptr,
     stride_qb,
     stride_qm,
     stride_qh,
@@ -127,7 +184,6 @@ def _forward_kernel(
     q_heads,
     seqlen_q,
     seqlen_k,
-    num_key_tiles,
     qk_scale_log2,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -137,7 +193,7 @@ def _forward_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One program: BLOCK_M query rows of one (batch, q head); loops over the live key tiles."""
+    """One program: BLOCK_M query rows of one (batch, q head); loops over the key range."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = pid_bh // q_heads
@@ -149,65 +205,46 @@ def _forward_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seqlen_q
 
-    q_rows = q_ptr + batch.to(tl.int64) * stride_qb + head * stride_qh
-    k_rows = k_ptr + batch.to(tl.int64) * stride_kb + kv_head * stride_kh
-    v_rows = v_ptr + batch.to(tl.int64) * stride_vb + kv_head * stride_vh
     q = tl.load(
-        q_rows + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        _tile_ptrs(q_ptr, batch, head, offs_m, offs_d, stride_qb, stride_qm, stride_qh, stride_qd),
         mask=row_ok[:, None],
         other=0.0,
     ).to(DOT_DTYPE)
+    k_rows = k_ptr + batch.to(tl.int64) * stride_kb + kv_head * stride_kh
+    v_rows = v_ptr + batch.to(tl.int64) * stride_vb + kv_head * stride_vh
+    valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b
+    keys = (k_rows, v_rows, valid_row, stride_kn, stride_kd, stride_vn, stride_vd, stride_valid_n)
+    first, end, holes = _key_range(key_range_ptr, batch, seqlen_k, HAS_MASK)
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    if HAS_MASK:
-        num_tiles = tl.load(tile_count_ptr + batch)
-    else:
-        num_tiles = tl.cdiv(seqlen_k, BLOCK_N)
-    for i in range(0, num_tiles):
-        if HAS_MASK:
-            tile = tl.load(tile_list_ptr + batch * num_key_tiles + i)
-        else:
-            tile = i
-        offs_key = tile * BLOCK_N + offs_n
-        key_ok = offs_key < seqlen_k
-        if HAS_MASK:
-            valid = tl.load(
-                valid_ptr + batch.to(tl.int64) * stride_valid_b + offs_key * stride_valid_n,
-                mask=key_ok,
-                other=0,
-            )
-            key_ok = key_ok & (valid != 0)
-        k = tl.load(
-            k_rows + offs_key[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-            mask=key_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
-        scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        # Every listed tile holds a valid key, so new_max is finite from the first tile on.
-        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
-        rescale = tl.exp2(row_max - new_max)
-        p = tl.exp2(scores - new_max[:, None])
-        row_sum = row_sum * rescale + tl.sum(p, axis=1)
-        v = tl.load(
-            v_rows + offs_key[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-            mask=key_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        acc = acc * rescale[:, None]
-        acc = tl.dot(p.to(DOT_DTYPE), v, acc, input_precision=DOT_PRECISION)
-        row_max = new_max
+    # One copy of the loop per value of HOLES, picked per batch item: the copy for a range
+    # without holes loads no mask, so nothing it loads waits on another load and Triton can
+    # fetch tiles ahead.
+    for variant in tl.static_range(1 + HAS_MASK):
+        if holes == variant:
+            for start in range(first, end, BLOCK_N):
+                k, v, key_ok = _key_tile(keys, offs_n, offs_d, start, end, variant, DOT_DTYPE)
+                scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+                scores = tl.where(key_ok[None, :], scores, float("-inf"))
+                # The range starts at a valid key, so new_max is finite from the first tile on,
+                # and a tile of invalid keys inside it adds exp2(-inf) = 0.
+                new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+                rescale = tl.exp2(row_max - new_max)
+                p = tl.exp2(scores - new_max[:, None])
+                row_sum = row_sum * rescale + tl.sum(p, axis=1)
+                acc = acc * rescale[:, None]
+                acc = tl.dot(p.to(DOT_DTYPE), v, acc, input_precision=DOT_PRECISION)
+                row_max = new_max
 
     has_key = row_sum > 0.0
     # Rows with no valid key have acc == 0 and row_sum == 0: dividing by 1 leaves zeros.
     row_sum = tl.where(has_key, row_sum, 1.0)
     out = acc / row_sum[:, None]
-    o_rows = o_ptr + batch.to(tl.int64) * stride_ob + head * stride_oh
     tl.store(
-        o_rows + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+        _tile_ptrs(o_ptr, batch, head, offs_m, offs_d, stride_ob, stride_om, stride_oh, stride_od),
         out.to(o_ptr.dtype.element_ty),
         mask=row_ok[:, None],
     )
@@ -243,20 +280,14 @@ def _delta_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seqlen_q
     o = tl.load(
-        o_ptr
-        + batch.to(tl.int64) * stride_ob
-        + head * stride_oh
-        + offs_m[:, None] * stride_om
-        + offs_d[None, :] * stride_od,
+        _tile_ptrs(o_ptr, batch, head, offs_m, offs_d, stride_ob, stride_om, stride_oh, stride_od),
         mask=row_ok[:, None],
         other=0.0,
     ).to(tl.float32)
     do = tl.load(
-        do_ptr
-        + batch.to(tl.int64) * stride_dob
-        + head * stride_doh
-        + offs_m[:, None] * stride_dom
-        + offs_d[None, :] * stride_dod,
+        _tile_ptrs(
+            do_ptr, batch, head, offs_m, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
+        ),
         mask=row_ok[:, None],
         other=0.0,
     ).to(tl.float32)
@@ -323,42 +354,21 @@ def _dkdv_kernel(
     batch = pid_bkv // kv_heads
     kv_head = pid_bkv % kv_heads
 
-    offs_key = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_key = pid_n * BLOCK_N + offs_n
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    key_in_range = offs_key < seqlen_k
-    key_ok = key_in_range
-    if HAS_MASK:
-        valid = tl.load(
-            valid_ptr + batch.to(tl.int64) * stride_valid_b + offs_key * stride_valid_n,
-            mask=key_in_range,
-            other=0,
-        )
-        key_ok = key_ok & (valid != 0)
-
-    k = tl.load(
-        k_ptr
-        + batch.to(tl.int64) * stride_kb
-        + kv_head * stride_kh
-        + offs_key[:, None] * stride_kn
-        + offs_d[None, :] * stride_kd,
-        mask=key_ok[:, None],
-        other=0.0,
-    ).to(DOT_DTYPE)
-    v = tl.load(
-        v_ptr
-        + batch.to(tl.int64) * stride_vb
-        + kv_head * stride_vh
-        + offs_key[:, None] * stride_vn
-        + offs_d[None, :] * stride_vd,
-        mask=key_ok[:, None],
-        other=0.0,
-    ).to(DOT_DTYPE)
+    k_rows = k_ptr + batch.to(tl.int64) * stride_kb + kv_head * stride_kh
+    v_rows = v_ptr + batch.to(tl.int64) * stride_vb + kv_head * stride_vh
+    valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b
+    keys = (k_rows, v_rows, valid_row, stride_kn, stride_kd, stride_vn, stride_vd, stride_valid_n)
+    k, v, key_ok = _key_tile(keys, offs_n, offs_d, pid_n * BLOCK_N, seqlen_k, HAS_MASK, DOT_DTYPE)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
     q_tiles = tl.cdiv(seqlen_q, BLOCK_M)
-    # A tile with no valid key gets no gradient: run no step at all and store zeros.
+    # A tile with no valid key (padding) gets zero gradients: its K/V loads are masked off, it
+    # runs no step, and it only stores the zeros (cheaper than zero-filling all of dK and dV).
     num_steps = tl.where(tl.max(key_ok.to(tl.int32), axis=0) > 0, GROUP * q_tiles, 0)
     # One flat loop over (q head of the group, query tile) so the compiler pipelines its loads.
     for step in range(0, num_steps):
@@ -366,20 +376,16 @@ def _dkdv_kernel(
         rows = (step % q_tiles) * BLOCK_M + offs_m
         row_ok = rows < seqlen_q
         q = tl.load(
-            q_ptr
-            + batch.to(tl.int64) * stride_qb
-            + head * stride_qh
-            + rows[:, None] * stride_qm
-            + offs_d[None, :] * stride_qd,
+            _tile_ptrs(
+                q_ptr, batch, head, rows, offs_d, stride_qb, stride_qm, stride_qh, stride_qd
+            ),
             mask=row_ok[:, None],
             other=0.0,
         ).to(DOT_DTYPE)
         do = tl.load(
-            do_ptr
-            + batch.to(tl.int64) * stride_dob
-            + head * stride_doh
-            + rows[:, None] * stride_dom
-            + offs_d[None, :] * stride_dod,
+            _tile_ptrs(
+                do_ptr, batch, head, rows, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
+            ),
             mask=row_ok[:, None],
             other=0.0,
         ).to(DOT_DTYPE)
@@ -398,21 +404,18 @@ def _dkdv_kernel(
         dk = tl.dot(ds_t.to(DOT_DTYPE), q, dk, input_precision=DOT_PRECISION)
 
     dk = dk * softmax_scale
+    key_in_range = offs_key < seqlen_k
     tl.store(
-        dk_ptr
-        + batch.to(tl.int64) * stride_dkb
-        + kv_head * stride_dkh
-        + offs_key[:, None] * stride_dkn
-        + offs_d[None, :] * stride_dkd,
+        _tile_ptrs(
+            dk_ptr, batch, kv_head, offs_key, offs_d, stride_dkb, stride_dkn, stride_dkh, stride_dkd
+        ),
         dk.to(dk_ptr.dtype.element_ty),
         mask=key_in_range[:, None],
     )
     tl.store(
-        dv_ptr
-        + batch.to(tl.int64) * stride_dvb
-        + kv_head * stride_dvh
-        + offs_key[:, None] * stride_dvn
-        + offs_d[None, :] * stride_dvd,
+        _tile_ptrs(
+            dv_ptr, batch, kv_head, offs_key, offs_d, stride_dvb, stride_dvn, stride_dvh, stride_dvd
+        ),
         dv.to(dv_ptr.dtype.element_ty),
         mask=key_in_range[:, None],
     )
@@ -428,8 +431,7 @@ def _dq_kernel(
     lse_ptr,
     delta_ptr,
     valid_ptr,
-    tile_list_ptr,
-    tile_count_ptr,
+    key_range_ptr,
     stride_qb,
     stride_qm,
     stride_qh,
@@ -455,7 +457,6 @@ def _dq_kernel(
     q_heads,
     seqlen_q,
     seqlen_k,
-    num_key_tiles,
     softmax_scale,
     qk_scale_log2,
     GROUP: tl.constexpr,
@@ -466,7 +467,7 @@ def _dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One program: dQ of BLOCK_M query rows of one (batch, q head) over the live key tiles."""
+    """One program: dQ of BLOCK_M query rows of one (batch, q head) over the key range."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = pid_bh // q_heads
@@ -479,20 +480,14 @@ def _dq_kernel(
     row_ok = offs_m < seqlen_q
 
     q = tl.load(
-        q_ptr
-        + batch.to(tl.int64) * stride_qb
-        + head * stride_qh
-        + offs_m[:, None] * stride_qm
-        + offs_d[None, :] * stride_qd,
+        _tile_ptrs(q_ptr, batch, head, offs_m, offs_d, stride_qb, stride_qm, stride_qh, stride_qd),
         mask=row_ok[:, None],
         other=0.0,
     ).to(DOT_DTYPE)
     do = tl.load(
-        do_ptr
-        + batch.to(tl.int64) * stride_dob
-        + head * stride_doh
-        + offs_m[:, None] * stride_dom
-        + offs_d[None, :] * stride_dod,
+        _tile_ptrs(
+            do_ptr, batch, head, offs_m, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
+        ),
         mask=row_ok[:, None],
         other=0.0,
     ).to(DOT_DTYPE)
@@ -501,49 +496,27 @@ def _dq_kernel(
     delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
     k_rows = k_ptr + batch.to(tl.int64) * stride_kb + kv_head * stride_kh
     v_rows = v_ptr + batch.to(tl.int64) * stride_vb + kv_head * stride_vh
+    valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b
+    keys = (k_rows, v_rows, valid_row, stride_kn, stride_kd, stride_vn, stride_vd, stride_valid_n)
+    first, end, holes = _key_range(key_range_ptr, batch, seqlen_k, HAS_MASK)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    if HAS_MASK:
-        num_tiles = tl.load(tile_count_ptr + batch)
-    else:
-        num_tiles = tl.cdiv(seqlen_k, BLOCK_N)
-    for i in range(0, num_tiles):
-        if HAS_MASK:
-            tile = tl.load(tile_list_ptr + batch * num_key_tiles + i)
-        else:
-            tile = i
-        offs_key = tile * BLOCK_N + offs_n
-        key_ok = offs_key < seqlen_k
-        if HAS_MASK:
-            valid = tl.load(
-                valid_ptr + batch.to(tl.int64) * stride_valid_b + offs_key * stride_valid_n,
-                mask=key_ok,
-                other=0,
-            )
-            key_ok = key_ok & (valid != 0)
-        k = tl.load(
-            k_rows + offs_key[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-            mask=key_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        v = tl.load(
-            v_rows + offs_key[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-            mask=key_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
-        p = tl.where(key_ok[None, :], tl.exp2(scores - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(DOT_DTYPE), k, dq, input_precision=DOT_PRECISION)
+    # One copy of the loop per value of HOLES, as in the forward.
+    for variant in tl.static_range(1 + HAS_MASK):
+        if holes == variant:
+            for start in range(first, end, BLOCK_N):
+                k, v, key_ok = _key_tile(keys, offs_n, offs_d, start, end, variant, DOT_DTYPE)
+                scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+                p = tl.where(key_ok[None, :], tl.exp2(scores - lse[:, None]), 0.0)
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+                ds = p * (dp - delta[:, None])
+                dq = tl.dot(ds.to(DOT_DTYPE), k, dq, input_precision=DOT_PRECISION)
 
     dq = dq * softmax_scale
     tl.store(
-        dq_ptr
-        + batch.to(tl.int64) * stride_dqb
-        + head * stride_dqh
-        + offs_m[:, None] * stride_dqm
-        + offs_d[None, :] * stride_dqd,
+        _tile_ptrs(
+            dq_ptr, batch, head, offs_m, offs_d, stride_dqb, stride_dqm, stride_dqh, stride_dqd
+        ),
         dq.to(dq_ptr.dtype.element_ty),
         mask=row_ok[:, None],
     )
@@ -554,12 +527,12 @@ def _dq_kernel(
 _forward = _Launcher(
     _forward_kernel,
     tuned_configs=[
-        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     ],
-    fp32_config=triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=2),
-    interpreter_config=triton.Config({"BLOCK_M": 32}),
+    fp32_config=triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    interpreter_config=triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}),
 )
 _dkdv = _Launcher(
     _dkdv_kernel,
@@ -574,12 +547,12 @@ _dkdv = _Launcher(
 _dq = _Launcher(
     _dq_kernel,
     tuned_configs=[
-        triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
     ],
-    fp32_config=triton.Config({"BLOCK_M": 32}, num_warps=8, num_stages=2),
-    interpreter_config=triton.Config({"BLOCK_M": 32}),
+    fp32_config=triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    interpreter_config=triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}),
 )
 
 
@@ -595,24 +568,15 @@ def _dot_settings(dtype: torch.dtype) -> tuple[tl.dtype, str]:
     return _TORCH_TO_TRITON[dtype], "tf32"
 
 
-def _live_key_tiles(key_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per batch item, the indices of the ``_KEY_TILE``-key tiles with a valid key, and how many."""
+def _key_ranges(key_valid: torch.Tensor) -> torch.Tensor:
+    """``int32 [B, 3]``: per batch item, its first valid key, one past its last, and 1 where an
+    invalid key lies between them; ``(0, 0, 0)`` for an item without a valid key."""
     batch, seqlen_k = key_valid.shape
-    num_key_tiles = triton.cdiv(seqlen_k, _KEY_TILE)
-    tile_list = torch.empty((batch, num_key_tiles), dtype=torch.int32, device=key_valid.device)
-    tile_count = torch.empty((batch,), dtype=torch.int32, device=key_valid.device)
-    _live_key_tiles_kernel[(batch,)](
-        key_valid,
-        key_valid.stride(0),
-        key_valid.stride(1),
-        seqlen_k,
-        num_key_tiles,
-        tile_list,
-        tile_count,
-        BLOCK_N=_KEY_TILE,
-        TILES_PER_STEP=_SCHEDULE_TILES_PER_STEP,
+    key_range = torch.empty((batch, 3), dtype=torch.int32, device=key_valid.device)
+    _key_range_kernel[(batch,)](
+        key_valid, *key_valid.stride(), seqlen_k, key_range, BLOCK=_RANGE_BLOCK
     )
-    return tile_list, tile_count
+    return key_range
 
 
 class _Attention(torch.autograd.Function):
@@ -625,9 +589,9 @@ class _Attention(torch.autograd.Function):
         # Triton loads bool tensors as bytes; a same-size view costs nothing.
         valid = key_valid.view(torch.uint8) if has_mask else q.new_empty((1, 1), dtype=torch.uint8)
         if has_mask:
-            tile_list, tile_count = _live_key_tiles(valid)
+            key_range = _key_ranges(valid)
         else:
-            tile_list = tile_count = q.new_empty((1,), dtype=torch.int32)
+            key_range = q.new_empty((1, 3), dtype=torch.int32)
         dot_dtype, dot_precision = _dot_settings(q.dtype)
         qk_scale_log2 = scale * math.log2(math.e)
 
@@ -643,8 +607,7 @@ class _Attention(torch.autograd.Function):
             out,
             lse,
             valid,
-            tile_list,
-            tile_count,
+            key_range,
             *q.stride(),
             *k.stride(),
             *v.stride(),
@@ -653,23 +616,21 @@ class _Attention(torch.autograd.Function):
             q_heads,
             seqlen_q,
             seqlen_k,
-            tile_list.shape[-1],
             qk_scale_log2,
             GROUP=group,
             HEAD_DIM=head_dim,
             HAS_MASK=has_mask,
             DOT_DTYPE=dot_dtype,
             DOT_PRECISION=dot_precision,
-            BLOCK_N=_KEY_TILE,
         )
-        ctx.save_for_backward(q, k, v, out, lse, valid, tile_list, tile_count)
+        ctx.save_for_backward(q, k, v, out, lse, valid, key_range)
         ctx.has_mask = has_mask
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, valid, tile_list, tile_count = ctx.saved_tensors
+        q, k, v, out, lse, valid, key_range = ctx.saved_tensors
         batch, seqlen_q, q_heads, head_dim = q.shape
         seqlen_k, kv_heads = k.shape[1], k.shape[2]
         group = q_heads // kv_heads
@@ -742,8 +703,7 @@ class _Attention(torch.autograd.Function):
                 lse,
                 delta,
                 valid,
-                tile_list,
-                tile_count,
+                key_range,
                 *q.stride(),
                 *k.stride(),
                 *v.stride(),
@@ -753,10 +713,8 @@ class _Attention(torch.autograd.Function):
                 q_heads,
                 seqlen_q,
                 seqlen_k,
-                tile_list.shape[-1],
                 ctx.scale,
                 qk_scale_log2,
-                BLOCK_N=_KEY_TILE,
                 **common,
             )
         return dq, dk, dv, None, None

@@ -23,13 +23,24 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
 def _key_valid(kind: str, batch: int, seqlen_k: int, gen: torch.Generator) -> torch.Tensor | None:
-    """Key masks: None, left padding of growing length, random holes, or an item with no key."""
+    """Key masks: None; left or right padding of growing length; valid keys only in a middle
+    stretch that moves from item to item; 130 invalid keys (a whole key tile of 32 keys
+    interpreted or 64 on a GPU, wherever tiles start) between valid keys; random holes; or an
+    item with no key."""
     if kind == "none":
         return None
-    positions = torch.arange(seqlen_k)
+    positions = torch.arange(seqlen_k)[None, :]
+    pads = torch.linspace(0, 0.8 * seqlen_k, batch).long()[:, None]
     if kind == "left":
-        pads = torch.linspace(0, 0.8 * seqlen_k, batch).long()
-        return positions[None, :] >= pads[:, None]
+        return positions >= pads
+    if kind == "right":
+        return positions < seqlen_k - pads
+    if kind == "middle":
+        first = torch.linspace(0.05 * seqlen_k, 0.5 * seqlen_k, batch).long()[:, None]
+        return (positions >= first) & (positions < first + int(0.3 * seqlen_k))
+    if kind == "gap":
+        gap = (positions >= 0.2 * seqlen_k) & (positions < 0.2 * seqlen_k + 130)
+        return (positions >= torch.arange(batch)[:, None] * 3) & ~gap
     if kind == "random":
         return torch.rand(batch, seqlen_k, generator=gen) < 0.6
     if kind == "one_empty":
@@ -102,6 +113,9 @@ def _check_against_reference(q, k, v, key_valid, grad_out, scale=None):
 CASES = [
     pytest.param((2, 37, 101, 4, 4, 32), "none", id="no-mask"),
     pytest.param((3, 37, 101, 4, 4, 32), "left", id="left-padding"),
+    pytest.param((3, 37, 101, 4, 4, 32), "right", id="right-padding"),
+    pytest.param((3, 37, 101, 8, 2, 64), "middle", id="valid-keys-in-the-middle"),
+    pytest.param((2, 37, 200, 4, 1, 32), "gap", id="invalid-tile-between-valid-keys"),
     pytest.param((2, 37, 101, 4, 4, 64), "random", id="random-mask-d64"),
     pytest.param((2, 24, 50, 2, 2, 32), "one_empty", id="item-without-keys"),
     pytest.param((2, 37, 101, 8, 2, 32), "left", id="gqa4"),
@@ -171,54 +185,75 @@ def test_scores_far_below_zero(backend, device):
         assert error <= 1e-4, f"{name}: relative error {error:.2e}"
 
 
-def test_invalid_leading_keys_match_keys_removed(monkeypatch, device):
-    """Left padding longer than a key tile (32 keys interpreted, 64 on a GPU) is skipped: the
-    result equals attention over the valid keys alone, and the padding is never read."""
+def test_padding_matches_keys_removed(monkeypatch, device):
+    """Padding on both sides, longer than a key tile, is skipped: the result equals attention over
+    the valid keys alone, and the padding gets zero gradients and is never read."""
     pytest.importorskip("triton")
     monkeypatch.setenv("MOSA_BACKEND", "triton")
-    pad, seqlen_q, seqlen_k = 70, 23, 133
+    pad, tail, seqlen_q, seqlen_k = 70, 75, 23, 233
     q, k, v, grad_out, _ = _inputs((1, seqlen_q, seqlen_k, 4, 2, 32), torch.float32, device, 5)
-    k[:, :pad] = float("nan")
-    v[:, :pad] = float("nan")
-    key_valid = (torch.arange(seqlen_k, device=device) >= pad)[None, :]
+    keep = slice(pad, seqlen_k - tail)
+    for t in (k, v):
+        t[:, :pad] = float("nan")
+        t[:, keep.stop :] = float("nan")
+    key_valid = torch.zeros(1, seqlen_k, dtype=torch.bool, device=device)
+    key_valid[:, keep] = True
 
     out, dq, dk, dv = _forward_backward(q, k, v, key_valid, grad_out)
     out_trim, dq_trim, dk_trim, dv_trim = _forward_backward(
-        q, k[:, pad:], v[:, pad:], None, grad_out
+        q, k[:, keep], v[:, keep], None, grad_out
     )
     for name, actual, expected in (
         ("out", out, out_trim),
         ("dq", dq, dq_trim),
-        ("dk", dk[:, pad:], dk_trim),
-        ("dv", dv[:, pad:], dv_trim),
+        ("dk", dk[:, keep], dk_trim),
+        ("dv", dv[:, keep], dv_trim),
     ):
         error = _relative_error(actual, expected.double())
         assert error <= TOLERANCE[torch.float32], f"{name}: relative error {error:.2e}"
-    assert torch.equal(dk[:, :pad], torch.zeros_like(dk[:, :pad]))
-    assert torch.equal(dv[:, :pad], torch.zeros_like(dv[:, :pad]))
+    for name, grad in (("dk", dk), ("dv", dv)):
+        grad[:, keep] = 0
+        assert torch.equal(grad, torch.zeros_like(grad)), f"{name} of the padding"
 
 
-def test_live_key_tiles_lists_exactly_the_tiles_with_a_valid_key(device):
+@pytest.mark.parametrize("mask", ["left", "right", "middle", "gap", "random"])
+def test_masked_keys_are_never_read(monkeypatch, device, mask):
+    """NaN in every masked key changes nothing, whether the key lies outside the range of valid
+    keys (skipped) or in a hole inside it (loads masked)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("MOSA_BACKEND", "triton")
+    shape = (3, 23, 200, 4, 2, 32)
+    q, k, v, grad_out, gen = _inputs(shape, torch.float32, device, seed=8)
+    key_valid = _key_valid(mask, shape[0], shape[2], gen).to(device)
+    masked = ~key_valid[:, :, None, None]
+    expected = _forward_backward(q, k, v, key_valid, grad_out)
+    k_nan, v_nan = (t.masked_fill(masked, float("nan")) for t in (k, v))
+    actual = _forward_backward(q, k_nan, v_nan, key_valid, grad_out)
+    for name, got, want in zip(("out", "dq", "dk", "dv"), actual, expected, strict=True):
+        assert torch.equal(got, want), name
+
+
+def test_key_ranges_span_the_valid_keys(device):
     pytest.importorskip("triton")
     from mosa_kernels.triton_kernels import attention as triton_attention
 
-    tile = triton_attention._KEY_TILE
-    seqlen_k = 37 * tile + 5  # more tiles than one listing step covers, and a partial last tile
-    gen = torch.Generator().manual_seed(6)
-    key_valid = torch.zeros(4, seqlen_k, dtype=torch.bool)
-    key_valid[0, 3 * tile + 7 :] = True  # left padding
-    key_valid[1] = torch.rand(seqlen_k, generator=gen) < 0.02  # sparse holes
-    key_valid[2, -1] = True  # only the last key, in the partial tile
-    # key_valid[3]: no valid key at all
-    tile_list, tile_count = triton_attention._live_key_tiles(key_valid.to(device).view(torch.uint8))
-
-    padded = torch.nn.functional.pad(key_valid, (0, tile_list.shape[1] * tile - seqlen_k))
-    live = padded.view(4, -1, tile).any(dim=2)
-    for item in range(4):
-        expected = live[item].nonzero().flatten().tolist()
-        count = int(tile_count[item])
-        assert tile_list[item, :count].tolist() == expected, f"item {item}"
-    assert tile_count[3] == 0
+    seqlen_k = 2 * triton_attention._RANGE_BLOCK + 37  # several steps, the last one partial
+    key_valid = torch.zeros(6, seqlen_k, dtype=torch.bool)
+    key_valid[0, 1500:] = True  # left padding
+    key_valid[1, :700] = True  # right padding
+    key_valid[2, 1000:1100] = True  # both, across a step boundary
+    key_valid[3, [5, 2000]] = True  # holes
+    key_valid[4, -1] = True  # only the last key
+    # key_valid[5]: no valid key
+    key_range = triton_attention._key_ranges(key_valid.to(device).view(torch.uint8))
+    assert [tuple(item) for item in key_range.tolist()] == [
+        (1500, seqlen_k, 0),
+        (0, 700, 0),
+        (1000, 1100, 0),
+        (5, 2001, 1),
+        (seqlen_k - 1, seqlen_k, 0),
+        (0, 0, 0),
+    ]
 
 
 def test_rejects_bad_arguments(device):

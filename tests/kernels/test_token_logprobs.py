@@ -223,6 +223,16 @@ def test_token_kl(backend, device, shared):
     assert out.shape == (N,) and (out >= -1e-6).all()
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_token_kl_frozen_head(backend, device, bias):
+    # The LoRA case: the forward computes d kl / d hidden, the backward only scales it.
+    tensors = kl_inputs(device, n=19, bias=bias)
+    tensors["weight"].requires_grad_(False)
+    if bias:
+        tensors["bias"].requires_grad_(False)
+    compare(_chunked(token_kl, 4), reference.token_kl, tensors, no_grad=("ref_hidden",))
+
+
 def test_token_kl_leading_dims(backend, device):
     tensors = kl_inputs(device, n=15, bias=True)
     tensors["hidden"] = leaf(tensors["hidden"].reshape(3, 5, D), True)
