@@ -41,21 +41,25 @@ class DiffusionLMOutput:
     cache: KVCache | None = None
 
 
-def _key_valid(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+def _key_valid(
+    attention_mask: torch.Tensor | None, inputs: torch.Tensor, name: str
+) -> torch.Tensor | None:
+    """``attention_mask`` as bool, checked against the ``[B, L]`` of ``inputs`` (``input_ids``
+    or ``inputs_embeds``, as ``name`` says)."""
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, torch.Tensor):
         raise TypeError(
             f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}"
         )
-    if attention_mask.shape != input_ids.shape:
+    if attention_mask.shape != inputs.shape[:2]:
         raise ValueError(
-            f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, "
+            f"attention_mask must have {name}' shape {tuple(inputs.shape[:2])}, "
             f"got {tuple(attention_mask.shape)}"
         )
-    if attention_mask.device != input_ids.device:
+    if attention_mask.device != inputs.device:
         raise ValueError(
-            f"attention_mask is on {attention_mask.device} but input_ids on {input_ids.device}"
+            f"attention_mask is on {attention_mask.device} but {name} on {inputs.device}"
         )
     return attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
 
@@ -138,9 +142,10 @@ class DiffusionLM(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
+        inputs_embeds: torch.Tensor | None = None,
         cache: KVCache | None = None,
         start: int | None = None,
         return_cache: bool = False,
@@ -149,6 +154,8 @@ class DiffusionLM(nn.Module):
         """Runs the model on ``input_ids`` ``[B, L]``.
 
         Args:
+            inputs_embeds: ``[B, L, d]`` input embeddings instead of ``input_ids`` (exactly one
+                of the two), e.g. to differentiate with respect to the input tokens.
             attention_mask: ``[B, L]``, nonzero/True at real tokens, 0 at padding (left padding
                 is the common case; padded keys are never attended to). Not used with a cache,
                 whose ``key_valid`` already says it.
@@ -161,15 +168,12 @@ class DiffusionLM(nn.Module):
             return_logits: also return the logits (HF compatibility; costs a ``[B, L, V]``
                 tensor — the fused ops take ``hidden_states`` and ``lm_head_weight`` instead).
         """
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError("input_ids must be a [B, L] tensor of token ids")
-        if input_ids.is_floating_point():
-            raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
-        batch, length = input_ids.shape
+        given, name = self._check_inputs(input_ids, inputs_embeds)
+        batch, length = given.shape[:2]
         if cache is None:
             if start is not None:
                 raise ValueError("start is only meaningful with cache=")
-            key_valid = _key_valid(attention_mask, input_ids)
+            key_valid = _key_valid(attention_mask, given, name)
             positions = self.rotary_positions(key_valid, length)
             if return_cache:
                 cache = KVCache.allocate(
@@ -193,7 +197,7 @@ class DiffusionLM(nn.Module):
         cos, sin = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
         inputs = AttentionInputs(cos, sin, self.rope_in_fp32, key_valid, cache, start)
 
-        x = self.get_input_embeddings()(input_ids)
+        x = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         checkpointing = self.gradient_checkpointing and self.training and cache is None
         for block in self.blocks:
             if checkpointing and torch.is_grad_enabled():
@@ -214,6 +218,33 @@ class DiffusionLM(nn.Module):
             if self.logits_shift:
                 logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return DiffusionLMOutput(hidden_states=hidden, logits=logits, cache=cache)
+
+    def _check_inputs(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+    ) -> tuple[torch.Tensor, str]:
+        """The given one of ``input_ids`` / ``inputs_embeds``, checked, and its name."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids [B, L] and inputs_embeds [B, L, d]")
+        if inputs_embeds is None:
+            if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+                raise ValueError("input_ids must be a [B, L] tensor of token ids")
+            if input_ids.is_floating_point():
+                raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+            return input_ids, "input_ids"
+        width = self.get_input_embeddings().embedding_dim
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3:
+            raise ValueError(f"inputs_embeds must be a [B, L, {width}] tensor of embeddings")
+        if inputs_embeds.shape[-1] != width:
+            raise ValueError(
+                f"inputs_embeds must have the embedding width {width} last, "
+                f"got shape {tuple(inputs_embeds.shape)}"
+            )
+        if inputs_embeds.dtype != self.dtype or inputs_embeds.device != self.device:
+            raise TypeError(
+                f"inputs_embeds must be {self.dtype} on {self.device} like the model, "
+                f"got {inputs_embeds.dtype} on {inputs_embeds.device}"
+            )
+        return inputs_embeds, "inputs_embeds"
 
     def _check_slice(self, cache: KVCache, start: int | None, batch: int, length: int) -> None:
         if not isinstance(cache, KVCache):

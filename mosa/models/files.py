@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,33 +186,29 @@ def _write_weights(folder: Path, state: Mapping[str, torch.Tensor], max_shard_by
         )
 
 
-def write_checkpoint(
-    folder: Path, config: dict[str, Any], state: Mapping[str, torch.Tensor], max_shard_bytes: int
+def write_folder(
+    folder: Path, fill: Callable[[Path], None], keep: Callable[[str], bool] = lambda name: False
 ) -> None:
-    """Writes ``config.json`` and the weights (one file, or shards + index) atomically.
+    """Replaces ``folder`` atomically by what ``fill(staging_folder)`` writes.
 
     Everything is written and fsynced in a temporary sibling folder that then replaces
-    ``folder``, so a reader never sees a half-written checkpoint. Files already in ``folder``
-    that this function does not write (tokenizer, generation config, ...) are carried over.
+    ``folder``, so a reader never sees a half-written one; files already in ``folder`` whose
+    name satisfies ``keep`` are carried over.
     """
-    if max_shard_bytes < 1:
-        raise ValueError(
-            f"max_shard_size must be a positive number of bytes, got {max_shard_bytes}"
-        )
     folder = Path(folder).absolute()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        _write_json(staging / "config.json", config)
-        _write_weights(staging, state, max_shard_bytes)
-        for path in staging.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+        fill(staging)
+        for path in staging.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
         if folder.exists():
             for path in folder.iterdir():
-                if not _written_here(path.name):
+                if keep(path.name):
                     copy = shutil.copytree if path.is_dir() else shutil.copy2
                     copy(path, staging / path.name)
             retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
@@ -225,3 +221,21 @@ def write_checkpoint(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def write_checkpoint(
+    folder: Path, config: dict[str, Any], state: Mapping[str, torch.Tensor], max_shard_bytes: int
+) -> None:
+    """Writes ``config.json`` and the weights (one file, or shards + index) atomically
+    (``write_folder``); files of ``folder`` this function does not write (tokenizer, generation
+    config, ...) are carried over."""
+    if max_shard_bytes < 1:
+        raise ValueError(
+            f"max_shard_size must be a positive number of bytes, got {max_shard_bytes}"
+        )
+
+    def fill(staging: Path) -> None:
+        _write_json(staging / "config.json", config)
+        _write_weights(staging, state, max_shard_bytes)
+
+    write_folder(folder, fill, keep=lambda name: not _written_here(name))

@@ -115,6 +115,33 @@ def test_cache_misuse_is_refused(family, model):
             model(ids[:, 2:4], cache=cache, start=2, return_logits=True)
 
 
+@torch.no_grad()
+def test_inputs_embeds_equal_input_ids(model):
+    ids, mask = padded_batch([7, 4], total=7)
+    embeds = model.get_input_embeddings()(ids)
+    by_ids = model(ids, mask, return_logits=True)
+    by_embeds = model(attention_mask=mask, inputs_embeds=embeds, return_logits=True)
+    torch.testing.assert_close(by_embeds.hidden_states, by_ids.hidden_states, **TOL)
+    torch.testing.assert_close(by_embeds.logits, by_ids.logits, **TOL)
+    with pytest.raises(ValueError, match="exactly one of input_ids"):
+        model(ids, inputs_embeds=embeds)
+    with pytest.raises(ValueError, match="exactly one of input_ids"):
+        model(attention_mask=mask)
+    with pytest.raises(ValueError, match="embedding width"):
+        model(inputs_embeds=embeds[..., :-1])
+    with pytest.raises(TypeError, match="like the model"):
+        model(inputs_embeds=embeds.double())
+    with pytest.raises(ValueError, match="attention_mask must have inputs_embeds' shape"):
+        model(attention_mask=mask[:, :5], inputs_embeds=embeds)
+
+
+def test_inputs_embeds_carry_gradients(model):
+    ids, _ = padded_batch([5], total=5)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    model(inputs_embeds=embeds).hidden_states.sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(model):
     ids, mask = padded_batch([9, 6], total=9)
     model.train()
