@@ -50,7 +50,7 @@ def device():
     return DEVICE
 
 
-_TINY_MODEL_DIRS = ("models", "sampling")
+_TINY_MODEL_DIRS = ("models", "sampling", "align", "eval", "tiny")
 
 
 @pytest.fixture(autouse=True)

@@ -88,7 +88,7 @@ def test_sample_rejects_bad_input(checkpoint, tmp_path):
         main(["sample", str(checkpoint)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(SystemExit, match="not JSON"):
+    with pytest.raises(SystemExit, match="line 1: not valid JSON"):
         main(["sample", str(checkpoint), "--prompts-file", str(bad)])
     with pytest.raises(ValueError, match="do not apply to LLaDA"):
         main(["sample", str(checkpoint), "--prompt", "w1", "--alg", "entropy"])

@@ -1,4 +1,4 @@
-"""The ``mosa`` command line: ``mosa demo | sample | align | eval | analyze | backends``."""
+"""``mosa sample``: generate responses with the drop-in sampler."""
 
 from __future__ import annotations
 
@@ -7,59 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-_PLANNED = {
-    "demo": "evaluate the embedded tiny model, align it with MOSA, evaluate again",
-    "align": "train a MOSA adapter",
-    "eval": "run the safety evaluation harness",
-    "analyze": "decoding-order and prefill-position analyses",
-}
-
-
-def _backends(_args: argparse.Namespace) -> int:
-    import torch
-
-    from mosa_kernels import available_backends, backend_name
-
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        chosen = backend_name(torch.device(device))
-        print(f"{device}: available {', '.join(available_backends(device))}; chosen {chosen}")
-    return 0
-
-
-def _not_yet(name: str):
-    def run(_args: argparse.Namespace) -> int:
-        print(
-            f"`mosa {name}` ({_PLANNED[name]}) is not yet available in this version; "
-            "`mosa sample` and `mosa backends` are."
-        )
-        return 0
-
-    return run
+from .common import read_prompt_file
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise SystemExit(f"--prompts-file {path}: no such file")
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"{path}:{number}: not JSON ({err.msg})") from None
-            if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-                prompts.append(record["prompt"])
-            elif isinstance(record, str):
-                prompts.append(record)
-            else:
-                raise SystemExit(
-                    f"{path}:{number}: expected a string or an object with a 'prompt' string"
-                )
+        prompts += read_prompt_file("--prompts-file", args.prompts_file)
     if not prompts:
-        raise SystemExit("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE.jsonl")
+        raise SystemExit("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
     return prompts
 
 
@@ -102,7 +58,7 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sample_parser(commands) -> None:
+def add_parser(commands) -> None:
     p = commands.add_parser("sample", help="generate responses with the drop-in sampler")
     p.add_argument(
         "model",
@@ -110,7 +66,9 @@ def _add_sample_parser(commands) -> None:
         help="checkpoint folder (config.json, safetensors, tokenizer); default: the embedded tiny model",
     )
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    p.add_argument("--prompts-file", help="JSONL: one string or {'prompt': ...} per line")
+    p.add_argument(
+        "--prompts-file", help="CSV, JSONL, JSON or one prompt per line (see mosa.datasets)"
+    )
     p.add_argument("--out", help="write JSONL here instead of stdout")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
@@ -137,24 +95,3 @@ def _add_sample_parser(commands) -> None:
     g.add_argument("--top-p", type=float, help="Dream")
     g.add_argument("--top-k", type=int, help="Dream")
     p.set_defaults(run=_sample)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mosa", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_sample_parser(commands)
-    for name, summary in _PLANNED.items():
-        commands.add_parser(name, help=summary).set_defaults(run=_not_yet(name))
-    commands.add_parser("backends", help="list the kernel backends on this machine").set_defaults(
-        run=_backends
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The MOSA objective written the straightforward way: the spec the fused one is tested against
+and the baseline ``benchmarks/align.py`` measures.
+
+Full ``[B, L, V]`` logits from both models, an explicit ``log_softmax``, an explicit loop over
+rows and offsets, and the KL summed over the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .objective import IGNORE, AlignBatch, ObjectiveTerms
+
+Logits = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""``(input_ids, attention_mask) -> logits [B, L, V]`` (position i predicts token i)."""
+
+
+def _best_offset(logp: torch.Tensor, sentence: list[int], window: tuple[int, int]):
+    gen_length = logp.shape[0]
+    best_score, best_k = None, None
+    for k in range(window[0], window[1] + 1):
+        if k + len(sentence) > gen_length:
+            break
+        score = sum(logp[k + m, token] for m, token in enumerate(sentence))
+        if best_score is None or score > best_score:
+            best_score, best_k = score, k
+    return best_score, best_k
+
+
+def reference_terms(
+    policy: Logits, reference: Logits, batch: AlignBatch, window: tuple[int, int]
+) -> ObjectiveTerms:
+    """The same terms as ``mosa_terms``, from full logits."""
+    gen_length = batch.gen_length
+    logits = policy(batch.input_ids, batch.attention_mask)[:, -gen_length:].float()
+    with torch.no_grad():
+        ref_logits = reference(batch.input_ids, batch.attention_mask)[:, -gen_length:].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    ref_logp = torch.log_softmax(ref_logits, dim=-1)
+    terms = {"plus": [], "minus": [], "best_plus": [], "best_minus": []}
+    for row in range(batch.input_ids.shape[0]):
+        for name, sentences in (("plus", batch.positive), ("minus", batch.negative)):
+            sentence = [t for t in sentences[row].tolist() if t != IGNORE]
+            score, k = _best_offset(logp[row], sentence, window)
+            terms[name].append(score)
+            terms[f"best_{name}"].append(k)
+    kl = (logp.exp() * (logp - ref_logp)).sum(dim=(1, 2))
+    return ObjectiveTerms(
+        torch.stack(terms["plus"]),
+        torch.stack(terms["minus"]),
+        kl,
+        torch.tensor(terms["best_plus"]),
+        torch.tensor(terms["best_minus"]),
+    )

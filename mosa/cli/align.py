@@ -1,0 +1,115 @@
+"""``mosa align``: train a MOSA adapter (or a fully fine-tuned model), on 1 process or N.
+
+Without a model folder it aligns the embedded tiny model on its own harmful training prompts,
+with its sentence sets, its 40-token canvas and window 10..20, and the benign-KL regulariser
+on its benign training prompts. Under ``torchrun --nproc_per_node N -m mosa.cli align ...``
+it runs data parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import read_prompt_file
+
+
+def _align(args: argparse.Namespace) -> int:
+    from mosa import tiny
+    from mosa.align import AlignConfig, Sentences, read_sentences, train
+
+    tiny_run = args.model is None
+    settings = dict(tiny.ALIGN_SETTINGS) if tiny_run else {}
+    for name in ("gen_length", "lr", "clip", "batch_size", "benign_beta"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.window is not None:
+        settings["window"] = tuple(args.window)
+    if args.initial_alignment:
+        settings["window"] = (0, 0)
+
+    if args.prompts:
+        prompts = read_prompt_file("--prompts", args.prompts)
+    elif tiny_run:
+        prompts, _ = tiny.align_prompts()
+    else:
+        raise SystemExit("--prompts FILE is required with a model folder (CSV, JSONL or text)")
+    benign = []
+    if args.benign_prompts:
+        benign = read_prompt_file("--benign-prompts", args.benign_prompts)
+    elif tiny_run:
+        _, benign = tiny.align_prompts()
+    if settings.get("benign_beta", 0) > 0 and not benign:
+        raise SystemExit("--benign-beta > 0 needs --benign-prompts FILE")
+
+    sentences = tiny.align_sentences() if tiny_run else Sentences()
+    try:
+        if args.refusals:
+            sentences = Sentences(read_sentences(args.refusals), sentences.harmful)
+        if args.harmful:
+            sentences = Sentences(sentences.refusals, read_sentences(args.harmful))
+        config = AlignConfig(
+            model=str(args.model or tiny.path()),
+            output_dir=args.out,
+            beta=args.beta,
+            lora=not (args.full_finetune or args.fsdp),
+            lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            fsdp=args.fsdp,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            grad_accum=args.grad_accum,
+            seed=args.seed,
+            save_every=args.save_every,
+            resume=not args.no_resume,
+            gradient_checkpointing=args.gradient_checkpointing,
+            export_merged=args.export_merged,
+            device=args.device,
+            **settings,
+        )
+        out = train(config, prompts, sentences=sentences, benign_prompts=benign)
+    except ValueError as err:
+        raise SystemExit(f"mosa align: {err}") from None
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {out}")
+    return 0
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("align", help="train a MOSA adapter (middle-token safety alignment)")
+    p.add_argument("model", nargs="?", help="checkpoint folder; default: the embedded tiny model")
+    p.add_argument("--out", required=True, help="output folder (metrics, checkpoints, adapter)")
+    p.add_argument(
+        "--prompts", help="harmful prompts: CSV (AdvBench/HarmBench/SORRY-Bench), JSONL or text"
+    )
+    p.add_argument("--benign-prompts", help="prompts for the benign-KL regulariser")
+    p.add_argument("--refusals", help="positive sentences: one per line or a JSON list")
+    p.add_argument("--harmful", help="negative sentences: one per line or a JSON list")
+    g = p.add_argument_group("objective (defaults: the paper's)")
+    g.add_argument("--gen-length", type=int, help="response canvas length (default 128)")
+    g.add_argument(
+        "--window", type=int, nargs=2, metavar=("FIRST", "LAST"), help="offsets (default 20 60)"
+    )
+    g.add_argument(
+        "--initial-alignment", action="store_true", help="baseline: window 0 0 (the start)"
+    )
+    g.add_argument("--beta", type=float, default=0.05, help="KL weight")
+    g.add_argument("--benign-beta", type=float, help="benign-KL weight (default 0)")
+    g = p.add_argument_group("training")
+    g.add_argument("--full-finetune", action="store_true", help="train every weight, no LoRA")
+    g.add_argument("--fsdp", action="store_true", help="full fine-tuning sharded with FSDP2")
+    g.add_argument("--lora-r", type=int, default=32)
+    g.add_argument("--lora-alpha", type=int, default=64)
+    g.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-5)")
+    g.add_argument("--clip", type=float, help="gradient-norm clip (default 0.01)")
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--max-steps", type=int)
+    g.add_argument("--batch-size", type=int, help="prompts per process and micro-step (1)")
+    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
+    g.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--export-merged", action="store_true", help="also write merged weights")
+    g.add_argument("--device", help="default: cuda if available, else cpu")
+    p.set_defaults(run=_align)

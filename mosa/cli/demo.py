@@ -1,0 +1,29 @@
+"""``mosa demo``: evaluate the embedded tiny model, align it with MOSA and with the
+Initial-Alignment baseline, evaluate both, and print the table (see ``mosa.demo``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from mosa.demo import run_demo
+
+    torch.set_num_threads(args.threads)
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser(
+        "demo", help="the paper's experiment on the embedded tiny model (CPU, ~5 minutes)"
+    )
+    p.add_argument("--out", default="mosa-demo", help="output folder (default ./mosa-demo)")
+    p.add_argument("--quick", action="store_true", help="a few prompts and steps (a smoke test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (results depend on it)"
+    )
+    p.set_defaults(run=_demo)

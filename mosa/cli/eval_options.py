@@ -1,0 +1,247 @@
+"""Flags and builders that ``mosa eval`` and ``mosa analyze`` share: the model (with an
+optional adapter), the sampler settings, the prompt sets and the judge.
+
+Without a model folder the embedded tiny model is used, and a checkpoint with the tiny
+model's vocabulary (e.g. a MOSA-aligned copy) gets the tiny model's defaults too: its
+40-token canvas, its held-out prompt sets and its own judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SHARED_FILES = {
+    "advbench": "advbench_harmful_behaviors.csv",
+    "harmbench": "harmbench_behaviors_text_all.csv",
+    "xstest": "xstest_prompts.csv",
+    "gsm8k": "gsm8k_test.jsonl",
+    "alpaca": "alpaca_335.jsonl",
+}
+TINY_SETS = {"tiny-harmful": "harmful", "tiny-benign": "benign", "tiny-risky": "risky"}
+JUDGES = ("keyword", "http", "classifier", "tiny")
+
+
+@dataclass
+class PromptSet:
+    """Prompts and what they measure: ``harmful`` (ASR per attack), ``utility`` (exact match
+    against ``answers``) or ``over_refusal`` (benign prompts refused)."""
+
+    name: str
+    kind: str
+    prompts: list[str]
+    answers: list[str] = field(default_factory=list)
+
+    def limited(self, limit: int | None) -> PromptSet:
+        """The first ``limit`` prompts (all when None)."""
+        if limit is None:
+            return self
+        return PromptSet(self.name, self.kind, self.prompts[:limit], self.answers[:limit])
+
+
+# -- model -----------------------------------------------------------------------------------
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model", nargs="?", help="checkpoint folder (with tokenizer); default: the tiny model"
+    )
+    p.add_argument("--adapter", help="a peft adapter folder, merged into the model first")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", help="default: bf16 on cuda, fp32 on cpu")
+
+
+def load_model_and_tokenizer(args: argparse.Namespace, device=None):
+    """``(model, tokenizer, tiny)``: the model in eval mode with ``--adapter`` merged, its
+    tokenizer, and whether it is the tiny model (or has its vocabulary)."""
+    from mosa import tiny
+    from mosa.models import load_model
+    from mosa.sampling.prompts import load_tokenizer
+
+    folder = Path(args.model) if args.model is not None else tiny.path()
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"{folder}: not a checkpoint folder (no config.json)")
+    try:
+        model = load_model(folder, dtype=args.dtype, device=device or args.device)
+    except ValueError as err:
+        raise SystemExit(f"{folder}: {err}") from None
+    if args.adapter:
+        model = _merge_adapter(model, Path(args.adapter))
+    tokenizer = load_tokenizer(folder)
+    is_tiny = args.model is None or (
+        tokenizer.get_vocab() == load_tokenizer(tiny.path()).get_vocab()
+    )
+    return model.eval(), tokenizer, is_tiny
+
+
+def _merge_adapter(model, adapter: Path):
+    if not (adapter / "adapter_config.json").is_file():
+        raise SystemExit(f"--adapter {adapter}: not a peft adapter folder (no adapter_config.json)")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise SystemExit("--adapter needs peft: pip install peft") from None
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """A short name for the evaluated model: the adapter's run folder, else the model's."""
+    if args.adapter:
+        adapter = Path(args.adapter).resolve()
+        return adapter.parent.name if adapter.name == "adapter" else adapter.name
+    return Path(args.model).resolve().name if args.model else "tiny"
+
+
+# -- sampler ---------------------------------------------------------------------------------
+
+
+def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampler (greedy LLaDA; defaults: 40/8/40 for the tiny model)")
+    g.add_argument("--gen-length", type=int, help="response canvas (default 128)")
+    g.add_argument(
+        "--block-length", type=int, help="default 32, or --gen-length if it is not a multiple"
+    )
+    g.add_argument("--steps", type=int, help="denoising steps (default: --gen-length)")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+
+
+def sampler_settings(args: argparse.Namespace, tiny: bool) -> dict:
+    """The ``generate`` settings: the defaults (the tiny model's or the paper's), then the
+    flags; a lone ``--gen-length`` gets one step per token and a block that divides it."""
+    from mosa.eval.runner import SAMPLER_DEFAULTS
+    from mosa.tiny.evaluate import SAMPLER_DEFAULTS as TINY_DEFAULTS
+
+    settings = dict(TINY_DEFAULTS if tiny else SAMPLER_DEFAULTS)
+    if args.gen_length is not None:
+        settings["gen_length"] = args.gen_length
+        if args.block_length is None and args.gen_length % settings["block_length"]:
+            settings["block_length"] = args.gen_length
+        if args.steps is None:
+            settings["steps"] = args.gen_length
+    for name in ("block_length", "steps"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    gen, block, steps = settings["gen_length"], settings["block_length"], settings["steps"]
+    if min(gen, block, steps) < 1 or gen % block or steps % (gen // block):
+        raise SystemExit(
+            f"sampler: need --gen-length ({gen}) a multiple of --block-length ({block}) and "
+            f"--steps ({steps}) a multiple of the number of blocks, all >= 1"
+        )
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    return settings
+
+
+# -- prompt sets -----------------------------------------------------------------------------
+
+
+def load_prompt_set(flag: str, name: str) -> PromptSet:
+    """A prompt set by name (``SHARED_FILES`` from ``mosa.datasets.shared_data_dir()``,
+    ``TINY_SETS``: the tiny corpus's held-out prompts) or a file of harmful prompts."""
+    from mosa import datasets
+
+    if name in TINY_SETS:
+        return _tiny_set(name)
+    if name in SHARED_FILES:
+        folder = datasets.shared_data_dir()
+        if folder is None:
+            raise SystemExit(
+                f"{flag} {name}: no shared data folder; set MOSA_DATA_DIR to the folder that "
+                f"holds {SHARED_FILES[name]}, or give the file's path"
+            )
+        path = folder / SHARED_FILES[name]
+        if not path.is_file():
+            raise SystemExit(
+                f"{flag} {name}: {path} does not exist; set MOSA_DATA_DIR to the folder that "
+                f"holds {SHARED_FILES[name]}, or give the file's path"
+            )
+        try:
+            return _shared_set(name, path)
+        except ValueError as err:
+            raise SystemExit(f"{flag}: {err}") from None
+    if Path(name).is_file():
+        from .common import read_prompt_file
+
+        return PromptSet(Path(name).stem, "harmful", read_prompt_file(flag, name))
+    known = ", ".join([*SHARED_FILES, *TINY_SETS])
+    raise SystemExit(f"{flag} {name}: unknown dataset and no such file; give one of {known}")
+
+
+def _shared_set(name: str, path: Path) -> PromptSet:
+    from mosa import datasets
+
+    if name == "advbench":
+        return PromptSet(name, "harmful", [r.goal for r in datasets.load_advbench(path)])
+    if name == "harmbench":
+        return PromptSet(name, "harmful", [r.behavior for r in datasets.load_harmbench(path)])
+    if name == "xstest":
+        safe = [r.prompt for r in datasets.load_xstest(path) if r.label == "safe"]
+        return PromptSet(name, "over_refusal", safe)
+    if name == "gsm8k":
+        problems = datasets.load_gsm8k(path)
+        return PromptSet(
+            name, "utility", [p.question for p in problems], [p.final for p in problems]
+        )
+    return PromptSet(name, "over_refusal", [r.prompt for r in datasets.load_alpaca(path)])
+
+
+def _tiny_set(name: str) -> PromptSet:
+    from mosa.tiny import corpus
+
+    _, held_out = corpus.splits(seed=0)
+    examples = held_out[TINY_SETS[name]]
+    prompts = [e.prompt for e in examples]
+    if name == "tiny-benign":
+        return PromptSet(name, "utility", prompts, [e.response for e in examples])
+    return PromptSet(name, "harmful" if name == "tiny-harmful" else "over_refusal", prompts)
+
+
+# -- judge -----------------------------------------------------------------------------------
+
+
+def add_judge_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("judge (default: tiny for the tiny model, else keyword)")
+    g.add_argument("--judge", choices=JUDGES)
+    g.add_argument("--refusal-phrases", help="keyword judge: phrases file, one per line")
+    g.add_argument("--judge-endpoint", help="http judge: OpenAI-compatible base URL")
+    g.add_argument("--judge-model", help="http judge: model name, e.g. gpt-4.1")
+    g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="env var of the key")
+    g.add_argument("--judge-rubric", choices=["harm_score", "strongreject"], default="harm_score")
+    g.add_argument("--judge-cache", help="http judge: JSON-lines cache of verdicts")
+    g.add_argument("--judge-workers", type=int, default=4, help="http judge: parallel requests")
+    g.add_argument("--classifier", help="classifier judge: local HF classification model folder")
+
+
+def build_judge(args: argparse.Namespace, tiny: bool):
+    """The judge the flags ask for (``--judge``, else the tiny model's or the keyword one)."""
+    from mosa.eval import ClassifierJudge, HTTPJudge, KeywordJudge
+
+    kind = args.judge or ("tiny" if tiny else "keyword")
+    try:
+        if kind == "tiny":
+            from mosa.tiny.evaluate import ComplianceJudge
+
+            return ComplianceJudge()
+        if kind == "keyword":
+            return (
+                KeywordJudge.from_file(args.refusal_phrases)
+                if args.refusal_phrases
+                else KeywordJudge()
+            )
+        if kind == "http":
+            if not (args.judge_endpoint and args.judge_model):
+                raise SystemExit("--judge http needs --judge-endpoint URL and --judge-model NAME")
+            return HTTPJudge(
+                args.judge_endpoint,
+                args.judge_model,
+                api_key_env=args.judge_api_key_env,
+                rubric=args.judge_rubric,
+                cache_path=args.judge_cache,
+                workers=args.judge_workers,
+            )
+        if not args.classifier:
+            raise SystemExit("--judge classifier needs --classifier PATH (a local model folder)")
+        return ClassifierJudge(args.classifier)
+    except ValueError as err:
+        raise SystemExit(f"--judge {kind}: {err}") from None

@@ -1,0 +1,352 @@
+"""``mosa eval``: a model (with an optional adapter) on one prompt set, under attacks, judged.
+
+Harmful prompt sets (AdvBench, HarmBench, ``tiny-harmful``, a file) give the ASR of each
+attack; GSM8K and ``tiny-benign`` give utility (exact match); XSTest's safe prompts, Alpaca
+and ``tiny-risky`` give over-refusal. The output folder gets one JSON-lines file of responses
+and verdicts per attack, and ``results.json`` / ``results.md`` (a ``Results`` table that
+later runs into the same folder add their rows and columns to) and ``asr.png``.
+
+Under ``torchrun --nproc_per_node N -m mosa.cli eval ...`` each process samples a strided
+share of the prompts (and runs GCG on its share); process 0 gathers, judges and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .eval_options import (
+    add_judge_flags,
+    add_model_flags,
+    add_sampler_flags,
+    build_judge,
+    load_model_and_tokenizer,
+    load_prompt_set,
+    model_label,
+    sampler_settings,
+)
+
+ATTACK_NAMES = ("none", "prefill", "middle_prefill", "template", "mask_interleave", "gcg")
+DEFAULT_ATTACKS = ATTACK_NAMES[:-1]
+
+
+def _int_from(low: int):
+    """An argparse type: an int >= ``low``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse says "invalid int value" for a non-number
+    return parse
+
+
+_positive, _non_negative = _int_from(1), _int_from(0)
+
+
+@dataclass
+class _Run:
+    """What every attack of one ``mosa eval`` run shares."""
+
+    model: object
+    tokenizer: object
+    settings: dict
+    options: dict[str, dict]
+    gcg: dict
+    batch_size: int
+    rank: int
+    world: int
+
+
+# -- attacks ---------------------------------------------------------------------------------
+
+
+def attack_options(args: argparse.Namespace, tiny: bool) -> dict[str, dict]:
+    """``expand_attack`` options per attack: the tiny model's (those of ``mosa demo``) or the
+    English defaults, then the flags."""
+    from mosa.eval import attacks
+
+    if tiny:
+        from mosa.demo import ATTACKS
+
+        options = copy.deepcopy(ATTACKS)
+    else:
+        options = {
+            "none": {},
+            "prefill": {"prefill": attacks.DEFAULT_PREFILL},
+            "middle_prefill": {
+                "prefill": attacks.DEFAULT_MIDDLE_PHRASE,
+                "position": attacks.DEFAULT_MIDDLE_POSITION,
+            },
+            "template": {"template": None},
+            "mask_interleave": {},
+        }
+    for flag, attack, key in (
+        ("prefill", "prefill", "prefill"),
+        ("middle_phrase", "middle_prefill", "prefill"),
+        ("middle_position", "middle_prefill", "position"),
+        ("template", "template", "template"),
+        ("skeleton", "mask_interleave", "skeleton"),
+        ("spacing", "mask_interleave", "spacing"),
+    ):
+        if getattr(args, flag) is not None:
+            options[attack][key] = getattr(args, flag)
+    return options
+
+
+def gcg_options(args: argparse.Namespace, tiny: bool) -> dict:
+    """``gcg_search`` keyword arguments from the ``--gcg-*`` flags."""
+    from mosa.eval import attacks
+    from mosa.tiny import corpus
+
+    target = args.gcg_target or (corpus.AFFIRMATIVE_PREFIX if tiny else attacks.DEFAULT_PREFILL)
+    return {
+        "target": target,
+        "position": args.gcg_position,
+        "steps": args.gcg_steps,
+        "suffix_length": args.gcg_suffix_length,
+        "top_k": args.gcg_top_k,
+        "candidates": args.gcg_candidates,
+        "seed": args.seed,
+    }
+
+
+def _check_attacks(names, run: _Run, prompt: str) -> None:
+    """Every attack's fixed text fits the canvas, before anything is sampled."""
+    from mosa.eval import build_response_canvas, expand_attack
+
+    gen_length, mask_id = run.settings["gen_length"], run.model.mask_token_id
+    for name in names:
+        try:
+            if name == "gcg":
+                fixed = [(run.gcg["position"], run.gcg["target"])]
+                build_response_canvas(run.tokenizer, fixed, gen_length, mask_id)
+                continue
+            for attacked in expand_attack(name, prompt, **run.options[name]):
+                build_response_canvas(run.tokenizer, attacked.fixed, gen_length, mask_id)
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"--attacks {name}: {err}") from None
+
+
+# -- distributed -----------------------------------------------------------------------------
+
+
+def _gather(rows: list[dict], world: int) -> list[dict]:
+    """Every process's rows (each with its global ``index``), in index order."""
+    if world > 1:
+        import torch.distributed as dist
+
+        shares: list = [None] * world
+        dist.all_gather_object(shares, rows)
+        rows = [row for share in shares for row in share]
+    return sorted(rows, key=lambda row: row["index"])
+
+
+# -- one attack --------------------------------------------------------------------------------
+
+
+def _attack_rows(run: _Run, name: str, prompts: list[str]) -> list[dict]:
+    """This process's share of one attack: ``{"index", "prompt", "attacked", "fixed",
+    "response"}`` per attacked prompt (plus the GCG suffix and loss)."""
+    from tqdm.auto import tqdm
+
+    from mosa.eval import expand_attack
+    from mosa.eval.gcg import gcg_search
+    from mosa.eval.runner import respond
+
+    progress = run.rank == 0
+    if name == "gcg":
+        share = range(run.rank, len(prompts), run.world)
+        searches = [
+            gcg_search(
+                run.model,
+                run.tokenizer,
+                prompts[i],
+                gen_length=run.settings["gen_length"],
+                **run.gcg,
+            )
+            for i in tqdm(share, desc="gcg", unit="prompt", disable=not progress)
+        ]
+        items = [(i, prompts[i], s.attacked_prompt()) for i, s in zip(share, searches, strict=True)]
+        extra = [{"gcg_suffix": s.suffix_text, "gcg_loss": s.loss} for s in searches]
+    else:
+        every = [(p, a) for p in prompts for a in expand_attack(name, p, **run.options[name])]
+        items = [(i, *every[i]) for i in range(run.rank, len(every), run.world)]
+        extra = [{} for _ in items]
+    attacked = [a for _, _, a in items]
+    responses = respond(
+        run.model,
+        run.tokenizer,
+        attacked,
+        batch_size=run.batch_size,
+        progress=progress,
+        **run.settings,
+    )
+    return [
+        {"index": i, "prompt": p, "attacked": a.prompt, "fixed": a.fixed, "response": r, **e}
+        for (i, p, a), r, e in zip(items, responses, extra, strict=True)
+    ]
+
+
+def _score(data, name, rows, judge, results, variant) -> None:
+    """Judges ``rows`` (or checks their answers), adds the rate to ``results`` and the
+    verdicts to the rows."""
+    from mosa.eval import exact_match_accuracy, gsm8k_extract, refusal_rate
+    from mosa.eval.report import asr
+
+    if data.kind == "utility":
+        extract = gsm8k_extract if data.name == "gsm8k" else str
+        predictions = [extract(row["response"]) for row in rows]
+        for row, prediction, answer in zip(rows, predictions, data.answers, strict=True):
+            row.update(answer=answer, prediction=prediction)
+        accuracy = exact_match_accuracy(predictions, data.answers)
+        results.add_utility(variant, data.name, accuracy, n=len(rows))
+        return
+    verdicts = judge.judge_many(
+        [row["attacked"] for row in rows], [row["response"] for row in rows]
+    )
+    for row, verdict in zip(rows, verdicts, strict=True):
+        row.update(
+            refused=verdict.refused,
+            jailbroken=verdict.jailbroken,
+            score=verdict.score,
+            error=verdict.error,
+        )
+    try:
+        if data.kind == "harmful":
+            results.add_asr(variant, name, asr(verdicts), n=len(verdicts))
+        else:
+            results.add(
+                variant, f"over_refusal/{data.name}", refusal_rate(verdicts), n=len(verdicts)
+            )
+    except ValueError as err:
+        raise SystemExit(f"{data.name}: {err}") from None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mosa.distributed import join
+    from mosa.eval import Results, plot_asr
+
+    runtime = join(args.device)
+    rank, world = runtime.rank, runtime.world
+    model, tokenizer, tiny = load_model_and_tokenizer(args, runtime.device)
+    settings = sampler_settings(args, tiny)
+    data = load_prompt_set("--dataset", args.dataset).limited(args.limit)
+    names = args.attacks or (DEFAULT_ATTACKS if data.kind == "harmful" else ("none",))
+    if data.kind != "harmful" and tuple(names) != ("none",):
+        raise SystemExit(
+            f"--attacks: {data.name} measures {data.kind.replace('_', '-')}, which is taken "
+            "on the plain prompts; use --attacks none (the default) or a harmful dataset"
+        )
+    run = _Run(
+        model,
+        tokenizer,
+        settings,
+        attack_options(args, tiny),
+        gcg_options(args, tiny),
+        args.batch_size,
+        rank,
+        world,
+    )
+    _check_attacks(names, run, data.prompts[0])
+    judge = build_judge(args, tiny) if data.kind != "utility" else None
+    variant = args.variant or model_label(args)
+    out = Path(args.out)
+    try:
+        results = (
+            Results.from_json(out / "results.json")
+            if (out / "results.json").is_file()
+            else Results()
+        )
+    except ValueError as err:
+        raise SystemExit(f"--out: {err}; move the file away or choose another folder") from None
+
+    for name in names:
+        if rank == 0:
+            print(f"== {variant} / {data.name} / {name}", flush=True)
+        try:
+            rows = _gather(_attack_rows(run, name, data.prompts), world)
+        except ValueError as err:
+            raise SystemExit(f"mosa eval: {err}") from None
+        if rank != 0:
+            continue
+        _score(data, name, rows, judge, results, variant)
+        folder = out / "responses" / _slug(variant) / _slug(data.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({k: v for k, v in row.items() if k != "index"}) for row in rows]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    if rank == 0:
+        settings_used = {
+            "model": args.model or "tiny",
+            "adapter": args.adapter,
+            "prompts": len(data.prompts),
+            "judge": type(judge).__name__ if judge else None,
+            "sampler": settings,
+            "attacks": {n: run.gcg if n == "gcg" else run.options[n] for n in names},
+        }
+        runs = results.meta.setdefault("runs", {})
+        runs[f"{variant}/{data.name}"] = json.loads(json.dumps(settings_used, default=str))
+        results.to_json(out / "results.json")
+        (out / "results.md").write_text(results.to_markdown())
+        if results.attacks:
+            from mosa.demo import plot_if_possible
+
+            plot_if_possible(plot_asr, results, out / "asr.png")
+        print(results.to_markdown())
+        print(f"wrote results.json, results.md and the responses to {out}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("eval", help="ASR under attacks, utility or over-refusal of a model")
+    add_model_flags(p)
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="advbench, harmbench, xstest, gsm8k, alpaca (from $MOSA_DATA_DIR), tiny-harmful, "
+        "tiny-benign, tiny-risky, or a file of harmful prompts (CSV, JSONL, JSON, text)",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=_positive, help="only the first N prompts")
+    p.add_argument("--variant", help="row name in the results table (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="GCG's random swaps")
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        choices=ATTACK_NAMES,
+        metavar="ATTACK",
+        help=f"of {', '.join(ATTACK_NAMES)}; default for harmful sets: all but gcg",
+    )
+    g = p.add_argument_group("attacks (defaults: the tiny model's for it, else English ones)")
+    g.add_argument("--prefill", help="prefill: text fixed at response token 0")
+    g.add_argument("--middle-phrase", help="middle_prefill: its text")
+    g.add_argument("--middle-position", type=_non_negative, help="middle_prefill: its position")
+    g.add_argument("--template", type=int, help="template: one wrapper's index (default: all)")
+    g.add_argument("--skeleton", nargs="+", help="mask_interleave: the fixed pieces")
+    g.add_argument("--spacing", type=_positive, help="mask_interleave: distance between pieces")
+    g.add_argument("--gcg-target", help="gcg: phrase whose log-probability the suffix raises")
+    g.add_argument("--gcg-position", type=_non_negative, default=0, help="gcg: target position")
+    g.add_argument("--gcg-steps", type=_non_negative, default=50)
+    g.add_argument("--gcg-suffix-length", type=_positive, default=8)
+    g.add_argument("--gcg-top-k", type=_positive, default=32)
+    g.add_argument("--gcg-candidates", type=_positive, default=64)
+    add_sampler_flags(p)
+    add_judge_flags(p)
+    p.set_defaults(run=_evaluate)

@@ -1,0 +1,40 @@
+"""One process or N under ``torchrun``: the rank, the world size and this process's device."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def join(requested: str | None = None) -> Runtime:
+    """Joins the torchrun process group when ``WORLD_SIZE`` > 1 (nccl with one GPU per process
+    on CUDA, gloo otherwise). ``requested`` is a device; None means CUDA when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available() and (requested or "cuda").startswith("cuda")
+    if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(requested or "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Runtime(rank, world, device)

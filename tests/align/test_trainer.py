@@ -1,0 +1,171 @@
+"""The MOSA trainer: exact resume after a kill, and data parallel runs equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mosa.tiny
+from mosa.align import AlignConfig, train
+from mosa.cli import main
+from mosa.models import load_model
+
+pytest.importorskip("peft")
+
+SMALL = dict(gen_length=16, window=(2, 6), lora_r=4, lora_alpha=8, lr=1e-3, clip=1.0)
+
+
+def _prompts(n: int = 12) -> list[str]:
+    harmful, _ = mosa.tiny.align_prompts()
+    return harmful[:n]
+
+
+def _config(out: Path, **overrides) -> AlignConfig:
+    settings = dict(SMALL, model=str(mosa.tiny.path()), output_dir=str(out), progress=False)
+    return AlignConfig(**{**settings, **overrides})
+
+
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    sentences = mosa.tiny.align_sentences()
+    settings = dict(batch_size=2, max_steps=5, save_every=2)
+    whole = train(_config(tmp_path / "whole", **settings), _prompts(), sentences=sentences)
+
+    def kill_at_step_3(record):
+        if record["step"] == 3:
+            raise _Killed  # after step 3's update and log line, before any later checkpoint
+
+    with pytest.raises(_Killed):
+        train(
+            _config(tmp_path / "cut", **settings),
+            _prompts(),
+            sentences=sentences,
+            on_step=kill_at_step_3,
+        )
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    resumed = train(_config(tmp_path / "cut", **settings), _prompts(), sentences=sentences)
+
+    want, got = _adapter(whole), _adapter(resumed)
+    assert want.keys() == got.keys() and len(want) > 0
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    lines = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 1, 2, 3, 4]
+    reference = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in lines] == [r["loss"] for r in reference]
+
+
+def test_metrics_and_outputs(tmp_path):
+    out = train(
+        _config(tmp_path / "run", batch_size=3, max_steps=2, export_merged=True),
+        _prompts(),
+        sentences=mosa.tiny.align_sentences(),
+    )
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = {"R_plus", "R_minus", "R", "KL", "loss", "grad_norm", "lr", "prompts_per_s"}
+    assert expected | {"tokens_per_s", "peak_memory_bytes"} <= records[0].keys()
+    assert records[0]["KL"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts as the identity
+    assert records[1]["KL"] > 0
+    assert (out / "adapter" / "adapter_config.json").exists()
+    merged = load_model(out / "merged")
+    assert (out / "merged" / "tokenizer.json").exists()
+    assert sum(p.numel() for p in merged.parameters()) == sum(
+        p.numel() for p in load_model(mosa.tiny.path()).parameters()
+    )
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        train(_config(tmp_path / "a"), [])
+    with pytest.raises(ValueError, match="do not fill one global batch"):
+        train(
+            _config(tmp_path / "b", batch_size=8),
+            _prompts(3),
+            sentences=mosa.tiny.align_sentences(),
+        )
+    with pytest.raises(ValueError, match="overruns gen_length=16"):
+        train(
+            _config(tmp_path / "c", window=(12, 14)),
+            _prompts(),
+            sentences=mosa.tiny.align_sentences(),
+        )
+    with pytest.raises(ValueError, match="words the tokenizer does not know"):
+        train(_config(tmp_path / "d"), _prompts())  # the English defaults
+    with pytest.raises(ValueError, match="set lora=False"):
+        _config(tmp_path / "e", fsdp=True)
+    with pytest.raises(SystemExit, match="no prompts"):
+        empty = tmp_path / "empty.txt"
+        empty.write_text("\n")
+        main(["align", "--out", str(tmp_path / "f"), "--prompts", str(empty)])
+
+
+def _assert_same_updates(got: dict, want: dict, start: dict) -> None:
+    """The weights moved the same way. Adam moves an element by about lr per step even where its
+    gradient is ~0, so a different reduction order can flip such an element's sign: compare
+    the update's norm and all but a few elements, not each element."""
+    assert got.keys() == want.keys() == start.keys()
+    diff = sum(((got[n] - want[n]).double() ** 2).sum() for n in want) ** 0.5
+    update = sum(((want[n] - start[n]).double() ** 2).sum() for n in want) ** 0.5
+    assert update > 0, "the run did not train"
+    assert diff / update < 1e-2, (diff, update)
+    close = sum(torch.isclose(got[n], want[n], rtol=1e-4, atol=1e-5).sum() for n in want)
+    assert close / sum(t.numel() for t in want.values()) > 0.999
+
+
+def _torchrun(args: list[str], nproc: int) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "mosa.cli", "align", *args,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _cli_args(out: Path, prompts: Path, per_process_batch: int) -> list[str]:
+    return [
+        "--out", str(out), "--prompts", str(prompts), "--benign-beta", "0",
+        "--gen-length", "16", "--window", "2", "6", "--lora-r", "4", "--lora-alpha", "8",
+        "--batch-size", str(per_process_batch), "--max-steps", "3", "--seed", "1",
+    ]  # fmt: skip
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(_prompts()) + "\n")
+    assert main(["align", *_cli_args(tmp_path / "one", prompts, 4)]) == 0
+    _torchrun(_cli_args(tmp_path / "two", prompts, 2), nproc=2)
+    one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    # LoRA B starts at zero (peft): its values are its update, the yardstick for A's too.
+    start = {n: torch.zeros_like(t) if "lora_B" in n else t for n, t in one.items()}
+    _assert_same_updates(two, one, start)
+    metrics = [
+        [json.loads(x)["R"] for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
+    assert metrics[0] == pytest.approx(metrics[1], rel=1e-4)
+
+
+def test_two_process_fsdp2_full_finetune_equals_one_process(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(_prompts()) + "\n")
+    assert main(["align", *_cli_args(tmp_path / "one", prompts, 4), "--full-finetune"]) == 0
+    _torchrun([*_cli_args(tmp_path / "two", prompts, 2), "--fsdp"], nproc=2)
+    one = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    _assert_same_updates(two, one, load_file(mosa.tiny.path() / "model.safetensors"))
