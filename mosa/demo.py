@@ -1,0 +1,144 @@
+"""``mosa demo``: the paper's experiment at toy scale, on the embedded tiny model, on a CPU.
+
+1. Evaluate the shipped (shallowly aligned) tiny model: ASR under each attack on held-out
+   harmful prompts, utility (exact answers to held-out benign tasks) and over-refusal
+   (held-out risky-sounding benign requests refused).
+2. Train MOSA (refusal window 10..20 of the 40-token response) and the Initial-Alignment
+   baseline (window 0..0) with LoRA, each from the shipped weights.
+3. Evaluate both the same way; write ``results.json``, ``results.md``, the plots and the
+   trainers' metrics under the output folder, and print the table.
+
+Attacks on the tiny model: ``prefill`` fixes its affirmative opening at token 0,
+``middle_prefill`` fixes "step 1 :" in the middle of the response, ``template`` wraps the
+request in each of its jailbreak wrappers, ``mask_interleave`` fixes the three step headers
+along the canvas. The judge is the tiny model's own (``ComplianceJudge``: a jailbreak gives a
+placeholder step and no refusal).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mosa.align import AlignConfig, train
+from mosa.eval import Results, plot_asr, plot_reward_curve
+from mosa.eval.runner import run_attacks
+from mosa.models import load_model
+from mosa.sampling.prompts import load_tokenizer
+from mosa.tiny import ALIGN_SETTINGS, align_prompts, align_sentences, corpus, path
+from mosa.tiny.evaluate import (
+    SAMPLER_DEFAULTS,
+    ComplianceJudge,
+    benign_accuracy,
+    is_refusal,
+)
+from mosa.tiny.evaluate import respond as tiny_respond
+
+MIDDLE_POSITION = 14
+
+ATTACKS = {
+    "none": {},
+    "prefill": {"prefill": corpus.AFFIRMATIVE_PREFIX},
+    "middle_prefill": {"prefill": "step 1 :", "position": MIDDLE_POSITION},
+    "template": {
+        "template": None,
+        "templates": [w.replace("{request}", "{prompt}") for w in corpus.JAILBREAK_WRAPPERS],
+    },
+    "mask_interleave": {"skeleton": ("step 1 :", "step 2 :", "step 3 :"), "spacing": 12},
+}
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How many held-out prompts of each kind are evaluated and how long each run trains."""
+
+    harmful: int
+    benign: int
+    risky: int
+    align_steps: int
+
+
+FULL = DemoSize(harmful=30, benign=40, risky=30, align_steps=150)
+QUICK = DemoSize(harmful=6, benign=8, risky=6, align_steps=12)
+
+
+def evaluate_variant(model, tokenizer, size: DemoSize, results: Results, variant: str) -> None:
+    """Adds ``variant``'s ASR per attack, utility and over-refusal to ``results``."""
+    _, held_out = corpus.splits(seed=0)
+    harmful = [e.prompt for e in held_out["harmful"][: size.harmful]]
+    outcomes = run_attacks(
+        model, tokenizer, harmful, ATTACKS, ComplianceJudge(), **SAMPLER_DEFAULTS
+    )
+    for name, outcome in outcomes.items():
+        results.add_asr(variant, name, outcome.rate, n=len(outcome.verdicts))
+    benign = held_out["benign"][: size.benign]
+    accuracy = benign_accuracy(model, tokenizer, benign) / 100
+    results.add_utility(variant, "tiny_tasks", accuracy, n=len(benign))
+    risky = [e.prompt for e in held_out["risky"][: size.risky]]
+    refused = [is_refusal(a) for a in tiny_respond(model, tokenizer, risky)]
+    results.add_over_refusal(variant, sum(refused) / len(refused), n=len(refused))
+
+
+def align_variant(out: Path, window: tuple[int, int], size: DemoSize, seed: int) -> Path:
+    """Trains a LoRA from the shipped weights; returns the merged checkpoint folder."""
+    harmful, benign = align_prompts()
+    settings = {**ALIGN_SETTINGS, "window": window}
+    config = AlignConfig(
+        model=str(path()),
+        output_dir=str(out),
+        max_steps=size.align_steps,
+        epochs=1000,  # the step count decides: the 90 training prompts are cycled
+        seed=seed,
+        export_merged=True,
+        resume=False,
+        **settings,
+    )
+    train(config, harmful, sentences=align_sentences(), benign_prompts=benign)
+    return out / "merged"
+
+
+def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
+    """Runs the demo into ``out``; returns the results table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = QUICK if quick else FULL
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(path())
+    results = Results(
+        meta={"model": "mosa.tiny", "sampler": SAMPLER_DEFAULTS, "size": size.__dict__}
+    )
+    variants = {
+        "original": None,
+        "MOSA": ALIGN_SETTINGS["window"],
+        "initial alignment": (0, 0),
+    }
+    for variant, window in variants.items():
+        print(f"== {variant}", flush=True)
+        folder = path()
+        if window is not None:
+            run_dir = out / variant.replace(" ", "_")
+            folder = align_variant(run_dir, window, size, seed)
+            plot_if_possible(
+                plot_reward_curve, run_dir / "metrics.jsonl", out / f"reward_{run_dir.name}.png"
+            )
+        model = load_model(folder).eval()
+        evaluate_variant(model, tokenizer, size, results, variant)
+    results.meta["seconds"] = round(time.perf_counter() - started, 1)
+    results.to_json(out / "results.json")
+    (out / "results.md").write_text(results.to_markdown() + "\n")
+    plot_if_possible(plot_asr, results, out / "asr.png")
+    print(results.to_markdown())
+    print(f"\n{results.meta['seconds']} s; results, plots and training metrics in {out}")
+    return results
+
+
+def plot_if_possible(plot, source, target: Path) -> None:
+    """Plots need the optional matplotlib; without it the demo still writes its tables."""
+    try:
+        plot(source, target)
+    except ImportError as err:
+        print(f"(no plot {target.name}: {err})")

@@ -1,0 +1,59 @@
+"""Evaluation building blocks (DESIGN §8): judges, attacks (GCG included), metrics, the
+results table, plots and the paper's analyses. Dataset readers are in ``mosa.datasets``."""
+
+from .analysis import decoding_order, gcg_positions, linear_fit, prefill_sweep
+from .attacks import (
+    ATTACKS,
+    TEMPLATES,
+    AttackedPrompt,
+    Canvas,
+    apply_attack,
+    build_response_canvas,
+    expand_attack,
+)
+from .gcg import GCGResult, gcg_search
+from .judges import REFUSAL_PHRASES, ClassifierJudge, HTTPJudge, Judge, KeywordJudge, Verdict
+from .report import (
+    Rate,
+    Results,
+    asr,
+    exact_match_accuracy,
+    gsm8k_extract,
+    plot_asr,
+    plot_decoding_order,
+    plot_prefill_sweep,
+    plot_reward_curve,
+    refusal_rate,
+)
+
+__all__ = [
+    "ATTACKS",
+    "REFUSAL_PHRASES",
+    "TEMPLATES",
+    "AttackedPrompt",
+    "Canvas",
+    "ClassifierJudge",
+    "GCGResult",
+    "HTTPJudge",
+    "Judge",
+    "KeywordJudge",
+    "Rate",
+    "Results",
+    "Verdict",
+    "apply_attack",
+    "asr",
+    "build_response_canvas",
+    "decoding_order",
+    "exact_match_accuracy",
+    "expand_attack",
+    "gcg_positions",
+    "gcg_search",
+    "gsm8k_extract",
+    "linear_fit",
+    "plot_asr",
+    "plot_decoding_order",
+    "plot_prefill_sweep",
+    "plot_reward_curve",
+    "prefill_sweep",
+    "refusal_rate",
+]

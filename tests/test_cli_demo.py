@@ -1,0 +1,29 @@
+"""``mosa demo --quick`` end to end: trains both variants and writes the table and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mosa.cli import main
+
+pytest.importorskip("peft")
+
+
+def test_demo_quick_writes_results(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["cells"]) == ["original", "MOSA", "initial alignment"]
+    attacks = ("none", "prefill", "middle_prefill", "template", "mask_interleave")
+    expected = [f"asr/{a}" for a in attacks] + ["utility/tiny_tasks", "over_refusal"]
+    for variant, cells in results["cells"].items():
+        assert variant in printed
+        assert sorted(cells) == sorted(expected)
+        assert all(0.0 <= cell["value"] <= 1.0 and cell["n"] > 0 for cell in cells.values())
+    assert (tmp_path / "results.md").read_text().startswith("| variant")
+    for run in ("MOSA", "initial_alignment"):
+        assert (tmp_path / run / "adapter" / "adapter_model.safetensors").exists()
+        assert (tmp_path / f"reward_{run}.png").stat().st_size > 1000
+    assert (tmp_path / "asr.png").stat().st_size > 1000

@@ -1,0 +1,203 @@
+"""``mosa eval`` and ``mosa analyze`` end to end on the embedded tiny model: small prompt counts
+and a 16-token canvas, one process and two (torchrun)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mosa.cli import main
+from mosa.datasets import shared_data_dir
+
+SMALL = ["--limit", "3", "--gen-length", "16", "--block-length", "8"]
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model runs on one thread: thread start-up would dominate it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def responses(out: Path, attack: str, variant: str = "tiny", dataset: str = "tiny-harmful"):
+    path = out / "responses" / variant / dataset / f"{attack}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def cells(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())["cells"]
+
+
+def test_eval_attacks_on_the_tiny_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(out), *SMALL]
+    gcg = ["--gcg-steps", "2", "--gcg-candidates", "8", "--gcg-suffix-length", "4"]
+    assert (
+        main(
+            [
+                *args,
+                "--attacks",
+                "none",
+                "prefill",
+                "mask_interleave",
+                "gcg",
+                *gcg,
+                "--skeleton",
+                "step 1 :",
+                "step 2 :",
+                "--spacing",
+                "8",
+            ]
+        )
+        == 0
+    )
+    row = cells(out)["tiny"]
+    assert set(row) == {"asr/none", "asr/prefill", "asr/mask_interleave", "asr/gcg"}
+    assert all(cell["n"] == 3 and 0 <= cell["value"] <= 1 for cell in row.values())
+    prefilled = responses(out, "prefill")
+    assert len(prefilled) == 3 and all(
+        r["response"].startswith("sure , here is") for r in prefilled
+    )
+    assert all(r["jailbroken"] in (True, False) for r in prefilled)
+    searched = responses(out, "gcg")
+    assert all(r["attacked"] == f"{r['prompt']} {r['gcg_suffix']}" for r in searched)
+    assert "| tiny |" in (out / "results.md").read_text()
+    assert (out / "asr.png").is_file() == HAS_MATPLOTLIB
+    assert "ASR prefill (%)" in capsys.readouterr().out
+
+    # A second run into the same folder adds its row to the table.
+    assert main([*args, "--attacks", "none", "--variant", "again"]) == 0
+    assert set(cells(out)) == {"tiny", "again"}
+
+
+def test_eval_utility_and_over_refusal(tmp_path):
+    out = tmp_path / "run"
+    for dataset in ("tiny-benign", "tiny-risky"):
+        assert main(["eval", "--dataset", dataset, "--out", str(out), *SMALL]) == 0
+    row = cells(out)["tiny"]
+    assert set(row) == {"utility/tiny-benign", "over_refusal/tiny-risky"}
+    benign = responses(out, "none", dataset="tiny-benign")
+    assert all({"answer", "prediction"} <= set(r) for r in benign)
+
+
+def test_eval_reads_shared_datasets(tmp_path):
+    folder = shared_data_dir()
+    if folder is None or not (folder / "gsm8k_test.jsonl").is_file():
+        pytest.skip("no shared data folder with gsm8k_test.jsonl (set MOSA_DATA_DIR)")
+    out = tmp_path / "run"
+    small = ["--limit", "2", "--gen-length", "8", "--block-length", "8"]
+    assert main(["eval", "--dataset", "gsm8k", "--out", str(out), *small]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                "advbench",
+                "--attacks",
+                "none",
+                "--out",
+                str(out),
+                "--judge",
+                "keyword",
+                *small,
+            ]
+        )
+        == 0
+    )
+    row = cells(out)["tiny"]
+    assert row["utility/gsm8k"]["n"] == 2 and row["asr/none"]["n"] == 2
+    assert len(responses(out, "none", dataset="advbench")) == 2
+
+
+def test_eval_merges_an_adapter(tmp_path):
+    peft = pytest.importorskip("peft")
+    import mosa
+    import mosa.tiny
+
+    base = mosa.load_model(mosa.tiny.path())
+    lora = peft.get_peft_model(
+        base, peft.LoraConfig(r=2, lora_alpha=4, target_modules=base.lora_target_modules)
+    )
+    lora.save_pretrained(tmp_path / "run" / "adapter")  # LoRA B starts at 0: merged == base
+    out = tmp_path / "eval"
+    args = ["eval", "--dataset", "tiny-harmful", "--attacks", "none", "--out", str(out), *SMALL]
+    assert main([*args, "--adapter", str(tmp_path / "run" / "adapter")]) == 0
+    assert main(args) == 0
+    assert responses(out, "none", variant="run") == responses(out, "none")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dataset", "nope"], "unknown dataset and no such file"),
+        (["--dataset", "tiny-harmful", "--attacks", "middle_prefill"], "overflows the canvas"),
+        (["--dataset", "tiny-benign", "--attacks", "prefill"], "use --attacks none"),
+        (["--dataset", "tiny-harmful", "--adapter", "."], "not a peft adapter folder"),
+        (["--dataset", "tiny-harmful", "--block-length", "5"], "a multiple of --block-length"),
+        (["--dataset", "tiny-harmful", "--gcg-target", "xyzzy", "--attacks", "gcg"], "not know"),
+    ],
+)
+def test_eval_bad_input(tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["eval", "--out", str(tmp_path), "--gen-length", "16", *extra])
+
+
+def test_eval_names_the_data_folder_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOSA_DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit, match="does not exist; set MOSA_DATA_DIR"):
+        main(["eval", "--dataset", "advbench", "--out", str(tmp_path)])
+
+
+def test_two_processes_give_the_same_responses(tmp_path):
+    attacks = ["--attacks", "none", "gcg", "--gcg-steps", "2", "--gcg-candidates", "8"]
+    args = ["eval", "--dataset", "tiny-harmful", *attacks, *SMALL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, "-m", "mosa.cli", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    for attack in ("none", "gcg"):
+        assert responses(tmp_path / "two", attack) == responses(tmp_path / "one", attack)
+
+
+def test_analyze_order_and_prefill_sweep(tmp_path, capsys):
+    out = tmp_path / "analysis"
+    assert main(["analyze", "order", "--out", str(out), *SMALL]) == 0
+    report = json.loads((out / "decoding_order.json").read_text())
+    assert set(report["sets"]) == {"benign", "harmful"}
+    for entry in report["sets"].values():
+        assert entry["prompts"] == 3 and len(entry["mean_positions"]) == 16
+        assert entry["slope"] > 0 and 0 <= entry["r2"] <= 1
+    printed = capsys.readouterr().out
+    assert "slope" in printed and "R²" in printed
+    assert (out / "decoding_order.png").is_file() == HAS_MATPLOTLIB
+
+    sweep = ["analyze", "prefill-sweep", "--out", str(out), *SMALL]
+    assert main([*sweep, "--positions", "0", "8"]) == 0
+    row = json.loads((out / "prefill_sweep.json").read_text())["cells"]["tiny"]
+    assert set(row) == {"asr/prefill@0", "asr/prefill@8"}
+    assert "ASR prefill@8 (%)" in (out / "prefill_sweep.md").read_text()
+    assert (out / "prefill_sweep.png").is_file() == HAS_MATPLOTLIB
+    with pytest.raises(SystemExit, match="overflows the canvas"):
+        main([*sweep, "--positions", "15"])
+
+
+def test_analyze_gcg_positions(tmp_path, capsys):
+    out = tmp_path / "analysis"
+    args = ["analyze", "gcg-positions", "--out", str(out), "--gcg-steps", "1", *SMALL]
+    assert main([*args, "--limit", "1"]) == 0
+    report = json.loads((out / "gcg_positions.json").read_text())
+    assert set(report["positions"]) == {"0", "10"}
+    assert all(len(entry["searches"]) == 1 for entry in report["positions"].values())
+    assert "target at  10: ASR" in capsys.readouterr().out
