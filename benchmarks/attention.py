@@ -33,7 +33,7 @@ from benchmarks.common import (  # noqa: E402
     machine_name,
     median_seconds,
     peak_bytes,
-    write_results,
+    publish,
 )
 from mosa_kernels import attention, backend_name  # noqa: E402
 
@@ -108,7 +108,7 @@ def _sdpa_step(q, k, v, key_valid, grad_out):
     return lambda: torch.autograd.grad(forward(*leaves), leaves, grad_h)
 
 
-def measure(batch, seqlen, head_dim, heads, padding, dtype, device, repeats):
+def shape_rows(batch, seqlen, head_dim, heads, padding, dtype, device, repeats):
     """Rows for one shape: the forward and the forward+backward, mosa against SDPA."""
     q_heads, kv_heads = heads
     q, k, v, key_valid, valid_keys = _inputs(
@@ -143,27 +143,20 @@ def measure(batch, seqlen, head_dim, heads, padding, dtype, device, repeats):
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="32/32 heads only, fewer repeats (under a minute)"
-    )
-    args = parser.parse_args()
-
-    on_gpu = torch.cuda.is_available()
-    device = torch.device("cuda" if on_gpu else "cpu")
+def measure(device: torch.device, *, quick: bool) -> tuple[list, dict]:
+    """Rows for every head layout and padding; ``quick``: 32/32 heads only, fewer repeats."""
+    on_gpu = device.type == "cuda"
     shape = GPU_SHAPE if on_gpu else CPU_SHAPE
     heads_list = GPU_HEADS if on_gpu else CPU_HEADS
-    if args.quick:
+    if quick:
         heads_list = heads_list[:1]
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    repeats = 5 if args.quick or not on_gpu else 10
-
+    repeats = 5 if quick or not on_gpu else 10
     rows = []
     for heads in heads_list:
         for padding in PADDINGS:
             rows.extend(
-                measure(
+                shape_rows(
                     **shape,
                     heads=heads,
                     padding=padding,
@@ -172,26 +165,35 @@ def main() -> None:
                     repeats=repeats,
                 )
             )
+    meta = {"shape": shape, "dtype": str(dtype), "backend": backend_name(device), "quick": quick}
+    return rows, meta
 
-    backend = backend_name(device)
-    title = (
-        f"attention, {dtype}, B={shape['batch']}, L={shape['seqlen']}, D={shape['head_dim']}, "
-        f"mosa backend: {backend}, {machine_name(device)}"
+
+def report(rows: list[dict], meta: dict, device: torch.device) -> str:
+    """The table ``main`` prints."""
+    shape = meta["shape"]
+    text = (
+        f"attention, {meta['dtype']}, B={shape['batch']}, L={shape['seqlen']}, "
+        f"D={shape['head_dim']}, mosa backend: {meta['backend']}, {machine_name(device)}\n"
+        + format_table(rows, COLUMNS)
     )
-    path = write_results(
-        "attention",
-        device,
-        rows,
-        extra={"shape": shape, "dtype": str(dtype), "backend": backend, "quick": args.quick},
-    )
-    print(title)
-    print(format_table(rows, COLUMNS))
-    if not on_gpu:
-        print(
-            "\nNo CUDA GPU: both sides ran the torch reference on a small case. "
+    if device.type != "cuda":
+        text += (
+            "\n\nNo CUDA GPU: both sides ran the torch reference on a small case. "
             "The speed figures and targets need a GPU."
         )
-    print(f"\nwrote {path}")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="32/32 heads only, fewer repeats (under a minute)"
+    )
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows, meta = measure(device, quick=args.quick)
+    publish("attention", device, rows, meta, report(rows, meta, device))
 
 
 if __name__ == "__main__":

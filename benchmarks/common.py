@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import importlib.metadata
 import json
 import platform
 import statistics
@@ -87,23 +88,49 @@ def today() -> str:
     return _dt.date.today().isoformat()
 
 
+def environment(device: torch.device) -> dict:
+    """Where and with what a result was measured: machine, device, date, torch and triton."""
+    try:
+        triton = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton = None
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
+    return {
+        "machine": machine_name(device),
+        "device": device_name,
+        "date": today(),
+        "torch": torch.__version__,
+        "triton": triton,
+    }
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def write_results(
     benchmark: str, device: torch.device, rows: list[dict], extra: dict | None = None
 ) -> Path:
     """Write ``rows`` as JSON under ``benchmarks/results/`` and return the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{benchmark}-{machine_name(device)}-{today()}.json"
-    payload = {
-        "benchmark": benchmark,
-        "machine": machine_name(device),
-        "date": today(),
-        "torch": torch.__version__,
-        "rows": rows,
-        **(extra or {}),
-    }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    payload = {"benchmark": benchmark, **environment(device), "rows": rows, **(extra or {})}
+    return write_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def publish(benchmark: str, device: torch.device, rows: list[dict], meta: dict, table: str) -> Path:
+    """A script's ending: writes the rows (``write_results``), prints ``table`` and the path."""
+    path = write_results(benchmark, device, rows, meta)
+    print(table)
+    print(f"written to {path}")
     return path
 
 

@@ -3,12 +3,13 @@
 (a) One denoising step: token choice + confidence + selection on the same logits
     ``[B*L, V]`` (B=4, L=512). Baseline: LLaDA's reference step (float64 softmax over the
     whole sequence, gather, a ``torch.topk`` loop over rows).
-(b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768. Baseline: naive
-    ``log_softmax(h @ W.T).gather``; once with a frozen head (gradient w.r.t. hidden, MOSA's
-    LoRA case) and once with a trainable head.
+    ``--quick`` measures V=126464 only (the size DESIGN §10's target names).
+(b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768 (``--gpu-scale``: DESIGN
+    §10's N=8192, d=4096, V=126464). Baseline: naive ``log_softmax(h @ W.T).gather``; once with
+    a frozen head (gradient w.r.t. hidden, MOSA's LoRA case) and once with a trainable head.
 
 Each row gives the median time and the peak extra memory, and their ratios against the
-baseline measured in the same run. Usage: ``python benchmarks/kernels.py [--quick]``.
+baseline measured in the same run. Usage: ``python benchmarks/kernels.py [--quick] [--gpu-scale]``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import llada_reference_step  # noqa: E402
-from common import format_table, machine_name, median_seconds, peak_bytes, write_results  # noqa: E402
+from common import format_table, machine_name, median_seconds, peak_bytes, publish  # noqa: E402
 
-from mosa_kernels import available_backends, sample_tokens, select_transfer, token_logprobs  # noqa: E402
+from mosa_kernels import (  # noqa: E402
+    available_backends,
+    backend_name,
+    sample_tokens,
+    select_transfer,
+    token_logprobs,
+)
+
+SELECT_SHAPE = {"batch": 4, "length": 512}
+TARGET_VOCAB = 126464
+LOGPROB_SHAPE = {"n": 4096, "d": 1024, "vocab": 32768}
+DESIGN_LOGPROB_SHAPE = {"n": 8192, "d": 4096, "vocab": TARGET_VOCAB}
 
 
 @contextmanager
@@ -132,21 +144,47 @@ def _row(op, case, impl, seconds, peak, base_seconds, base_peak, same=None):
     return row
 
 
+def measure(device: torch.device, *, quick: bool, gpu_scale: bool = False) -> tuple[list, dict]:
+    """All rows, and the shapes and default backend they were measured with.
+
+    ``gpu_scale`` times ``token_logprobs`` at DESIGN §10's shape instead of the small one.
+    """
+    repeats = 3 if quick or device.type == "cpu" else 10
+    vocab_sizes = [TARGET_VOCAB] if quick else [32768, TARGET_VOCAB]
+    rows = select_step_rows(device, vocab_sizes, repeats=repeats, **SELECT_SHAPE)
+    shape = DESIGN_LOGPROB_SHAPE if gpu_scale else LOGPROB_SHAPE
+    rows += logprob_rows(device, repeats=repeats, **shape)
+    meta = {
+        "backend": backend_name(device),
+        "select_rows": SELECT_SHAPE["batch"] * SELECT_SHAPE["length"],
+        "select_case": f"B={SELECT_SHAPE['batch']}, L={SELECT_SHAPE['length']}",
+        "logprob_case": f"N={shape['n']}, d={shape['d']}, V={shape['vocab']}",
+    }
+    return rows, meta
+
+
+def report(rows: list[dict], meta: dict, device: torch.device) -> str:
+    """The table ``main`` prints."""
+    columns = ["op", "case", "impl", "ms", "speedup", "peak_MiB", "peak_ratio", "same_output"]
+    return (
+        f"## Vocabulary kernels on {machine_name(device)}\n\n"
+        f"select step: {meta['select_case']}; token_logprobs: {meta['logprob_case']}\n\n"
+        f"{format_table(rows, columns)}\n\n"
+        "speedup and peak_ratio are against the first row of each case"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="V=126464 only, fewer repeats")
+    parser.add_argument(
+        "--gpu-scale", action="store_true", help="token_logprobs at N=8192, d=4096, V=126464"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    repeats = 3 if args.quick or device.type == "cpu" else 10
-    vocab_sizes = [32768] if args.quick else [32768, 126464]
-    rows = select_step_rows(device, vocab_sizes, batch=4, length=512, repeats=repeats)
-    rows += logprob_rows(device, n=4096, d=1024, vocab=32768, repeats=repeats)
-    path = write_results("kernels", device, rows)
-    print(f"## Vocabulary kernels on {machine_name(device)}\n")
-    columns = ["op", "case", "impl", "ms", "speedup", "peak_MiB", "peak_ratio", "same_output"]
-    print(format_table(rows, columns))
-    print(f"\nspeedup and peak_ratio are against the first row of each case; written to {path}")
+    rows, meta = measure(device, quick=args.quick, gpu_scale=args.gpu_scale)
+    publish("kernels", device, rows, meta, report(rows, meta, device))
     return 0
 
 

@@ -1,0 +1,171 @@
+"""MOSA step throughput: the fused objective against the straightforward one, in one run.
+
+Same LoRA model, same batch, same sentences. One step is the policy and reference forwards,
+the objective, the backward and an AdamW update. The straightforward objective
+(``mosa.align.reference_terms``) takes full ``[B, L, V]`` logits from both passes, an explicit
+``log_softmax``, a loop over offsets and the full-vocabulary KL; the fused one
+(``mosa.align.mosa_terms``) takes hidden states and scores with ``token_logprobs`` /
+``token_kl``. Rows give prompts/s, peak extra memory and the ratios (DESIGN §10: >= 2x
+prompts/s, <= 1/2 memory), and the minutes 3,000 prompts would take at that rate (the paper's
+run: 12 minutes on 2 A100s).
+
+The CPU model is the sampler benchmark's (LLaDA vocabulary 126464, d 512, 6 layers); with
+``--gpu-scale`` on a GPU it has the LLaDA-8B shapes (random weights, bf16, gradient
+checkpointing). Usage: ``python benchmarks/align.py [--quick] [--gpu-scale] [--batch N]
+[--prompt-length P]`` (``benchmarks/memory_plan.py`` predicts the fused row's peak memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_table, machine_name, median_seconds, profile_call, publish  # noqa: E402
+from sampler import build  # noqa: E402
+
+from mosa.align import AlignBatch, mosa_terms, reference_terms  # noqa: E402
+from mosa.align.objective import IGNORE  # noqa: E402
+
+PAPER_PROMPTS = 3000
+
+
+def _lora(model, r: int):
+    import peft
+
+    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=model.lora_target_modules)
+    return peft.get_peft_model(model, config)
+
+
+def _batch(batch: int, prompt_length: int, gen_length: int, mask_id: int, device) -> AlignBatch:
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 126000, (batch, prompt_length), generator=generator)
+    ids = torch.cat([prompt, torch.full((batch, gen_length), mask_id)], dim=1)
+    sentences = torch.randint(0, 126000, (2, batch, 12), generator=generator)
+    sentences[0, :, 9:] = IGNORE  # refusals of 9 tokens, continuations of 12
+    return AlignBatch(ids, None, gen_length, sentences[0], sentences[1]).to(device)
+
+
+def _step_functions(model, base, batch: AlignBatch, window, beta: float, device):
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-6)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def reference_forward(logits: bool):
+        def run(ids, mask):
+            with model.disable_adapter():
+                out = model(ids, mask, return_logits=logits)
+            return out.logits if logits else out.hidden_states
+
+        return run
+
+    def policy_forward(logits: bool):
+        def run(ids, mask):
+            out = model(ids, mask, return_logits=logits)
+            return out.logits if logits else out.hidden_states
+
+        return run
+
+    def finish(terms):
+        terms.loss(beta).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return terms.reward.detach()
+
+    def fused():
+        with autocast:
+            terms = mosa_terms(
+                policy_forward(False), reference_forward(False),
+                (base.lm_head_weight, base.lm_head_bias), base.logits_shift, batch, window,
+            )  # fmt: skip
+        return finish(terms)
+
+    def straightforward():
+        with autocast:
+            terms = reference_terms(policy_forward(True), reference_forward(True), batch, window)
+        return finish(terms)
+
+    return {"straightforward objective": straightforward, "fused objective": fused}
+
+
+def run(device, *, batch, prompt_length, gen_length, window, repeats, gpu_scale):
+    base = build(device, gpu_scale)
+    if gpu_scale:
+        base.gradient_checkpointing_enable()
+    model = _lora(base, r=32)
+    model.train()
+    step_batch = _batch(batch, prompt_length, gen_length, base.mask_token_id, device)
+    steps = _step_functions(model, base, step_batch, window, beta=0.05, device=device)
+    rows = []
+    for name, step in steps.items():
+        step()  # warm-up, so both rows start from allocated optimizer state
+        _, seconds, peak = profile_call(step, device)
+        if repeats > 1:
+            seconds = median_seconds(step, device, repeats=repeats, warmup=0)
+        rows.append(
+            {
+                "objective": name,
+                "prompts/s": batch / seconds,
+                "seconds/step": seconds,
+                "peak_MiB": peak / 2**20,
+                "minutes for 3000 prompts": PAPER_PROMPTS / (batch / seconds) / 60,
+            }
+        )
+    for row in rows:
+        row["speedup"] = row["prompts/s"] / rows[0]["prompts/s"]
+        row["memory ratio"] = row["peak_MiB"] / rows[0]["peak_MiB"]
+    return rows
+
+
+def measure(
+    device: torch.device,
+    *,
+    quick: bool,
+    gpu_scale: bool = False,
+    batch: int | None = None,
+    prompt_length: int = 32,
+) -> tuple[list, dict]:
+    """Both rows; ``gpu_scale``: LLaDA-8B shapes, 8 prompts a step unless ``batch`` says."""
+    batch = batch or (8 if gpu_scale else 4)
+    settings = dict(prompt_length=prompt_length, gen_length=128, window=(20, 60))
+    rows = run(device, batch=batch, repeats=1 if quick else 3, gpu_scale=gpu_scale, **settings)
+    shape = "LLaDA-8B shapes, bf16, LoRA r 32" if gpu_scale else "d 512, 6 layers, vocab 126464"
+    return rows, {"model": shape, "batch": batch, "gpu_scale": gpu_scale, **settings}
+
+
+def report(rows: list[dict], meta: dict, device: torch.device) -> str:
+    """The table ``main`` prints."""
+    columns = ["objective", "prompts/s", "speedup", "peak_MiB", "memory ratio"]
+    return (
+        f"## MOSA step on {machine_name(device)} ({meta['model']}, batch {meta['batch']}, "
+        f"prompt {meta['prompt_length']}, canvas {meta['gen_length']})\n\n"
+        + format_table(rows, columns + ["minutes for 3000 prompts"])
+        + "\n\nratios are against the straightforward objective in this run"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one timed step per row")
+    parser.add_argument("--gpu-scale", action="store_true", help="LLaDA-8B shapes (GPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="prompts per step")
+    parser.add_argument("--prompt-length", type=int, default=32, help="prompt tokens")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows, meta = measure(
+        device,
+        quick=args.quick,
+        gpu_scale=args.gpu_scale,
+        batch=args.batch,
+        prompt_length=args.prompt_length,
+    )
+    publish("align", device, rows, meta, report(rows, meta, device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
