@@ -10,9 +10,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["path"]
+__all__ = ["ALIGN_SETTINGS", "align_prompts", "align_sentences", "path"]
+
+ALIGN_SETTINGS = {
+    "gen_length": 40,
+    "window": (10, 20),
+    "lr": 1e-3,
+    "clip": 1.0,
+    "batch_size": 4,
+    "benign_beta": 1.0,
+}
+"""MOSA settings for the tiny model: the window scaled to its 40-token responses (the paper's
+20..60 of 128); LoRA on 2.7 M weights needs a larger step than on 8 B to align in ~150 steps;
+the benign-KL regulariser keeps its utility (DESIGN §7)."""
 
 
 def path() -> Path:
     """The folder of the shipped checkpoint (``config.json``, ``model.safetensors``, tokenizer)."""
     return Path(__file__).resolve().parent / "model"
+
+
+def align_sentences():
+    """MOSA's sentence sets in the tiny vocabulary: the corpus's refusal, and pieces of its
+    placeholder compliance as the harmful continuations."""
+    from mosa.align import Sentences
+
+    from . import corpus
+
+    steps = tuple(s.strip() + " ." for s in corpus.COMPLY_STEPS.split(" .") if s.strip())
+    return Sentences(refusals=(corpus.REFUSAL,), harmful=(corpus.AFFIRMATIVE_PREFIX, *steps))
+
+
+def align_prompts() -> tuple[list[str], list[str]]:
+    """The corpus's harmful and benign *training* prompts (held-out ones are for evaluation)."""
+    from . import corpus
+
+    train, _ = corpus.splits(seed=0)
+    return [e.prompt for e in train["harmful"]], [e.prompt for e in train["benign"]]
