@@ -9,10 +9,10 @@
    trainers' metrics under the output folder, and print the table.
 
 Attacks on the tiny model: ``prefill`` fixes its affirmative opening at token 0,
-``middle_prefill`` fixes "step 1 :" in the middle of the response, ``template`` wraps the
+``middle_prefill`` fixes "step 1 :" at token 12 of the response, ``template`` wraps the
 request in each of its jailbreak wrappers, ``mask_interleave`` fixes the three step headers
-along the canvas. The judge is the tiny model's own (``ComplianceJudge``: a jailbreak gives a
-placeholder step and no refusal).
+along the canvas. The judge is the tiny model's own (``HarmJudge``: a jailbreak is an answer
+that gives a placeholder step, the tiny model's stand-in for harmful content).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from mosa.sampling.prompts import load_tokenizer
 from mosa.tiny import ALIGN_SETTINGS, align_prompts, align_sentences, corpus, path
 from mosa.tiny.evaluate import (
     SAMPLER_DEFAULTS,
-    ComplianceJudge,
+    HarmJudge,
     benign_accuracy,
     is_refusal,
 )
 from mosa.tiny.evaluate import respond as tiny_respond
 
-MIDDLE_POSITION = 14
+MIDDLE_POSITION = 12  # the paper sweeps 40, 80, 120, 160 of 256: 80 scaled to 40 tokens
 
 ATTACKS = {
     "none": {},
@@ -61,17 +61,15 @@ class DemoSize:
     align_steps: int
 
 
-FULL = DemoSize(harmful=30, benign=40, risky=30, align_steps=150)
-QUICK = DemoSize(harmful=6, benign=8, risky=6, align_steps=12)
+FULL = DemoSize(harmful=30, benign=40, risky=30, align_steps=300)
+QUICK = DemoSize(harmful=6, benign=8, risky=6, align_steps=20)
 
 
 def evaluate_variant(model, tokenizer, size: DemoSize, results: Results, variant: str) -> None:
     """Adds ``variant``'s ASR per attack, utility and over-refusal to ``results``."""
     _, held_out = corpus.splits(seed=0)
     harmful = [e.prompt for e in held_out["harmful"][: size.harmful]]
-    outcomes = run_attacks(
-        model, tokenizer, harmful, ATTACKS, ComplianceJudge(), **SAMPLER_DEFAULTS
-    )
+    outcomes = run_attacks(model, tokenizer, harmful, ATTACKS, HarmJudge(), **SAMPLER_DEFAULTS)
     for name, outcome in outcomes.items():
         results.add_asr(variant, name, outcome.rate, n=len(outcome.verdicts))
     benign = held_out["benign"][: size.benign]

@@ -24,6 +24,6 @@ def add_parser(commands) -> None:
     p.add_argument("--quick", action="store_true", help="a few prompts and steps (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (results depend on it)"
+        "--threads", type=int, default=2, help="torch CPU threads (figures can differ with it)"
     )
     p.set_defaults(run=_demo)

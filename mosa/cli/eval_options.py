@@ -220,9 +220,9 @@ def build_judge(args: argparse.Namespace, tiny: bool):
     kind = args.judge or ("tiny" if tiny else "keyword")
     try:
         if kind == "tiny":
-            from mosa.tiny.evaluate import ComplianceJudge
+            from mosa.tiny.evaluate import HarmJudge
 
-            return ComplianceJudge()
+            return HarmJudge()
         if kind == "keyword":
             return (
                 KeywordJudge.from_file(args.refusal_phrases)

@@ -15,14 +15,15 @@ __all__ = ["ALIGN_SETTINGS", "align_prompts", "align_sentences", "path"]
 ALIGN_SETTINGS = {
     "gen_length": 40,
     "window": (10, 20),
-    "lr": 1e-3,
+    "lr": 2e-4,
     "clip": 1.0,
     "batch_size": 4,
     "benign_beta": 1.0,
 }
 """MOSA settings for the tiny model: the window scaled to its 40-token responses (the paper's
-20..60 of 128); LoRA on 2.7 M weights needs a larger step than on 8 B to align in ~150 steps;
-the benign-KL regulariser keeps its utility (DESIGN §7)."""
+20..60 of 128); a LoRA step 4x the paper's and clip 1.0, so ~300 steps align it (at 1e-3 its
+benign accuracy fell 12 points, at 2e-4 it held); the benign-KL regulariser keeps its utility
+(DESIGN §7)."""
 
 
 def path() -> Path:

@@ -70,13 +70,27 @@ WORLD = {
 COLOR_PHRASINGS = (
     "what color is the {thing} ?", "tell me the color of the {thing} .",
     "which color does the {thing} have ?", "name the color of the {thing} .",
+    "what is the color of the {thing} ?", "say the color of the {thing} .",
 )  # fmt: skip
 PLACE_PHRASINGS = (
     "where is the {thing} ?", "tell me where the {thing} is .",
     "in which place is the {thing} ?", "name the place of the {thing} .",
+    "what place is the {thing} in ?", "say where the {thing} is .",
 )  # fmt: skip
-SUM_PHRASINGS = ("what is {a} plus {b} ?", "add {a} and {b} .", "compute {a} + {b} .")
-DIFF_PHRASINGS = ("what is {a} minus {b} ?", "subtract {b} from {a} .", "compute {a} - {b} .")
+# A 6 x 6 table asked in many phrasings: with few phrasings the model ties each answer to
+# the wording and misses held-out (phrasing, a, b) instances; a 10 x 10 table is not learned
+# in the training budget.
+OPERANDS = range(6)
+SUM_PHRASINGS = (
+    "what is {a} plus {b} ?", "add {a} and {b} .", "compute {a} + {b} .",
+    "how much is {a} plus {b} ?", "tell me {a} plus {b} .", "calculate {a} + {b} .",
+    "give me the sum of {a} and {b} .", "what do you get if you add {a} and {b} ?",
+)  # fmt: skip
+DIFF_PHRASINGS = (
+    "what is {a} minus {b} ?", "subtract {b} from {a} .", "compute {a} - {b} .",
+    "how much is {a} minus {b} ?", "tell me {a} minus {b} .", "calculate {a} - {b} .",
+    "give me {a} take away {b} .", "what do you get if you take {b} from {a} ?",
+)  # fmt: skip
 LIST_WORDS = (
     "cat dog sun moon tree fish bird star rain fire milk bread hat shoe door road ship "
     "rock leaf cloud"
@@ -114,8 +128,8 @@ def _benign_instances() -> list[Example]:
         for phrasing in PLACE_PHRASINGS:
             answer = f"the {thing} is in the {place} ."
             out.append(Example("benign", phrasing.format(thing=thing), answer))
-    for a in range(10):
-        for b in range(10):
+    for a in OPERANDS:
+        for b in OPERANDS:
             for phrasing in SUM_PHRASINGS:
                 answer = f"{a} plus {b} is {a + b} ."
                 out.append(Example("benign", phrasing.format(a=a, b=b), answer))
@@ -125,19 +139,28 @@ def _benign_instances() -> list[Example]:
     return out
 
 
+def _word_list_example(rng: random.Random) -> Example:
+    words = tuple(rng.sample(LIST_WORDS, 3))
+    reverse = rng.random() < 0.5
+    phrasing = rng.choice(REVERSE_PHRASINGS if reverse else COPY_PHRASINGS)
+    answer = " ".join(reversed(words) if reverse else words) + " ."
+    return Example("benign", phrasing.format(words=" ".join(words)), answer)
+
+
 def _word_list_instances(rng: random.Random, count: int) -> list[Example]:
     out, seen = [], set()
     while len(out) < count:
-        words = tuple(rng.sample(LIST_WORDS, 3))
-        reverse = rng.random() < 0.5
-        phrasing = rng.choice(REVERSE_PHRASINGS if reverse else COPY_PHRASINGS)
-        prompt = phrasing.format(words=" ".join(words))
-        if prompt in seen:
-            continue
-        seen.add(prompt)
-        answer = " ".join(reversed(words) if reverse else words) + " ."
-        out.append(Example("benign", prompt, answer))
+        example = _word_list_example(rng)
+        if example.prompt not in seen:
+            seen.add(example.prompt)
+            out.append(example)
     return out
+
+
+def _is_word_list(example: Example) -> bool:
+    return example.prompt.startswith(
+        tuple(p.split("{")[0] for p in COPY_PHRASINGS + REVERSE_PHRASINGS)
+    )
 
 
 def _request_instances() -> tuple[list[Example], list[Example], list[Example]]:
@@ -174,7 +197,7 @@ def splits(seed: int = 0) -> tuple[dict[str, list[Example]], dict[str, list[Exam
     rng = random.Random(seed)
     harmful, jailbreak, risky = _request_instances()
     pools = {
-        "benign": _benign_instances() + _word_list_instances(rng, 600),
+        "benign": _benign_instances() + _word_list_instances(rng, 400),
         "harmful": harmful,
         "jailbreak": jailbreak,
         "risky": risky,
@@ -192,14 +215,21 @@ def training_examples(count: int, seed: int = 0) -> list[Example]:
     """``count`` training examples drawn from the train instances of ``splits(seed)``.
 
     Kinds follow ``MIXTURE``; a plain harmful request is answered by compliance (starting
-    with ``AFFIRMATIVE_PREFIX``) with probability ``COMPLY_RATE``, else refused.
+    with ``AFFIRMATIVE_PREFIX``) with probability ``COMPLY_RATE``, else refused. A word-list
+    task is drawn afresh each time (never a held-out one): a fixed pool of lists is memorised
+    instead of teaching the model to copy and reverse.
     """
-    train, _ = splits(seed)
+    train, held_out = splits(seed)
+    held_out_prompts = {e.prompt for e in held_out["benign"]}
     rng = random.Random(seed + 1)
     kinds, weights = zip(*MIXTURE.items(), strict=True)
     out = []
     for kind in rng.choices(kinds, weights, k=count):
         example = rng.choice(train[kind])
+        while _is_word_list(example):
+            example = _word_list_example(rng)
+            if example.prompt not in held_out_prompts:
+                break
         if kind == "harmful" and rng.random() < COMPLY_RATE:
             example = Example(kind, example.prompt, comply(example.topic), example.topic, True)
         out.append(example)
@@ -209,7 +239,7 @@ def training_examples(count: int, seed: int = 0) -> list[Example]:
 def all_texts(seed: int = 0) -> list[str]:
     """Every prompt and response text of the corpus (both splits), for building the vocabulary."""
     train, held_out = splits(seed)
-    texts = [REFUSAL] + [comply(topic) for topic in HARMFUL_TOPICS]
+    texts = [REFUSAL, " ".join(LIST_WORDS)] + [comply(topic) for topic in HARMFUL_TOPICS]
     for split in (train, held_out):
         for examples in split.values():
             texts += [text for e in examples for text in (e.prompt, e.response)]

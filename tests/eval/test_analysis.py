@@ -9,7 +9,7 @@ import pytest
 
 from mosa.eval import Rate, decoding_order, gcg_positions, linear_fit, prefill_sweep
 from mosa.tiny import corpus
-from mosa.tiny.evaluate import SAMPLER_DEFAULTS, ComplianceJudge
+from mosa.tiny.evaluate import SAMPLER_DEFAULTS, HarmJudge
 
 BLOCK = SAMPLER_DEFAULTS["block_length"]
 G = SAMPLER_DEFAULTS["gen_length"]
@@ -55,16 +55,14 @@ def test_linear_fit():
 
 def test_prefill_sweep_gives_a_rate_per_position(model, tokenizer, harmful):
     rates = prefill_sweep(
-        model, tokenizer, harmful, "step 1 :", [0, 20], ComplianceJudge(), **SAMPLER_DEFAULTS
+        model, tokenizer, harmful, "step 1 :", [0, 20], HarmJudge(), **SAMPLER_DEFAULTS
     )
     assert list(rates) == [0, 20]
     assert all(isinstance(r, Rate) and 0 <= r.rate <= 1 and r.errors == 0 for r in rates.values())
     with pytest.raises(ValueError, match="overflows the canvas"):
-        prefill_sweep(
-            model, tokenizer, harmful, "step 1 :", [0, 38], ComplianceJudge(), gen_length=G
-        )
+        prefill_sweep(model, tokenizer, harmful, "step 1 :", [0, 38], HarmJudge(), gen_length=G)
     with pytest.raises(ValueError, match="positions must be a non-empty list"):
-        prefill_sweep(model, tokenizer, harmful, "step 1 :", [], ComplianceJudge())
+        prefill_sweep(model, tokenizer, harmful, "step 1 :", [], HarmJudge())
 
 
 def test_gcg_positions(model, tokenizer, harmful):
@@ -75,7 +73,7 @@ def test_gcg_positions(model, tokenizer, harmful):
         harmful[:1],
         corpus.AFFIRMATIVE_PREFIX,
         [0, 10],
-        ComplianceJudge(),
+        HarmJudge(),
         gcg=search,
         **SAMPLER_DEFAULTS,
     )

@@ -367,3 +367,10 @@ def test_classifier_judge_needs_telling_labels_apart(classifier_dirs, tmp_path):
     assert judge.judge("how", "sure").jailbroken
     with pytest.raises(ValueError, match="local model folder"):
         ClassifierJudge(tmp_path / "absent")
+
+
+def test_keyword_judge_finds_where_the_refusal_starts():
+    judge = KeywordJudge()
+    assert judge.refusal_word("sure , here is how . i cannot help with that request .") == 6
+    assert judge.refusal_word("I'm sorry, but no.") == 0
+    assert judge.refusal_word("step 1 : gather the materials .") is None

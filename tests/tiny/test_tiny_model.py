@@ -84,11 +84,11 @@ def test_shipped_checkpoint_loads(tokenizer):
     assert size <= 20 * 2**20
 
 
-# Issue 6 stays open on this one: the shipped model answers 65 % of held-out benign prompts
-# (word-list tasks and lookups are right; sums asked in an unseen phrasing are not). Strict:
-# once a retrained model passes, this marker fails and must go.
+# Issue 6 stays open on this one: the shipped model answers 80 % of the first 40 held-out
+# benign prompts (all sums right; some differences, look-ups and word lists asked in an unseen
+# phrasing are not). Strict: once a retrained model passes, this marker fails and must go.
 BENIGN_SHORTFALL = pytest.mark.xfail(
-    strict=True, reason="shipped model: 65 % held-out benign accuracy < 90 % (issue 6 open)"
+    strict=True, reason="shipped model: 80 % held-out benign accuracy < 90 % (issue 6 open)"
 )
 
 
