@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -23,7 +24,11 @@ def test_demo_quick_writes_results(tmp_path, capsys):
         assert sorted(cells) == sorted(expected)
         assert all(0.0 <= cell["value"] <= 1.0 and cell["n"] > 0 for cell in cells.values())
     assert (tmp_path / "results.md").read_text().startswith("| variant")
+    plots = [tmp_path / "asr.png"]
     for run in ("MOSA", "initial_alignment"):
         assert (tmp_path / run / "adapter" / "adapter_model.safetensors").exists()
-        assert (tmp_path / f"reward_{run}.png").stat().st_size > 1000
-    assert (tmp_path / "asr.png").stat().st_size > 1000
+        plots.append(tmp_path / f"reward_{run}.png")
+    if importlib.util.find_spec("matplotlib") is None:  # an optional extra
+        assert "(no plot asr.png" in printed and not any(p.exists() for p in plots)
+    else:
+        assert all(p.stat().st_size > 1000 for p in plots)

@@ -140,7 +140,10 @@ def test_eval_merges_an_adapter(tmp_path):
     ("extra", "message"),
     [
         (["--dataset", "nope"], "unknown dataset and no such file"),
-        (["--dataset", "tiny-harmful", "--attacks", "middle_prefill"], "overflows the canvas"),
+        (
+            ["--dataset", "tiny-harmful", "--attacks", "middle_prefill", "--middle-position", "14"],
+            "overflows the canvas",
+        ),
         (["--dataset", "tiny-benign", "--attacks", "prefill"], "use --attacks none"),
         (["--dataset", "tiny-harmful", "--adapter", "."], "not a peft adapter folder"),
         (["--dataset", "tiny-harmful", "--block-length", "5"], "a multiple of --block-length"),
