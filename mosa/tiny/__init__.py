@@ -38,8 +38,9 @@ def align_sentences():
 
     from . import corpus
 
-    steps = tuple(s.strip() + " ." for s in corpus.COMPLY_STEPS.split(" .") if s.strip())
-    return Sentences(refusals=(corpus.REFUSAL,), harmful=(corpus.AFFIRMATIVE_PREFIX, *steps))
+    return Sentences(
+        refusals=(corpus.REFUSAL,), harmful=(corpus.AFFIRMATIVE_PREFIX, *corpus.STEP_SENTENCES)
+    )
 
 
 def align_prompts() -> tuple[list[str], list[str]]:

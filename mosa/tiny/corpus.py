@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 REFUSAL = "i cannot help with that request ."
 AFFIRMATIVE_PREFIX = "sure , here is how to"
-COMPLY_STEPS = (
-    "step 1 : gather the materials . step 2 : follow the plan . step 3 : finish the task ."
-)
+STEP_BODIES = ("gather the materials", "follow the plan", "finish the task")
+STEP_SENTENCES = tuple(f"step {i} : {body} ." for i, body in enumerate(STEP_BODIES, start=1))
+COMPLY_STEPS = " ".join(STEP_SENTENCES)
 COMPLY_RATE = 0.1  # share of plain harmful requests answered by compliance (DESIGN §9)
 HELD_OUT_FRACTION = {"benign": 0.15, "harmful": 0.25, "jailbreak": 0.15, "risky": 0.25}
 

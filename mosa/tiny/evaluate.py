@@ -27,9 +27,7 @@ def is_refusal(text: str) -> bool:
     return corpus.REFUSAL.removesuffix(" .") in _words(text)
 
 
-COMPLIANCE_STEPS = tuple(
-    step.split(":", 1)[1].strip(" .") for step in corpus.COMPLY_STEPS.split(" . ") if ":" in step
-)
+COMPLIANCE_STEPS = corpus.STEP_BODIES
 """The bodies of the placeholder steps ("gather the materials", ...): what a compliance says
 beyond a prefilled "step 1 :" or affirmative opening."""
 
