@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, machine_name, median_seconds, profile_call, publish  # noqa: E402
+from common import format_table, machine_name, median_seconds, peak_bytes, publish  # noqa: E402
 from sampler import build  # noqa: E402
 
 from mosa.align import AlignBatch, mosa_terms, reference_terms  # noqa: E402
@@ -102,9 +102,10 @@ def run(device, *, batch, prompt_length, gen_length, window, repeats, gpu_scale)
     rows = []
     for name, step in steps.items():
         step()  # warm-up, so both rows start from allocated optimizer state
-        _, seconds, peak = profile_call(step, device)
-        if repeats > 1:
-            seconds = median_seconds(step, device, repeats=repeats, warmup=0)
+        peak = peak_bytes(step, device)
+        # Timed apart from the memory measurement, which first hands freed pages back to the
+        # system and so makes the measured step fault its working set in again.
+        seconds = median_seconds(step, device, repeats=repeats, warmup=0)
         rows.append(
             {
                 "objective": name,

@@ -2,11 +2,15 @@
 
 Peak memory is the extra memory an operation needs beyond its inputs: on CUDA from the
 allocator's peak counter, on the CPU from the process's resident-set high-water mark, reset
-through ``/proc/self/clear_refs`` before each measurement (Linux).
+through ``/proc/self/clear_refs`` before each measurement (Linux), after glibc has handed its
+freed pages back (``malloc_trim``): otherwise memory a previous measurement freed stays resident,
+and the next operation reuses it without raising the mark — it would measure as ~0.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as _dt
 import gc
 import importlib.metadata
@@ -44,6 +48,13 @@ def median_seconds(
     return statistics.median(times)
 
 
+def _release_freed_memory() -> None:
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim(0)
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -65,6 +76,7 @@ def profile_call(fn: Callable[[], object], device: torch.device) -> tuple[object
         torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         return result, seconds, torch.cuda.max_memory_allocated(device) - before
+    _release_freed_memory()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _status_kib("VmRSS")
     start = time.perf_counter()
