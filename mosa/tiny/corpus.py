@@ -157,6 +157,13 @@ def _word_list_instances(rng: random.Random, count: int) -> list[Example]:
     return out
 
 
+def _fresh_word_list(rng: random.Random, excluded: set[str]) -> Example:
+    example = _word_list_example(rng)
+    while example.prompt in excluded:
+        example = _word_list_example(rng)
+    return example
+
+
 def _is_word_list(example: Example) -> bool:
     return example.prompt.startswith(
         tuple(p.split("{")[0] for p in COPY_PHRASINGS + REVERSE_PHRASINGS)
@@ -226,10 +233,8 @@ def training_examples(count: int, seed: int = 0) -> list[Example]:
     out = []
     for kind in rng.choices(kinds, weights, k=count):
         example = rng.choice(train[kind])
-        while _is_word_list(example):
-            example = _word_list_example(rng)
-            if example.prompt not in held_out_prompts:
-                break
+        if _is_word_list(example):
+            example = _fresh_word_list(rng, held_out_prompts)
         if kind == "harmful" and rng.random() < COMPLY_RATE:
             example = Example(kind, example.prompt, comply(example.topic), example.topic, True)
         out.append(example)
