@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from mosa.models.files import write_file_atomic
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -48,11 +50,16 @@ def median_seconds(
     return statistics.median(times)
 
 
+def libc() -> ctypes.CDLL | None:
+    """The C library, or None where none is found."""
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
 def _release_freed_memory() -> None:
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only
-        libc.malloc_trim(0)
+    c = libc()
+    if c is not None and hasattr(c, "malloc_trim"):  # glibc only
+        c.malloc_trim(0)
 
 
 def _status_kib(field: str) -> int:
@@ -120,22 +127,13 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
 def write_results(
     benchmark: str, device: torch.device, rows: list[dict], extra: dict | None = None
 ) -> Path:
     """Write ``rows`` as JSON under ``benchmarks/results/`` and return the path."""
     path = RESULTS_DIR / f"{benchmark}-{machine_name(device)}-{today()}.json"
     payload = {"benchmark": benchmark, **environment(device), "rows": rows, **(extra or {})}
-    return write_atomic(path, json.dumps(payload, indent=2) + "\n")
+    return write_file_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def publish(benchmark: str, device: torch.device, rows: list[dict], meta: dict, table: str) -> Path:

@@ -43,9 +43,10 @@ from pathlib import Path
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, format_table, write_atomic  # noqa: E402
+from common import RESULTS_DIR, format_table  # noqa: E402
 
 from mosa.models import LLADA_8B, build_model  # noqa: E402
+from mosa.models.files import write_file_atomic  # noqa: E402
 
 GPU_BYTES = 80e9
 GB = 1e9
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
     name = "memory-plan-llada-8b"
     if (args.prompt_length, args.gen_length) != (64, 128):
         name += f"-p{args.prompt_length}-g{args.gen_length}"
-    path = write_atomic(RESULTS_DIR / f"{name}.md", text + "\n")
+    path = write_file_atomic(RESULTS_DIR / f"{name}.md", text + "\n")
     print(text)
     print(f"\nwritten to {path}")
     return 0

@@ -34,7 +34,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, environment, format_table, write_atomic  # noqa: E402
+from common import RESULTS_DIR, environment, format_table  # noqa: E402
+
+from mosa.models.files import write_file_atomic  # noqa: E402
 
 BENCHMARKS = ("kernels", "attention", "sampler", "align")
 GPU_ONLY = ("attention",)
@@ -281,7 +283,7 @@ def worker(name: str, out: Path, device: torch.device, quick: bool, gpu_scale: b
         # One short line: it goes into a table cell; the traceback above has the rest.
         first_line = (str(error).splitlines() or [""])[0][:200]
         payload, code = {"error": f"{type(error).__name__}: {first_line}"}, 1
-    write_atomic(out, json.dumps(payload))
+    write_file_atomic(out, json.dumps(payload))
     return code
 
 
@@ -358,8 +360,10 @@ def main(argv=None) -> int:
     if args.only:
         stem += "-only-" + "-".join(names)
     payload = {**env, **settings, "targets": summary, "benchmarks": results}
-    json_path = write_atomic(RESULTS_DIR / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
-    md_path = write_atomic(
+    json_path = write_file_atomic(
+        RESULTS_DIR / f"{stem}.json", json.dumps(payload, indent=2) + "\n"
+    )
+    md_path = write_file_atomic(
         RESULTS_DIR / f"{stem}.md", markdown(env, settings, summary, sections) + "\n"
     )
     print(f"wrote {json_path}\nwrote {md_path}\n")

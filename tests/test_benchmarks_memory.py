@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import sys
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import peak_bytes  # noqa: E402
+from common import libc, peak_bytes  # noqa: E402
 
 MIB = 2**20
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -21,15 +19,14 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 def heap_keeps_freed_pages():
     """glibc set to serve 2 MiB pieces from the heap and keep freed pages (what its dynamic
     thresholds do on their own after a few large frees, but not reliably in a test)."""
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is None or not hasattr(libc, "mallopt") or not Path("/proc/self/clear_refs").exists():
+    c = libc()
+    if c is None or not hasattr(c, "mallopt") or not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs glibc and Linux's /proc/self/clear_refs")
-    libc.mallopt(M_MMAP_THRESHOLD, 64 * MIB)
-    libc.mallopt(M_TRIM_THRESHOLD, 1024 * MIB)
+    c.mallopt(M_MMAP_THRESHOLD, 64 * MIB)
+    c.mallopt(M_TRIM_THRESHOLD, 1024 * MIB)
     yield
-    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    c.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    c.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
 
 
 def _pieces(count: int) -> list[torch.Tensor]:

@@ -16,12 +16,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import NamedTuple
 
+from ..models.files import write_file_atomic
 from .judges import Verdict
 
 
@@ -190,7 +190,7 @@ class Results:
     def to_json(self, path: str | os.PathLike) -> None:
         """Writes the table as JSON, atomically (temp file, fsync, rename)."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        _atomic_write(Path(path), text.encode())
+        write_file_atomic(path, text)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Results:
@@ -228,22 +228,6 @@ def _format_cell(cell: dict | None) -> str:
         return "–"
     text = f"{100 * cell['value']:.1f}"
     return f"{text} ({cell['errors']} err)" if cell["errors"] else text
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temp file beside ``path``, fsyncs it and renames it over ``path``,
-    so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,4 +375,4 @@ def _figure(width: float = 6.0, height: float = 4.0):
 def _save(figure, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
-    _atomic_write(Path(path), buffer.getvalue())
+    write_file_atomic(path, buffer.getvalue())
