@@ -245,9 +245,10 @@ class _Data:
         )
 
     def benign(self, step: int, micro: int):
-        _, places = self._positions(step, micro)
-        n = len(self.benign_prompts)
-        prompts = [self.benign_prompts[(step * self.global_batch + p) % n] for p in places]
+        """The benign prompts of (step, micro-step, this rank): the list walked in order."""
+        epoch, places = self._positions(step, micro)
+        start, n = epoch * self.steps_per_epoch * self.global_batch, len(self.benign_prompts)
+        prompts = [self.benign_prompts[(start + place) % n] for place in places]
         return _canvas(
             self.tokenizer, prompts, self.config.gen_length, self.mask_id, self.runtime.device
         )

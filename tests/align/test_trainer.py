@@ -169,3 +169,26 @@ def test_two_process_fsdp2_full_finetune_equals_one_process(tmp_path):
     one = load_file(tmp_path / "one" / "model" / "model.safetensors")
     two = load_file(tmp_path / "two" / "model" / "model.safetensors")
     _assert_same_updates(two, one, load_file(mosa.tiny.path() / "model.safetensors"))
+
+
+def test_benign_prompts_are_walked_in_order(monkeypatch):
+    from mosa.align import trainer
+    from mosa.distributed import Runtime
+    from mosa.sampling.prompts import load_tokenizer
+
+    harmful, benign = mosa.tiny.align_prompts()
+    config = _config(Path("unused"), batch_size=2, grad_accum=2, epochs=2, benign_beta=1.0)
+    tokenizer = load_tokenizer(mosa.tiny.path())
+    seen = []
+    monkeypatch.setattr(trainer, "_canvas", lambda tokenizer, prompts, *rest: seen.extend(prompts))
+    for rank in range(2):
+        runtime = Runtime(rank, 2, torch.device("cpu"))
+        data = trainer._Data(
+            config, runtime, tokenizer, harmful[:16], benign[:20], mosa.tiny.align_sentences(), 0
+        )
+        for step in range(data.steps):
+            for micro in range(config.grad_accum):
+                data.benign(step, micro)
+    # 2 epochs x 2 steps x global batch 8 = 32 places over 20 prompts, each place taken once.
+    expected = [benign[place % 20] for place in range(32)]
+    assert sorted(seen) == sorted(expected)
