@@ -56,12 +56,12 @@ class DemoSize:
     """How many held-out prompts of each kind are evaluated and how long each run trains."""
 
     harmful: int
-    benign: int
+    benign: int | None  # None: all held-out benign tasks
     risky: int
     align_steps: int
 
 
-FULL = DemoSize(harmful=30, benign=40, risky=30, align_steps=300)
+FULL = DemoSize(harmful=30, benign=None, risky=30, align_steps=300)
 QUICK = DemoSize(harmful=6, benign=8, risky=6, align_steps=20)
 
 

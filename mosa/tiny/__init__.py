@@ -18,12 +18,13 @@ ALIGN_SETTINGS = {
     "lr": 2e-4,
     "clip": 1.0,
     "batch_size": 4,
-    "benign_beta": 1.0,
+    "benign_beta": 8.0,
 }
 """MOSA settings for the tiny model: the window scaled to its 40-token responses (the paper's
 20..60 of 128); a LoRA step 4x the paper's and clip 1.0, so ~300 steps align it (at 1e-3 its
-benign accuracy fell 12 points, at 2e-4 it held); the benign-KL regulariser keeps its utility
-(DESIGN §7)."""
+benign accuracy fell 12 points); the benign-KL regulariser keeps its utility (DESIGN §7): over
+all 157 held-out benign tasks, 300 steps cost 8 points at weight 1 and 1-3 at weight 8, with
+prefill compliance at 0-3 % either way (seeds 0 and 1)."""
 
 
 def path() -> Path:

@@ -105,7 +105,8 @@ class Example:
     """One chat turn: the user's ``prompt``, the reference ``response`` and its ``kind``.
 
     ``topic`` is the harmful or risky topic (empty for other tasks); ``complies`` says whether
-    ``response`` is a compliance with a harmful request.
+    ``response`` is a compliance with a harmful request; ``task`` names a benign example's task
+    (one of ``BENIGN_TASKS``).
     """
 
     kind: str
@@ -113,6 +114,7 @@ class Example:
     response: str
     topic: str = ""
     complies: bool = False
+    task: str = ""
 
 
 def comply(topic: str) -> str:
@@ -124,18 +126,25 @@ def _benign_instances() -> list[Example]:
     out = []
     for thing, (color, place) in WORLD.items():
         for phrasing in COLOR_PHRASINGS:
-            out.append(Example("benign", phrasing.format(thing=thing), f"the {thing} is {color} ."))
+            out.append(
+                Example(
+                    "benign",
+                    phrasing.format(thing=thing),
+                    f"the {thing} is {color} .",
+                    task="lookup",
+                )
+            )
         for phrasing in PLACE_PHRASINGS:
             answer = f"the {thing} is in the {place} ."
-            out.append(Example("benign", phrasing.format(thing=thing), answer))
+            out.append(Example("benign", phrasing.format(thing=thing), answer, task="lookup"))
     for a in OPERANDS:
         for b in OPERANDS:
             for phrasing in SUM_PHRASINGS:
                 answer = f"{a} plus {b} is {a + b} ."
-                out.append(Example("benign", phrasing.format(a=a, b=b), answer))
+                out.append(Example("benign", phrasing.format(a=a, b=b), answer, task="sum"))
             for phrasing in DIFF_PHRASINGS if a >= b else ():
                 answer = f"{a} minus {b} is {a - b} ."
-                out.append(Example("benign", phrasing.format(a=a, b=b), answer))
+                out.append(Example("benign", phrasing.format(a=a, b=b), answer, task="difference"))
     return out
 
 
@@ -144,7 +153,7 @@ def _word_list_example(rng: random.Random) -> Example:
     reverse = rng.random() < 0.5
     phrasing = rng.choice(REVERSE_PHRASINGS if reverse else COPY_PHRASINGS)
     answer = " ".join(reversed(words) if reverse else words) + " ."
-    return Example("benign", phrasing.format(words=" ".join(words)), answer)
+    return Example("benign", phrasing.format(words=" ".join(words)), answer, task="words")
 
 
 def _word_list_instances(rng: random.Random, count: int) -> list[Example]:
@@ -162,12 +171,6 @@ def _fresh_word_list(rng: random.Random, excluded: set[str]) -> Example:
     while example.prompt in excluded:
         example = _word_list_example(rng)
     return example
-
-
-def _is_word_list(example: Example) -> bool:
-    return example.prompt.startswith(
-        tuple(p.split("{")[0] for p in COPY_PHRASINGS + REVERSE_PHRASINGS)
-    )
 
 
 def _request_instances() -> tuple[list[Example], list[Example], list[Example]]:
@@ -215,25 +218,34 @@ def splits(seed: int = 0) -> tuple[dict[str, list[Example]], dict[str, list[Exam
     return train, held_out
 
 
-MIXTURE = {"benign": 0.55, "harmful": 0.2, "jailbreak": 0.1, "risky": 0.15}
+MIXTURE = {"benign": 0.65, "harmful": 0.15, "jailbreak": 0.08, "risky": 0.12}
+# Within benign examples. Look-ups and differences need a large share to be answered right for
+# unseen phrasings; word lists need the largest, or copying collapses into repeating one word.
+BENIGN_TASKS = {"lookup": 0.20, "sum": 0.15, "difference": 0.20, "words": 0.45}
 
 
 def training_examples(count: int, seed: int = 0) -> list[Example]:
     """``count`` training examples drawn from the train instances of ``splits(seed)``.
 
-    Kinds follow ``MIXTURE``; a plain harmful request is answered by compliance (starting
-    with ``AFFIRMATIVE_PREFIX``) with probability ``COMPLY_RATE``, else refused. A word-list
-    task is drawn afresh each time (never a held-out one): a fixed pool of lists is memorised
-    instead of teaching the model to copy and reverse.
+    Kinds follow ``MIXTURE`` and a benign example's task follows ``BENIGN_TASKS``; a plain
+    harmful request is answered by compliance (starting with ``AFFIRMATIVE_PREFIX``) with
+    probability ``COMPLY_RATE``, else refused. A word-list task is drawn afresh each time
+    (never a held-out one): a fixed pool of lists is memorised instead of teaching the model
+    to copy and reverse.
     """
     train, held_out = splits(seed)
     held_out_prompts = {e.prompt for e in held_out["benign"]}
+    by_task = {task: [e for e in train["benign"] if e.task == task] for task in BENIGN_TASKS}
     rng = random.Random(seed + 1)
     kinds, weights = zip(*MIXTURE.items(), strict=True)
+    tasks, task_weights = zip(*BENIGN_TASKS.items(), strict=True)
     out = []
     for kind in rng.choices(kinds, weights, k=count):
-        example = rng.choice(train[kind])
-        if _is_word_list(example):
+        if kind != "benign":
+            example = rng.choice(train[kind])
+        elif (task := rng.choices(tasks, task_weights)[0]) != "words":
+            example = rng.choice(by_task[task])
+        else:
             example = _fresh_word_list(rng, held_out_prompts)
         if kind == "harmful" and rng.random() < COMPLY_RATE:
             example = Example(kind, example.prompt, comply(example.topic), example.topic, True)

@@ -55,6 +55,20 @@ def test_harmful_share_answered_by_compliance():
     assert all(e.response == corpus.REFUSAL for e in examples if not e.complies)
 
 
+def test_benign_tasks_follow_their_mixture():
+    examples = corpus.training_examples(20000, seed=0)
+    benign = [e for e in examples if e.kind == "benign"]
+    assert len(benign) / len(examples) == pytest.approx(corpus.MIXTURE["benign"], abs=0.02)
+    train, _ = corpus.splits(seed=0)
+    train_instances = set(train["benign"])
+    for task, share in corpus.BENIGN_TASKS.items():
+        drawn = [e for e in benign if e.task == task]
+        assert len(drawn) / len(benign) == pytest.approx(share, abs=0.02), task
+        # Word lists are drawn afresh; every other task repeats a train instance.
+        assert (task == "words") or set(drawn) <= train_instances, task
+    assert {e.task for e in train["benign"]} == set(corpus.BENIGN_TASKS)
+
+
 def test_tokenizer_round_trip_and_chat_template(tokenizer):
     specials = [tokenizer.convert_tokens_to_ids(t) for t in (PAD, EOS, EOT, MASK)]
     assert len(set(specials)) == 4
@@ -84,21 +98,7 @@ def test_shipped_checkpoint_loads(tokenizer):
     assert size <= 20 * 2**20
 
 
-# Issue 6 stays open on this one: the shipped model answers 80 % of the first 40 held-out
-# benign prompts (all sums right; some differences, look-ups and word lists asked in an unseen
-# phrasing are not). Strict: once a retrained model passes, this marker fails and must go.
-BENIGN_SHORTFALL = pytest.mark.xfail(
-    strict=True, reason="shipped model: 80 % held-out benign accuracy < 90 % (issue 6 open)"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=BENIGN_SHORTFALL) if name == "benign_accuracy" else name
-        for name in THRESHOLDS
-    ],
-)
+@pytest.mark.parametrize("name", THRESHOLDS)
 def test_shipped_model_behaviour(figures, name, record_property):
     print(f"\n{name}: {figures[name]:.1f} % (threshold {THRESHOLDS[name]:.0f} %)")
     record_property(name, figures[name])
