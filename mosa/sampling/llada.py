@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from mosa_kernels import sample_tokens, select_transfer
@@ -107,6 +109,7 @@ def generate(
     suppress = [eos_id] if logits_eos_inf else []
     exclude = ([eos_id, eot_id] if temperature == 0 else [eot_id]) if confidence_eos_eot_inf else []
     special_ids_checked = False
+    needs_noise = temperature > 0 or remasking == "random"
 
     x, prompt_length = canvas.x, canvas.prompt_length
     given = x != mask_id
@@ -134,6 +137,7 @@ def generate(
             if parallel
             else llada_transfer_counts(rows_x[:, start:end] == mask_id, steps_per_block)
         )
+        widest = None if parallel or needs_noise else _widest(rows_x, window, end, counts, mask_id)
         # Parallel decoding commits at least one masked position per row and step.
         budget = end - window if parallel else steps_per_block
         for i in range(budget):
@@ -147,13 +151,16 @@ def generate(
                 vocab = predictor.weight.shape[0] if predictor.fused else rows.shape[-1]
                 _check_special_ids(vocab, logits_eos_inf, confidence_eos_eot_inf, eos_id, eot_id)
                 special_ids_checked = True
-            needs_noise = temperature > 0 or remasking == "random"
-            token, conf = sample_tokens(
-                rows, predictor.weight, bias=predictor.bias, x_uncond=rows_uncond, cfg_scale=cfg_scale,
+            sample = functools.partial(
+                sample_tokens, weight=predictor.weight, bias=predictor.bias, cfg_scale=cfg_scale,
                 temperature=temperature, confidence="prob" if remasking == "low_confidence" else "random",
                 suppress=suppress, exclude_from_confidence=exclude,
                 seed=seed_from(generator) if needs_noise else 0,
             )  # fmt: skip
+            if widest is None:
+                token, conf = sample(rows, x_uncond=rows_uncond)
+            else:
+                token, conf = _sample_masked(sample, rows, rows_uncond, is_masked, widest[i])
             if parallel:
                 commit = select_transfer(conf, is_masked, threshold=threshold, factor=factor)
             else:
@@ -166,6 +173,36 @@ def generate(
     if not return_trace:
         return x
     return GenerateOutput(sequences=x, commit_step=commit_step, steps=step_count)
+
+
+def _widest(x, window, end, counts, mask_id) -> list[int]:
+    """Before each step of a fixed-schedule block, the most masked positions any row has left
+    in ``[window, end)`` (each step commits exactly ``counts``); reads the host once a block."""
+    masked = (x[:, window:end] == mask_id).sum(dim=1, keepdim=True)
+    left = masked - (counts.cumsum(dim=1) - counts)
+    return left.max(dim=0).values.tolist()
+
+
+def _sample_masked(sample, rows, rows_uncond, is_masked, width: int):
+    """``sample`` on each row's masked positions only (committed ones need no logits: the head
+    is most of a cached step); unsampled positions get confidence -inf.
+
+    Deterministic choice only: sampling noise is keyed by the row's place in the window."""
+    batch, window = is_masked.shape
+    token = torch.zeros(batch, window, dtype=torch.long, device=rows.device)
+    conf = torch.full((batch, window), float("-inf"), device=rows.device)
+    if width == 0:
+        return token, conf
+    # Masked positions first, in order; rows with fewer take some committed ones as filler.
+    places = torch.argsort((~is_masked).to(torch.int8), dim=1, stable=True)[:, :width]
+
+    def take(states):
+        return states.gather(1, places[..., None].expand(-1, -1, states.shape[-1]))
+
+    picked_token, picked_conf = sample(
+        take(rows), x_uncond=None if rows_uncond is None else take(rows_uncond)
+    )
+    return token.scatter(1, places, picked_token), conf.scatter(1, places, picked_conf.float())
 
 
 def _check_special_ids(vocab, logits_eos_inf, confidence_eos_eot_inf, eos_id, eot_id):
