@@ -23,8 +23,8 @@ ALIGN_SETTINGS = {
 """MOSA settings for the tiny model: the window scaled to its 40-token responses (the paper's
 20..60 of 128); a LoRA step 4x the paper's and clip 1.0, so ~300 steps align it (at 1e-3 its
 benign accuracy fell 12 points); the benign-KL regulariser keeps its utility (DESIGN §7): over
-all 157 held-out benign tasks, 300 steps cost 8 points at weight 1 and 1-3 at weight 8, with
-prefill compliance at 0-3 % either way (seeds 0 and 1)."""
+all 157 held-out benign tasks, 300 steps cost 8.3 points at weight 1 (seed 0) and 0.7 / 2.6 at
+weight 8 (seeds 0 / 1), with prefill compliance 0 / 3.3 %."""
 
 
 def path() -> Path:
