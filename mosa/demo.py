@@ -27,6 +27,7 @@ from mosa.align import AlignConfig, train
 from mosa.eval import Results, plot_asr, plot_reward_curve
 from mosa.eval.runner import run_attacks
 from mosa.models import load_model
+from mosa.models.files import write_file_atomic
 from mosa.sampling.prompts import load_tokenizer
 from mosa.tiny import ALIGN_SETTINGS, align_prompts, align_sentences, corpus, path
 from mosa.tiny.evaluate import (
@@ -127,7 +128,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
         evaluate_variant(model, tokenizer, size, results, variant)
     results.meta["seconds"] = round(time.perf_counter() - started, 1)
     results.to_json(out / "results.json")
-    (out / "results.md").write_text(results.to_markdown() + "\n")
+    write_file_atomic(out / "results.md", results.to_markdown() + "\n")
     plot_if_possible(plot_asr, results, out / "asr.png")
     print(results.to_markdown())
     print(f"\n{results.meta['seconds']} s; results, plots and training metrics in {out}")

@@ -53,8 +53,10 @@ def _inputs(args: argparse.Namespace):
 
 def _write_json(path: Path, data: dict) -> None:
     # NaN (a step that committed nothing) is not JSON: it becomes null.
+    from mosa.models.files import write_file_atomic
+
     clean = json.loads(json.dumps(data), parse_constant=lambda _: None)
-    path.write_text(json.dumps(clean, indent=2) + "\n")
+    write_file_atomic(path, json.dumps(clean, indent=2) + "\n")
 
 
 def _order(args: argparse.Namespace) -> int:
@@ -111,6 +113,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from mosa.demo import plot_if_possible
     from mosa.eval import Results, plot_prefill_sweep, prefill_sweep
     from mosa.eval.attacks import DEFAULT_MIDDLE_PHRASE
+    from mosa.models.files import write_file_atomic
 
     model, tokenizer, tiny, settings, data = _inputs(args)
     phrase = args.phrase or (TINY_PHRASE if tiny else DEFAULT_MIDDLE_PHRASE)
@@ -145,7 +148,7 @@ def _sweep(args: argparse.Namespace) -> int:
         results.add_asr(variant, f"prefill@{position}", rate, n=len(data.prompts))
     out = Path(args.out)
     results.to_json(out / "prefill_sweep.json")
-    (out / "prefill_sweep.md").write_text(results.to_markdown())
+    write_file_atomic(out / "prefill_sweep.md", results.to_markdown())
     curve = {variant: {p: r.rate for p, r in rates.items()}}
     plot_if_possible(plot_prefill_sweep, curve, out / "prefill_sweep.png")
     print(results.to_markdown())

@@ -239,6 +239,7 @@ def _slug(text: str) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from mosa.distributed import join
     from mosa.eval import Results, plot_asr
+    from mosa.models.files import write_file_atomic
 
     runtime = join(args.device)
     rank, world = runtime.rank, runtime.world
@@ -287,7 +288,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         folder = out / "responses" / _slug(variant) / _slug(data.name)
         folder.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({k: v for k, v in row.items() if k != "index"}) for row in rows]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        write_file_atomic(folder / f"{name}.jsonl", "\n".join(lines) + "\n")
     if rank == 0:
         settings_used = {
             "model": args.model or "tiny",
@@ -300,7 +301,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         runs = results.meta.setdefault("runs", {})
         runs[f"{variant}/{data.name}"] = json.loads(json.dumps(settings_used, default=str))
         results.to_json(out / "results.json")
-        (out / "results.md").write_text(results.to_markdown())
+        write_file_atomic(out / "results.md", results.to_markdown())
         if results.attacks:
             from mosa.demo import plot_if_possible
 

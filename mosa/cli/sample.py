@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .common import read_prompt_file
 
@@ -22,6 +21,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 def _sample(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.models import load_model
+    from mosa.models.files import write_file_atomic
     from mosa.sampling.prompts import load_tokenizer, sample_texts
 
     prompts = _read_prompts(args)
@@ -51,7 +51,7 @@ def _sample(args: argparse.Namespace) -> int:
         json.dumps({"prompt": p, "response": r}) for p, r in zip(prompts, responses, strict=True)
     ]
     if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+        write_file_atomic(args.out, "\n".join(lines) + "\n")
         print(f"wrote {len(lines)} responses to {args.out}", file=sys.stderr)
     else:
         print("\n".join(lines))
