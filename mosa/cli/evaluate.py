@@ -286,7 +286,6 @@ def _evaluate(args: argparse.Namespace) -> int:
             continue
         _score(data, name, rows, judge, results, variant)
         folder = out / "responses" / _slug(variant) / _slug(data.name)
-        folder.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({k: v for k, v in row.items() if k != "index"}) for row in rows]
         write_file_atomic(folder / f"{name}.jsonl", "\n".join(lines) + "\n")
     if rank == 0:
