@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as _dt
+import functools
 import gc
 import importlib.metadata
 import json
@@ -50,8 +51,10 @@ def median_seconds(
     return statistics.median(times)
 
 
+@functools.cache
 def libc() -> ctypes.CDLL | None:
-    """The C library, or None where none is found."""
+    """The C library, or None where none is found (looked up once: ``find_library`` runs a
+    subprocess)."""
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if name else None
 
