@@ -1,7 +1,7 @@
 """Vocabulary ops side by side with the reference algorithms, in one run.
 
 (a) One denoising step: token choice + confidence + selection on the same logits
-    ``[B*L, V]`` (B=4, L=512). Baseline: LLaDA's reference step (float64 softmax over the
+    ``[B*L, V]`` (B=4, L=512; bf16 on a GPU, as a bf16 model makes them, fp32 on the CPU). Baseline: LLaDA's reference step (float64 softmax over the
     whole sequence, gather, a ``torch.topk`` loop over rows).
     ``--quick`` measures V=126464 only (the size DESIGN §10's target names).
 (b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768 (``--gpu-scale``: DESIGN
@@ -41,6 +41,11 @@ LOGPROB_SHAPE = {"n": 4096, "d": 1024, "vocab": 32768}
 DESIGN_LOGPROB_SHAPE = {"n": 8192, "d": 4096, "vocab": TARGET_VOCAB}
 
 
+def select_logits_dtype(device: torch.device) -> torch.dtype:
+    """The dtype a model hands the step its logits in: bf16 on a GPU, fp32 on the CPU."""
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
 @contextmanager
 def forced_backend(name: str):
     previous = os.environ.get("MOSA_BACKEND")
@@ -73,7 +78,9 @@ def select_step_rows(device, vocab_sizes, batch, length, repeats):
     rows = []
     for vocab in vocab_sizes:
         gen = torch.Generator(device="cpu").manual_seed(0)
-        logits = (torch.randn(batch, length, vocab, generator=gen) * 4).to(device)
+        logits = (torch.randn(batch, length, vocab, generator=gen) * 4).to(
+            device, select_logits_dtype(device)
+        )
         mask_index = torch.zeros(batch, length, dtype=torch.bool, device=device)
         mask_index[:, length // 2 :] = True
         block_end = length // 2 + 32
@@ -157,7 +164,8 @@ def measure(device: torch.device, *, quick: bool, gpu_scale: bool = False) -> tu
     meta = {
         "backend": backend_name(device),
         "select_rows": SELECT_SHAPE["batch"] * SELECT_SHAPE["length"],
-        "select_case": f"B={SELECT_SHAPE['batch']}, L={SELECT_SHAPE['length']}",
+        "select_case": f"B={SELECT_SHAPE['batch']}, L={SELECT_SHAPE['length']}, "
+        f"{str(select_logits_dtype(device)).removeprefix('torch.')} logits",
         "logprob_case": f"N={shape['n']}, d={shape['d']}, V={shape['vocab']}",
     }
     return rows, meta
