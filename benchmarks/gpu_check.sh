@@ -25,10 +25,14 @@ trap 'rm -f "$log"' EXIT
 python3 setup.py -q build_ext --inplace -j 8 >/dev/null || { echo "building the C++ extension failed" >&2; exit 1; }
 
 status=0
+# Autotuning compiles every config of every kernel variant the tests launch; with pytest-xdist
+# four workers share that compile time.
+parallel=()
+python3 -c "import xdist" 2>/dev/null && parallel=(-n 4)
 run_tests() {  # run_tests SECONDS PATH...: pytest under a time limit; sets tests_line
   local limit=$1
   shift
-  timeout "$limit" python3 -m pytest "$@" -q -p no:cacheprovider 2>&1 | tee "$log" || status=1
+  timeout "$limit" python3 -m pytest "$@" "${parallel[@]}" -q -p no:cacheprovider 2>&1 | tee "$log" || status=1
   tests_line=$(grep -E "[0-9]+ (passed|failed)" "$log" | tail -n 1)
 }
 
