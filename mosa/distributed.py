@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -36,5 +37,11 @@ def join(requested: str | None = None) -> Runtime:
     else:
         device = torch.device(requested or "cpu")
     if world > 1 and not dist.is_initialized():
+        # Imported after the group exists (as a meta tensor's first random op does, when a model
+        # is built on the meta device), torch._dynamo keeps the group alive past
+        # destroy_process_group; gloo's threads then outlive the interpreter and abort the
+        # process at exit when they free a tensor. Imported before, it holds nothing.
+        importlib.import_module("torch._dynamo")
+
         dist.init_process_group("nccl" if cuda else "gloo")
     return Runtime(rank, world, device)
