@@ -1,8 +1,9 @@
 """Vocabulary ops side by side with the reference algorithms, in one run.
 
 (a) One denoising step: token choice + confidence + selection on the same logits
-    ``[B*L, V]`` (B=4, L=512; bf16 on a GPU, as a bf16 model makes them, fp32 on the CPU). Baseline: LLaDA's reference step (float64 softmax over the
-    whole sequence, gather, a ``torch.topk`` loop over rows).
+    ``[B*L, V]`` (B=4, L=512; bf16 on a GPU, as a bf16 model makes them, fp32 on the CPU).
+    Baseline: LLaDA's reference step (float64 softmax over the whole sequence, gather, a
+    ``torch.topk`` loop over rows).
     ``--quick`` measures V=126464 only (the size DESIGN §10's target names).
 (b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768 (``--gpu-scale``: DESIGN
     §10's N=8192, d=4096, V=126464). Baseline: naive ``log_softmax(h @ W.T).gather``; once with

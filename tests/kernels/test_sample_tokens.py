@@ -240,8 +240,8 @@ def test_rows_longer_than_a_kernel_block(backend, device, confidence):
     check_sample(token, conf, x, **settings)
     token, conf = sample_tokens(x, confidence="prob")
     check_sample(token, conf, x, confidence="prob")
-    # Ties between columns 512 apart (the same lane of every tile size; in one step and across
-    # steps) go to the first.
+    # Ties between columns 512 apart (within a lane and across lanes, within a step and across
+    # steps, for every tile size) go to the first.
     x[4, 300::512] = x[4].max() + 1.0
     token, conf = sample_tokens(x, confidence="margin")
     assert token[4] == 300 and conf[4] == 0.0
