@@ -15,7 +15,7 @@ from ..dispatch import kernels_for
 from ._checks import check_head, check_same_device, check_tensor, check_token_ids, rows_per_chunk
 
 _CHUNK_BYTES = {"cuda": 512 << 20}  # big chunks keep a GPU's matmuls efficient
-_CPU_CHUNK_BYTES = 64 << 20
+_CPU_CHUNK_BYTES = 64 << 20  # the CPU kernels want a chunk's logits near the caches
 # A CPU matmul against the head runs ~25 % slower per row at 132 rows (64 MiB of V = 126464
 # logits) than at 512 (d 512, 2 threads), so a CPU chunk keeps at least this many rows.
 _CPU_MIN_ROWS = 512
