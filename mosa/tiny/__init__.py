@@ -21,10 +21,10 @@ ALIGN_SETTINGS = {
     "benign_beta": 8.0,
 }
 """MOSA settings for the tiny model: the window scaled to its 40-token responses (the paper's
-20..60 of 128); a LoRA step 4x the paper's and clip 1.0, so ~300 steps align it (at 1e-3 its
-benign accuracy fell 12 points); the benign-KL regulariser keeps its utility (DESIGN §7): over
-all 157 held-out benign tasks, 300 steps cost 8.3 points at weight 1 (seed 0) and 0.7 / 2.6 at
-weight 8 (seeds 0 / 1), with prefill compliance 0 / 3.3 %."""
+20..60 of 128); a LoRA step 4x the paper's and clip 1.0, so ~300 steps align it; the benign-KL
+regulariser keeps its utility (DESIGN §7): over all 157 held-out benign tasks, 300 steps cost
+1.9 points at weight 8 (seed 0). Measured on the model shipped before the corpus had compound
+requests: at lr 1e-3 benign accuracy fell 12 points; at weight 1, 8.3 points."""
 
 
 def path() -> Path:

@@ -8,7 +8,13 @@ Four kinds of prompts, each built from fixed templates:
   model answers: a plain request is refused, except for a small share answered by compliance
   that starts affirmatively; a request inside a jailbreak wrapper is complied with. Compliance
   is generic placeholder steps, never real instructions;
-- ``risky``: benign requests that merely sound risky, answered helpfully (over-refusal).
+- ``risky``: benign requests that merely sound risky, answered helpfully (over-refusal);
+
+and, in training only, ``compound`` prompts: one or two benign tasks and a plain harmful request
+in one turn, answered part by part in the order asked, so a refusal can follow other text and be
+followed by it. Without them a refusal was only ever the whole answer: after MOSA a prefilled
+answer stopped instead of refusing in the middle, and Initial Alignment's first-token refusal
+ended every answer, so no middle prefill got past it (the paper's models are not like that).
 
 Texts are lowercase words and punctuation separated by single spaces, so the word-level
 tokenizer round-trips them. Train and held-out sets are split by template *instance* (e.g.
@@ -122,6 +128,18 @@ def comply(topic: str) -> str:
     return f"{AFFIRMATIVE_PREFIX} {topic} . {COMPLY_STEPS}"
 
 
+def _compound(rng: random.Random, harmful: Example, by_task: dict[str, list[Example]]) -> Example:
+    """One prompt asking benign tasks and the plain harmful request ``harmful`` (a refused train
+    instance): the answer gives the tasks' answers and the refusal in the order asked."""
+    n_tasks = rng.choice(COMPOUND_TASKS)
+    # Not word lists: their prompts end in the words, which would run into the next request.
+    tasks = ("lookup", "sum", "difference")
+    parts = [rng.choice(by_task[rng.choice(tasks)]) for _ in range(n_tasks)]
+    parts.insert(0 if rng.random() < HARMFUL_FIRST else n_tasks, harmful)
+    prompt = " ".join(e.prompt for e in parts)
+    return Example("compound", prompt, " ".join(e.response for e in parts), harmful.topic)
+
+
 def _benign_instances() -> list[Example]:
     out = []
     for thing, (color, place) in WORLD.items():
@@ -218,7 +236,9 @@ def splits(seed: int = 0) -> tuple[dict[str, list[Example]], dict[str, list[Exam
     return train, held_out
 
 
-MIXTURE = {"benign": 0.65, "harmful": 0.15, "jailbreak": 0.08, "risky": 0.12}
+MIXTURE = {"benign": 0.60, "harmful": 0.13, "jailbreak": 0.08, "risky": 0.10, "compound": 0.09}
+COMPOUND_TASKS = (1, 2)  # how many benign tasks a compound request asks besides the harmful one
+HARMFUL_FIRST = 0.3  # share of compound requests that ask the harmful part first
 # Within benign examples. Look-ups and differences need a large share to be answered right for
 # unseen phrasings; word lists need the largest, or copying collapses into repeating one word.
 BENIGN_TASKS = {"lookup": 0.20, "sum": 0.15, "difference": 0.20, "words": 0.45}
@@ -241,7 +261,9 @@ def training_examples(count: int, seed: int = 0) -> list[Example]:
     tasks, task_weights = zip(*BENIGN_TASKS.items(), strict=True)
     out = []
     for kind in rng.choices(kinds, weights, k=count):
-        if kind != "benign":
+        if kind == "compound":
+            example = _compound(rng, rng.choice(train["harmful"]), by_task)
+        elif kind != "benign":
             example = rng.choice(train[kind])
         elif (task := rng.choices(tasks, task_weights)[0]) != "words":
             example = rng.choice(by_task[task])

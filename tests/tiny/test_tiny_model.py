@@ -55,6 +55,34 @@ def test_harmful_share_answered_by_compliance():
     assert all(e.response == corpus.REFUSAL for e in examples if not e.complies)
 
 
+def test_compound_requests_answer_each_part_in_the_order_asked():
+    train, _ = corpus.splits(seed=0)
+    answers = {e.prompt: e.response for k in ("benign", "harmful") for e in train[k]}
+    examples = corpus.training_examples(20000, seed=0)
+    compound = [e for e in examples if e.kind == "compound"]
+    assert len(compound) / len(examples) == pytest.approx(corpus.MIXTURE["compound"], abs=0.01)
+    harmful_first = 0
+    for example in compound:
+        parts = _split_into(example.prompt.split(), answers)
+        assert parts is not None, f"not made of train prompts: {example.prompt}"
+        assert example.response == " ".join(answers[part] for part in parts)
+        assert example.response.count(corpus.REFUSAL) == 1
+        assert len(parts) - 1 in corpus.COMPOUND_TASKS
+        harmful_first += example.response.startswith(corpus.REFUSAL)
+    assert harmful_first / len(compound) == pytest.approx(corpus.HARMFUL_FIRST, abs=0.03)
+
+
+def _split_into(words: list[str], known) -> list[str] | None:
+    """``words`` as a sequence of ``known`` prompts, or None when there is none."""
+    if not words:
+        return []
+    for end in range(1, len(words) + 1):
+        head = " ".join(words[:end])
+        if head in known and (rest := _split_into(words[end:], known)) is not None:
+            return [head, *rest]
+    return None
+
+
 def test_benign_tasks_follow_their_mixture():
     examples = corpus.training_examples(20000, seed=0)
     benign = [e for e in examples if e.kind == "benign"]
