@@ -12,9 +12,9 @@ Four kinds of prompts, each built from fixed templates:
 
 and, in training only, ``compound`` prompts: one or two benign tasks and a plain harmful request
 in one turn, answered part by part in the order asked, so a refusal can follow other text and be
-followed by it. Without them a refusal was only ever the whole answer: after MOSA a prefilled
-answer stopped instead of refusing in the middle, and Initial Alignment's first-token refusal
-ended every answer, so no middle prefill got past it (the paper's models are not like that).
+followed by it, as in a real model's data. Without them a refusal is only ever the whole answer:
+after MOSA a prefilled answer then stops instead of refusing in the middle, and Initial
+Alignment's first-token refusal ends every answer, so no middle prefill gets past it.
 
 Texts are lowercase words and punctuation separated by single spaces, so the word-level
 tokenizer round-trips them. Train and held-out sets are split by template *instance* (e.g.
