@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On one CUDA GPU: build the extension; run the kernel tests with compiled Triton (bf16
-# included), the CUDA model tests and the MOSA objective tests; then every benchmark through
+# included), the CUDA model and sampler tests and the MOSA objective tests; then every benchmark through
 # run_all.py (--quick --gpu-scale) in what is left of the budget. Writes
 # benchmarks/results/gpu-check-<gpu>-<date>.md (test lines, the DESIGN §10 targets table, each
 # benchmark's table) and prints the targets table last. Budget: under 8 minutes on one H100.
@@ -39,8 +39,8 @@ run_tests() {  # run_tests SECONDS PATH...: pytest under a time limit; sets test
 echo "== kernel tests (compiled Triton)"
 run_tests 240 tests/kernels
 kernel_tests=$tests_line
-echo "== model tests on CUDA and MOSA objective tests"
-run_tests 90 tests/models/test_model_cuda.py tests/align/test_objective.py
+echo "== model and sampler tests on CUDA, MOSA objective tests"
+run_tests 150 tests/models/test_model_cuda.py tests/sampling/test_generate_cuda.py tests/align/test_objective.py
 model_tests=$tests_line
 
 budget=$((total_s - SECONDS))
@@ -57,7 +57,7 @@ summary_md=$(sed -n 's/^wrote \(.*\.md\)$/\1/p' "$log" | tail -n 1)
   echo
   echo "Kernel tests (tests/kernels, compiled Triton): ${kernel_tests:-no summary line}"
   echo
-  echo "Model and objective tests (tests/models/test_model_cuda.py, tests/align/test_objective.py): ${model_tests:-no summary line}"
+  echo "Model, sampler and objective tests (tests/models/test_model_cuda.py, tests/sampling/test_generate_cuda.py, tests/align/test_objective.py): ${model_tests:-no summary line}"
   echo
   echo "Benchmarks: \`benchmarks/run_all.py --quick --gpu-scale\`, ${budget} s budget"
   echo
@@ -71,7 +71,7 @@ summary_md=$(sed -n 's/^wrote \(.*\.md\)$/\1/p' "$log" | tail -n 1)
 echo
 echo "== GPU check on $gpu: $report"
 echo "Kernel tests: ${kernel_tests:-no summary line}"
-echo "Model and objective tests: ${model_tests:-no summary line}"
+echo "Model, sampler and objective tests: ${model_tests:-no summary line}"
 echo
 if [[ -n "$summary_md" && -f "$summary_md" ]]; then
   awk '/^## Targets/ {on = 1} on && /^## / && !/^## Targets/ {exit} on' "$summary_md"

@@ -17,6 +17,7 @@ Usage: ``python benchmarks/run_all.py [--quick] [--gpu-scale] [--only NAME ...] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -48,7 +49,7 @@ QUICK_LIMITS_S = {
     # section of the report gives the seconds it took); a full run gets FULL_FACTOR times as long.
     "kernels": (90, 900),
     "attention": (60, 120),
-    "sampler": (90, 600),
+    "sampler": (120, 600),
     "align": (120, 600),
 }
 FULL_FACTOR = 4
@@ -126,6 +127,19 @@ REFERENCE_LOOP = "LLaDA generate loop: full logits, full-vocab softmax"
 NAIVE_OBJECTIVE = "reference_terms: full logits from both passes"
 
 
+def fastest_sampler(mode: str) -> Getter:
+    """The speed-up of sampler ``mode``, or of its CUDA-graph twin when that ran faster."""
+    eager, graphed = column("speedup", mode=mode), column("speedup", mode=f"{mode} + CUDA graphs")
+
+    def get(rows: Rows, meta: dict) -> list[float]:
+        values = eager(rows, meta)
+        with contextlib.suppress(LookupError):
+            values = [max(values + graphed(rows, meta))]
+        return values
+
+    return get
+
+
 def _time_ratio(row: dict, meta: dict) -> float:
     return 1.0 / row["speedup"]
 
@@ -156,12 +170,12 @@ TARGETS = (
     Target("attention fwd+bwd, bf16, no padding", "SDPA flash, no mask", "≥ 0.9×", "attention",
            "gpu", column("speedup", padding="0%", **{"pass": "fwd+bwd"}), 0.9),
     Target("sampler tokens/s, no cache", REFERENCE_LOOP, "≥ 3×", "sampler", "any",
-           column("speedup", mode="generate"), 3.0, case_key="model"),
+           fastest_sampler("generate"), 3.0, case_key="model"),
     Target("sampler tokens/s, dual cache", REFERENCE_LOOP, "≥ 6×", "sampler", "any",
-           column("speedup", mode="generate dual cache"), 6.0, case_key="model"),
+           fastest_sampler("generate dual cache"), 6.0, case_key="model"),
     Target("sampler tokens/s, dual cache + threshold 0.9", REFERENCE_LOOP, "> dual cache",
-           "sampler", "any", column("speedup", mode="generate dual + threshold 0.9"),
-           column("speedup", mode="generate dual cache"), case_key="model"),
+           "sampler", "any", fastest_sampler("generate dual + threshold 0.9"),
+           fastest_sampler("generate dual cache"), case_key="model"),
     Target("MOSA step: prompts/s", NAIVE_OBJECTIVE, "≥ 2×", "align", "any",
            column("speedup", **FUSED), 2.0, case_key="model"),
     Target("MOSA step: peak memory", NAIVE_OBJECTIVE, "≤ 1/2", "align", "any",

@@ -3,14 +3,15 @@
 Same random-weight LLaDA-architecture model, same prompts, temperature 0. Rows: the
 reference loop (full-sequence logits, float64 full-vocabulary softmax, per-row top-k; see
 ``baselines.py``), then ``generate`` with no cache, the prefix cache, the dual cache, and the
-dual cache with threshold-0.9 parallel decoding. Each row gives generated tokens/s, peak
+dual cache with threshold-0.9 parallel decoding; on a GPU each of these once more with its
+steps replayed as CUDA graphs (``cuda_graphs=True``). Each row gives generated tokens/s, peak
 extra memory, the speed-up over the reference, and the fraction of response tokens equal to
 the reference's output (1.0 = identical).
 
 The CPU model keeps LLaDA's vocabulary (126464) on a small trunk (d 512, 6 layers); its head
 weights are scaled up so that, like a trained model's, predictions are confident (random
 N(0, 0.02) weights give near-uniform softmaxes, which no real model has). On a GPU it uses the
-LLaDA-8B shapes. Usage: ``python benchmarks/sampler.py [--quick]``.
+LLaDA-8B shapes. Usage: ``python benchmarks/sampler.py [--quick] [--batch N] [--prompt-length P]``.
 """
 
 from __future__ import annotations
@@ -60,39 +61,61 @@ def run_modes(device, *, batch, prompt_length, gen_length, block_length, steps, 
             generate, model, prompt, cache="dual", threshold=0.9, **settings
         ),
     }
-    reference = None
-    rows = []
-    for name, run in modes.items():
-        if device.type == "cuda":
-            run()  # Triton compiles and autotunes on the first call: keep that out of the timing
-        out, seconds, peak = profile_call(run, device)
-        if repeats > 1:
-            seconds = median_seconds(run, device, repeats=repeats, warmup=0)
-        if reference is None:
-            reference = out
-        agreement = (out[:, prompt_length:] == reference[:, prompt_length:]).float().mean().item()
-        rows.append(
+    if device.type == "cuda":
+        modes.update(
             {
-                "mode": name,
-                "tokens/s": batch * gen_length / seconds,
-                "seconds": seconds,
-                "peak_MiB": peak / 2**20,
-                "agreement": agreement,
+                f"{name} + CUDA graphs": functools.partial(run, cuda_graphs=True)
+                for name, run in modes.items()
+                if name != "reference loop"
             }
         )
+    rows = [time_mode("reference loop", modes.pop("reference loop"), device, repeats)]
+    reference = rows[0].pop("out")
+    for name, run in modes.items():
+        try:
+            row = time_mode(name, run, device, repeats)
+        except Exception as err:  # one failing mode must not cost the others their rows
+            rows.append({"mode": name, "error": f"{type(err).__name__}: {err}"[:300]})
+            continue
+        out = row.pop("out")
+        same = out[:, prompt_length:] == reference[:, prompt_length:]
+        row["agreement"] = same.float().mean().item()
+        rows.append(row)
     for row in rows:
-        row["speedup"] = row["tokens/s"] / rows[0]["tokens/s"]
+        if "error" not in row:
+            row["tokens/s"] = batch * gen_length / row["seconds"]
+            row["speedup"] = rows[0]["seconds"] / row["seconds"]
+    rows[0]["agreement"] = 1.0
     return rows
 
 
-def measure(device: torch.device, *, quick: bool, gpu_scale: bool) -> tuple[list, dict]:
-    """Rows for every mode; ``gpu_scale``: the model has the LLaDA-8B shapes."""
+def time_mode(name, run, device, repeats) -> dict:
+    """One mode's output (``out``), seconds and peak extra memory."""
+    if device.type == "cuda":
+        run()  # Triton compiles and autotunes on the first call: keep that out of the timing
+    out, seconds, peak = profile_call(run, device)
+    if repeats > 1:
+        seconds = median_seconds(run, device, repeats=repeats, warmup=0)
+    return {"mode": name, "out": out, "seconds": seconds, "peak_MiB": peak / 2**20}
+
+
+def measure(
+    device: torch.device,
+    *,
+    quick: bool,
+    gpu_scale: bool,
+    batch: int | None = None,
+    prompt_length: int = 32,
+) -> tuple[list, dict]:
+    """Rows for every mode; ``gpu_scale``: the model has the LLaDA-8B shapes; ``batch``
+    prompts (default 4 on a GPU, 1 on a CPU) of ``prompt_length`` tokens."""
     gpu = device.type == "cuda"
+    batch = batch if batch is not None else (4 if gpu else 1)
     gen_length = 128 if quick else 256
     rows = run_modes(
         device,
-        batch=4 if gpu else 1,
-        prompt_length=32,
+        batch=batch,
+        prompt_length=prompt_length,
         gen_length=gen_length,
         block_length=32,
         steps=gen_length // 4 if not gpu else gen_length // 2,
@@ -100,15 +123,21 @@ def measure(device: torch.device, *, quick: bool, gpu_scale: bool) -> tuple[list
         gpu_scale=gpu_scale,
     )
     shape = "LLaDA-8B shapes" if gpu_scale else "d 512, 6 layers, vocab 126464"
-    return rows, {"model": shape, "gen_length": gen_length, "block_length": 32}
+    meta = {"model": shape, "batch": batch, "prompt_length": prompt_length}
+    return rows, {**meta, "gen_length": gen_length, "block_length": 32}
 
 
 def report(rows: list[dict], meta: dict, device: torch.device) -> str:
     """The table ``main`` prints."""
     return (
-        f"## Sampler on {machine_name(device)} ({meta['model']}, gen_length "
-        f"{meta['gen_length']}, block {meta['block_length']})\n\n"
-        + format_table(rows, ["mode", "tokens/s", "speedup", "peak_MiB", "agreement"])
+        f"## Sampler on {machine_name(device)} ({meta['model']}, batch {meta['batch']}, prompt "
+        f"{meta['prompt_length']}, gen_length {meta['gen_length']}, block "
+        f"{meta['block_length']})\n\n"
+        + format_table(
+            rows,
+            ["mode", "tokens/s", "speedup", "peak_MiB", "agreement"]
+            + (["error"] if any("error" in row for row in rows) else []),
+        )
         + "\n\nspeedup is against the reference loop in this run"
     )
 
@@ -117,9 +146,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter generation, one repeat")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="prompts (GPU 4, CPU 1)")
+    parser.add_argument("--prompt-length", type=int, default=32, help="prompt tokens")
     args = parser.parse_args(argv)
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
     device = torch.device(args.device)
-    rows, meta = measure(device, quick=args.quick, gpu_scale=device.type == "cuda")
+    rows, meta = measure(
+        device,
+        quick=args.quick,
+        gpu_scale=device.type == "cuda",
+        batch=args.batch,
+        prompt_length=args.prompt_length,
+    )
     publish("sampler", device, rows, meta, report(rows, meta, device))
     return 0
 

@@ -21,15 +21,15 @@ HASH_MUL_2 = 0x735A2D97
 RANDOM_CONFIDENCE_COLUMN = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+def _mul32(x: torch.Tensor | int, c: int) -> torch.Tensor | int:
     # (x * c) mod 2**32 in int64 without overflow: split x into 16-bit halves.
     low = (x & 0xFFFF) * c
     high = (((x >> 16) * c) & 0xFFFF) << 16
     return (low + high) & _MASK32
 
 
-def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int64 tensors holding uint32 values."""
+def hash32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """lowbias32 on int64 tensors holding uint32 values, or on a Python int."""
     x = x & _MASK32
     x = x ^ (x >> 16)
     x = _mul32(x, HASH_MUL_1)

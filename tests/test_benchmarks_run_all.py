@@ -35,9 +35,12 @@ def _kernels(backend: str, select_speedup: float) -> dict:
     return {"rows": rows, "meta": meta}
 
 
-def _sampler(no_cache: float, dual: float, threshold: float) -> dict:
+def _sampler(no_cache: float, dual: float, threshold: float, graphs: tuple = ()) -> dict:
+    """Sampler rows; ``graphs``: the speed-ups of the same three modes with CUDA graphs."""
     modes = {"reference loop": 1.0, "generate": no_cache, "generate dual cache": dual}
     modes["generate dual + threshold 0.9"] = threshold
+    for mode, speedup in zip(list(modes)[1:], graphs, strict=False):
+        modes[f"{mode} + CUDA graphs"] = speedup
     rows = [{"mode": mode, "speedup": speedup} for mode, speedup in modes.items()]
     return {"rows": rows, "meta": {"model": "test model"}}
 
@@ -102,7 +105,8 @@ def test_gpu_run_judges_gpu_targets_and_marks_cpu_ones():
     results = {
         "kernels": _kernels("triton", select_speedup=12.0),
         "attention": _attention(padded=1.4, unpadded=0.92),
-        "sampler": _sampler(3.1, 5.0, 4.0),
+        # With CUDA graphs: no cache faster (counts), dual cache slower (the eager row counts).
+        "sampler": _sampler(3.1, 5.0, 4.0, graphs=(3.4, 4.5, 4.2)),
         "align": _align(2.5, 0.4, 4.2, gpu_scale=True),
     }
     got = _results(run_all.summarize(results, on_gpu=True))
@@ -111,8 +115,10 @@ def test_gpu_run_judges_gpu_targets_and_marks_cpu_ones():
     padded = got[("attention fwd+bwd, bf16, 30 % left padding", "≥ 1.3×")]
     assert padded == ("1.35×", "pass")  # the 28/4 rows, 1.35x, are the worst
     assert got[("attention fwd+bwd, bf16, no padding", "≥ 0.9×")] == ("0.87×", "short")
-    assert got[("sampler tokens/s, dual cache", "≥ 6×")][1] == "short"
-    assert got[("sampler tokens/s, dual cache + threshold 0.9", "> dual cache")][1] == "short"
+    assert got[("sampler tokens/s, no cache", "≥ 3×")][0].startswith("3.4×")
+    assert got[("sampler tokens/s, dual cache", "≥ 6×")] == ("5× (test model)", "short")
+    threshold = got[("sampler tokens/s, dual cache + threshold 0.9", "> dual cache")]
+    assert threshold == ("4.2× vs 5× (test model)", "short")
     assert got[("MOSA step: prompts/s", "≥ 2×")][1] == "pass"
     scale = got[("MOSA at scale: 3,000 prompts, 8B shapes", "≤ 5 min on 1 GPU")]
     assert scale == ("4.2 min", "pass")

@@ -41,7 +41,7 @@ def _sample(args: argparse.Namespace) -> int:
             "threshold", "factor", "cache", "top_p", "top_k", "alg", "alg_temp",
         )
     }  # fmt: skip
-    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
+    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos", "cuda_graphs"):
         options[flag] = True if getattr(args, flag) else None
     responses = sample_texts(
         model, tokenizer, prompts, batch_size=args.batch_size, chat_template=not args.no_chat_template,
@@ -88,6 +88,10 @@ def add_parser(commands) -> None:
     g.add_argument("--stop-at-eos", action="store_true")
     g.add_argument("--logits-eos-inf", action="store_true")
     g.add_argument("--confidence-eos-eot-inf", action="store_true")
+    g.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="LLaDA on a GPU at temperature 0: replay each block's steps as CUDA graphs",
+    )  # fmt: skip
     g.add_argument(
         "--alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"], help="Dream"
     )

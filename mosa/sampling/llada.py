@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from mosa.models import DiffusionLM
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import seed_from
 
 from .canvas import build_canvas, first_masked_position
+from .cuda_graph import GraphedCall
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
 from .schedule import llada_transfer_counts
@@ -41,6 +45,7 @@ def generate(
     generator: torch.Generator | None = None,
     return_trace: bool = False,
     *,
+    cuda_graphs: bool = False,
     response: torch.Tensor | None = None,
     eos_id: int | None = None,
     eot_id: int | None = None,
@@ -76,6 +81,14 @@ def generate(
             leaves the batch.
         generator: CPU ``torch.Generator`` for temperature > 0 and random remasking.
         return_trace: return a ``GenerateOutput`` with the step each position was committed.
+        cuda_graphs: replay each block's steps as one CUDA graph, so a step costs the host one
+            launch instead of one per kernel (a block's first step, which refreshes the cache,
+            and the first step of each new shape, which compiles the kernels, run eagerly).
+            Needs CUDA, a ``mosa`` model, temperature 0, low-confidence remasking and neither
+            EOS option; the output is the eager one's up to float rounding (the head then runs
+            on every position of the window, the block and any masked prompt position left of
+            it, instead of the masked ones only). Off by default until
+            ``benchmarks/gpu_check.sh`` has confirmed it on a GPU.
         response: optional ``int[G]``/``int[B, G]`` initial response; ids other than
             ``mask_id`` are fixed tokens, never remasked.
         eos_id, eot_id: default to the model config's, else LLaDA's 126081 / 126348.
@@ -102,14 +115,26 @@ def generate(
         raise ValueError(
             f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})"
         )
+    graphs = _check_cuda_graphs(
+        cuda_graphs, model, prompt, temperature, remasking, logits_eos_inf, confidence_eos_eot_inf
+    )
     canvas = build_canvas(prompt, attention_mask, gen_length, mask_id, response)
     predictor = Predictor(
         model, mask_id=mask_id, cfg_scale=cfg_scale, cache=cache, shift_logits=False
     )
-    suppress = [eos_id] if logits_eos_inf else []
-    exclude = ([eos_id, eot_id] if temperature == 0 else [eot_id]) if confidence_eos_eot_inf else []
-    special_ids_checked = False
     needs_noise = temperature > 0 or remasking == "random"
+    sample_options = dict(
+        weight=predictor.weight, bias=predictor.bias, cfg_scale=cfg_scale, temperature=temperature,
+        confidence="prob" if remasking == "low_confidence" else "random",
+        suppress=[eos_id] if logits_eos_inf else [],
+        exclude_from_confidence=(
+            ([eos_id, eot_id] if temperature == 0 else [eot_id]) if confidence_eos_eot_inf else []
+        ),
+    )  # fmt: skip
+    check_ids = functools.partial(
+        _check_special_ids, logits_eos_inf=logits_eos_inf,
+        confidence_eos_eot_inf=confidence_eos_eot_inf, eos_id=eos_id, eot_id=eot_id,
+    )  # fmt: skip
 
     x, prompt_length = canvas.x, canvas.prompt_length
     given = x != mask_id
@@ -117,7 +142,9 @@ def generate(
     steps_per_block = steps // num_blocks
     commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=x.device)
     active = torch.arange(batch, device=x.device)
-    step_count = 0
+    step_count = torch.zeros((), dtype=torch.long, device=x.device)
+    pool = torch.cuda.graph_pool_handle() if graphs else None
+    warm_shapes = set()
 
     for block in range(num_blocks):
         start = prompt_length + block * block_length
@@ -126,9 +153,7 @@ def generate(
             active = _drop_finished(x, active, prompt_length, start, mask_id, eos_id)
             if active.numel() == 0:
                 break
-        rows_x, rows_trace = x[active], commit_step[active]
-        rows_mask = None if canvas.attention_mask is None else canvas.attention_mask[active]
-        rows_given = given[active]
+        rows_x = x[active]
         # Positions left of the block stay candidates while masked (prompt masks, or a model
         # that predicted the mask token), as in the reference; one host read per block.
         window = first_masked_position(rows_x[:, :start], mask_id, default=start)
@@ -137,42 +162,135 @@ def generate(
             if parallel
             else llada_transfer_counts(rows_x[:, start:end] == mask_id, steps_per_block)
         )
-        widest = None if parallel or needs_noise else _widest(rows_x, window, end, counts, mask_id)
+        step = BlockStep(
+            predictor=predictor,
+            sample=functools.partial(sample_tokens, **sample_options),
+            check_ids=check_ids,
+            x=rows_x,
+            attention_mask=None if canvas.attention_mask is None else canvas.attention_mask[active],
+            given=given[active],
+            trace=commit_step[active],
+            window=window,
+            end=end,
+            prompt_length=prompt_length,
+            mask_id=mask_id,
+            rule=(
+                {"threshold": threshold, "factor": factor}
+                if parallel
+                else {"k": torch.empty_like(counts[:, 0])}
+            ),
+            generator=generator if needs_noise else None,
+            count=step_count,
+        )
+        # The cache is refilled at each block start, so a block's graph is its own.
+        graphed = (
+            GraphedCall(functools.partial(step, width=None), x.device, pool) if graphs else None
+        )
+        widest = (
+            None
+            if parallel or needs_noise or graphs
+            else _widest(rows_x, window, end, counts, mask_id)
+        )
         # Parallel decoding commits at least one masked position per row and step.
         budget = end - window if parallel else steps_per_block
         for i in range(budget):
-            is_masked = rows_x[:, window:end] == mask_id
-            if parallel and not bool(is_masked.any()):
+            if parallel and not bool((rows_x[:, window:end] == mask_id).any()):
                 break
-            rows, rows_uncond = predictor.rows(
-                rows_x, rows_mask, rows_given, window, end, refresh=i == 0
-            )
-            if not special_ids_checked:
-                vocab = predictor.weight.shape[0] if predictor.fused else rows.shape[-1]
-                _check_special_ids(vocab, logits_eos_inf, confidence_eos_eot_inf, eos_id, eot_id)
-                special_ids_checked = True
-            sample = functools.partial(
-                sample_tokens, weight=predictor.weight, bias=predictor.bias, cfg_scale=cfg_scale,
-                temperature=temperature, confidence="prob" if remasking == "low_confidence" else "random",
-                suppress=suppress, exclude_from_confidence=exclude,
-                seed=seed_from(generator) if needs_noise else 0,
-            )  # fmt: skip
-            if widest is None:
-                token, conf = sample(rows, x_uncond=rows_uncond)
+            if not parallel:
+                step.rule["k"].copy_(counts[:, i])
+            width = None if widest is None else widest[i]
+            if i == 0:
+                step(refresh=True, width=width)
+            elif graphed is None or step.shape not in warm_shapes:
+                # With graphs: compiles and tunes, for these shapes, what the graph will run.
+                step(width=width)
+                warm_shapes.add(step.shape)
             else:
-                token, conf = _sample_masked(sample, rows, rows_uncond, is_masked, widest[i])
-            if parallel:
-                commit = select_transfer(conf, is_masked, threshold=threshold, factor=factor)
-            else:
-                commit = select_transfer(conf, is_masked, k=counts[:, i])
-            rows_x[:, window:end] = torch.where(commit, token, rows_x[:, window:end])
-            record_commits(rows_trace, commit, token, mask_id, window, prompt_length, step_count)
-            step_count += 1
-        x[active], commit_step[active] = rows_x, rows_trace
+                graphed()
+        x[active], commit_step[active] = rows_x, step.trace
 
     if not return_trace:
         return x
-    return GenerateOutput(sequences=x, commit_step=commit_step, steps=step_count)
+    return GenerateOutput(sequences=x, commit_step=commit_step, steps=int(step_count))
+
+
+@dataclass
+class BlockStep:
+    """One denoising step of a block, in place on tensors that stay put for the whole block
+    (what lets a CUDA graph replay it).
+
+    ``x`` (the block's rows of the canvas) and ``trace`` (their commit steps) are updated;
+    ``rule`` is ``select_transfer``'s: a fixed-schedule step reads its counts from the tensor
+    ``rule['k']``, which the caller fills before each step; ``count`` counts the steps run.
+    """
+
+    predictor: Predictor
+    sample: Callable
+    check_ids: Callable[[int], None]
+    x: torch.Tensor
+    attention_mask: torch.Tensor | None
+    given: torch.Tensor
+    trace: torch.Tensor
+    window: int
+    end: int
+    prompt_length: int
+    mask_id: int
+    rule: dict
+    generator: torch.Generator | None
+    count: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Rows, window width and positions run: what the kernels of a step are compiled for."""
+        rows, length = self.x.shape
+        first, stop = self.predictor.cached_span(self.window, self.end, length)
+        return rows, self.end - self.window, stop - first
+
+    def __call__(self, refresh: bool = False, width: int | None = None) -> None:
+        """``refresh`` reruns the whole sequence (and refills the cache); ``width``, when
+        given, samples each row's first ``width`` masked positions only (see ``_sample_masked``)."""
+        window, end = self.window, self.end
+        is_masked = self.x[:, window:end] == self.mask_id
+        rows, rows_uncond = self.predictor.rows(
+            self.x, self.attention_mask, self.given, window, end, refresh=refresh
+        )
+        if refresh:
+            self.check_ids(self.predictor.vocab_size(rows))
+        sample = functools.partial(
+            self.sample, seed=seed_from(self.generator) if self.generator is not None else 0
+        )
+        if width is None:
+            token, conf = sample(rows, x_uncond=rows_uncond)
+        else:
+            token, conf = _sample_masked(sample, rows, rows_uncond, is_masked, width)
+        commit = select_transfer(conf, is_masked, **self.rule)
+        self.x[:, window:end] = torch.where(commit, token, self.x[:, window:end])
+        record_commits(
+            self.trace, commit, token, self.mask_id, window, self.prompt_length, self.count
+        )
+        self.count += 1
+
+
+def _check_cuda_graphs(
+    cuda_graphs, model, prompt, temperature, remasking, logits_eos_inf, confidence_eos_eot_inf
+) -> bool:
+    """Whether to replay steps as CUDA graphs; raises when asked for where they cannot be."""
+    if not cuda_graphs:
+        return False
+    unsupported = {
+        "prompt must be on a CUDA device": not (
+            isinstance(prompt, torch.Tensor) and prompt.device.type == "cuda"
+        ),
+        "the model must be a mosa model (mosa.load_model)": not isinstance(model, DiffusionLM),
+        "temperature must be 0 (sampling noise is seeded per step)": temperature != 0,
+        "remasking must be 'low_confidence'": remasking != "low_confidence",
+        "logits_eos_inf and confidence_eos_eot_inf must be False": logits_eos_inf
+        or confidence_eos_eot_inf,
+    }
+    reasons = [reason for reason, failed in unsupported.items() if failed]
+    if reasons:
+        raise ValueError(f"cuda_graphs=True needs: {'; '.join(reasons)}; or pass cuda_graphs=False")
+    return True
 
 
 def _widest(x, window, end, counts, mask_id) -> list[int]:

@@ -29,9 +29,13 @@ class GenerateOutput:
 
 
 def record_commits(commit_step, commit, token, mask_id, start, prompt_length, step):
-    """Writes ``step`` into ``commit_step [B, G]`` where ``commit [B, W]`` (window from position
-    ``start``) filled a response position; committing the mask token itself fills nothing."""
+    """Writes ``step`` (an int or a 0-d tensor on the device) into ``commit_step [B, G]`` where
+    ``commit [B, W]`` (window from position ``start``) filled a response position; committing
+    the mask token itself fills nothing."""
     filled = commit & (token != mask_id)
     in_response = filled[:, max(prompt_length - start, 0) :]
     first = max(start - prompt_length, 0)
-    commit_step[:, first : first + in_response.shape[1]].masked_fill_(in_response, step)
+    region = commit_step[:, first : first + in_response.shape[1]]
+    # Not masked_fill_: with a tensor ``step`` it reads the value on the host, which a step
+    # replayed as a CUDA graph must not do (``where`` takes it on the device).
+    region.copy_(torch.where(in_response, step, region))

@@ -73,6 +73,18 @@ class Predictor:
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits
 
+    def cached_span(self, start: int, end: int, length: int) -> tuple[int, int]:
+        """The positions ``[first, stop)`` a cached call for ``[start, end)`` runs; ``length``
+        is the sequence's (without a cache every call runs all of it)."""
+        if self.cache_mode is None:
+            return 0, length
+        first = max(start - self.shift, 0)
+        return first, length if self.cache_mode == "prefix" else end
+
+    def vocab_size(self, rows: torch.Tensor) -> int:
+        """Width of the distributions ``rows`` (as ``rows(...)`` returned them) stand for."""
+        return self.weight.shape[0] if self.fused else rows.shape[-1]
+
     def rows(self, x, attention_mask, given, start, end, refresh):
         """Rows for positions ``[start, end)`` of ``x``; ``given`` is ``x != mask_id`` at the
         start of sampling (what classifier-free guidance hides); ``refresh`` reruns the whole
@@ -84,8 +96,7 @@ class Predictor:
             full = self._run_full(x_in, mask_in)
             picked = full[:, sources]
         else:
-            first = max(start - self.shift, 0)
-            stop = x.shape[1] if self.cache_mode == "prefix" else end
+            first, stop = self.cached_span(start, end, x.shape[1])
             out = self.model(x_in[:, first:stop], cache=self._cache, start=first)
             picked = out.hidden_states[:, sources - first]
         if not self.cfg:

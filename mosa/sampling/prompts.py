@@ -15,6 +15,7 @@ from .llada import generate
 LLADA_OPTIONS = (
     "steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
     "logits_eos_inf", "confidence_eos_eot_inf", "threshold", "factor", "cache", "stop_at_eos",
+    "cuda_graphs",
 )  # fmt: skip
 DREAM_OPTIONS = ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps")
 

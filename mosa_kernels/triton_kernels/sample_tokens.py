@@ -218,7 +218,8 @@ def sample_update(
         raise ValueError(
             "sample_update needs row-major logits (and uncond logits with the same strides)"
         )
-    seed_key = int(host_hash32(torch.tensor(seed & 0xFFFFFFFF)))
+    # On a Python int: no tensor read back on the host (a CUDA graph may be capturing).
+    seed_key = host_hash32(seed & 0xFFFFFFFF)
     _sample_update_kernel[(n,)](
         logits, logits if logits_uncond is None else logits_uncond, state, best_index,
         suppress, exclude, width, logits.stride(0), col_offset, float(cfg_scale),

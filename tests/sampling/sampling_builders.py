@@ -9,11 +9,13 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 
 from mosa.models import build_model  # noqa: E402
+from mosa.sampling import llada  # noqa: E402
 
 MASK_ID = 126  # both tiny configs
 PAD_ID = 125  # != MASK_ID
@@ -85,3 +87,47 @@ def padded_prompts(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, tor
 
 def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+# Ops that read a device value on the host (or, for masked_fill with a tensor value, do so
+# inside their CUDA kernel): a CUDA graph capture raises on them, an eager replay would not.
+HOST_READS = {
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.is_nonzero.default,
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.masked_select.default,
+    torch.ops.aten.masked_fill.Tensor,
+    torch.ops.aten.masked_fill_.Tensor,
+    torch.ops.aten.equal.default,
+}
+
+
+class NoHostReads(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            raise AssertionError(f"{func} reads a device value on the host inside a graph step")
+        return func(*args, **(kwargs or {}))
+
+
+class EagerReplay:
+    """Stands in for ``GraphedCall``: calls the very zero-argument step a graph would capture,
+    so everything that step freezes for its block (window, slices, the count buffer the caller
+    refills) is what the run uses too; and fails where the step reads a value on the host."""
+
+    def __init__(self, fn, replays: list):
+        self.fn, self.replays = fn, replays
+
+    def __call__(self):
+        self.replays.append(self.fn)
+        with NoHostReads():
+            self.fn()
+
+
+def replay_graphs_eagerly(monkeypatch) -> list:
+    """From now on ``generate(..., cuda_graphs=True)`` runs its graph path (on any device) with
+    each would-be graph replay run eagerly; returns the list of replayed steps."""
+    replays = []
+    monkeypatch.setattr(llada, "_check_cuda_graphs", lambda cuda_graphs, *args: cuda_graphs)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(llada, "GraphedCall", lambda fn, device, pool: EagerReplay(fn, replays))
+    return replays

@@ -13,10 +13,12 @@ from sampling_builders import (
     MASK_ID,
     PAD_ID,
     LogitsOnly,
+    dream_model,
     generator,
     llada_model,
     padded_prompts,
     random_prompt,
+    replay_graphs_eagerly,
 )
 
 from mosa.models import DiffusionLM
@@ -416,6 +418,57 @@ def test_multi_layer_cache_agreement(cache):
     assert rate >= CACHE_AGREEMENT_BOUND
 
 
+# CUDA graphs' eager twin ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def graph_replays(monkeypatch):
+    """``generate(..., cuda_graphs=True)`` takes the graph path on the CPU; the replayed steps."""
+    return replay_graphs_eagerly(monkeypatch)
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5], ids=["no-cfg", "cfg"])
+@pytest.mark.parametrize(
+    "rule", [{}, {"threshold": 0.1}, {"factor": 2.0}], ids=["fixed", "threshold", "factor"]
+)
+def test_graph_path_matches_reference(graph_replays, rule, cfg_scale, cache):
+    """Steps after a block's second are replays of one frozen step: the tokens, the decoding
+    order and the step count stay the reference's."""
+    ids, mask = padded_prompts([4, 6, 5], seed=15)
+    ids[2, 3] = MASK_ID
+    # Two blocks of 6 masks in 4 steps: 2, 2, 1, 1 commits, so replays read changing counts.
+    kw = dict(cfg_scale=cfg_scale, cache=cache, **rule, **schedule_kw((12, 6, 8)))
+    _, reference = run_pair(llada_model(), ids, mask, **kw)
+    out = generate(
+        llada_model(), ids, mask, mask_id=MASK_ID, eos_id=EOS_ID, eot_id=EOT_ID,
+        return_trace=True, cuda_graphs=True, **kw,
+    )  # fmt: skip
+    assert len({id(step) for step in graph_replays}) == 2  # one frozen step per block, replayed
+    assert_matches(out, reference)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_graph_path_matches_the_default_path(graph_replays, family):
+    """Dream's shifted head, and rows leaving the batch at ``stop_at_eos`` (a new step shape
+    mid-run): the graph path gives the default path's output."""
+    model = llada_model() if family == "llada" else dream_model()
+    ids, mask = padded_prompts([4, 6, 5, 3], seed=21)
+    kw = dict(mask_id=MASK_ID, return_trace=True, cache="dual", **schedule_kw((16, 4, 16)))
+    # As EOS, an id the first block commits in some rows, not all: those rows stop after it.
+    first_block = generate(model, ids, mask, **kw).sequences[:, 6:10]
+    eos_id = next(
+        i for i in first_block.unique().tolist() if 0 < (first_block == i).any(dim=1).sum() < 4
+    )
+    default = generate(model, ids, mask, eos_id=eos_id, stop_at_eos=True, **kw)
+    graphed = generate(model, ids, mask, eos_id=eos_id, stop_at_eos=True, cuda_graphs=True, **kw)
+    stopped_early = (default.commit_step[:, 4:] == -1).all(dim=1)
+    assert 0 < stopped_early.sum() < 4
+    assert graph_replays
+    assert torch.equal(graphed.sequences, default.sequences)
+    assert torch.equal(graphed.commit_step, default.commit_step)
+
+
 # Randomness ------------------------------------------------------------------------------------
 
 
@@ -464,6 +517,8 @@ def bad_call(**overrides):
         ({"model": LogitsOnly(llada_model()), "confidence_eos_eot_inf": True}, "eos_id=126081"),
         ({"confidence_eos_eot_inf": True}, "eot_id=126348"),  # LLaDA's EoT is outside the vocab
         ({"logits_eos_inf": True, "eos_id": 500}, "eos_id"),
+        ({"cuda_graphs": True}, "CUDA device"),
+        ({"cuda_graphs": True, "temperature": 0.5}, "temperature must be 0"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
