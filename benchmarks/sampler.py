@@ -123,8 +123,13 @@ def measure(
         gpu_scale=gpu_scale,
     )
     shape = "LLaDA-8B shapes" if gpu_scale else "d 512, 6 layers, vocab 126464"
-    meta = {"model": shape, "batch": batch, "prompt_length": prompt_length}
-    return rows, {**meta, "gen_length": gen_length, "block_length": 32}
+    return rows, {
+        "model": shape,
+        "batch": batch,
+        "prompt_length": prompt_length,
+        "gen_length": gen_length,
+        "block_length": 32,
+    }
 
 
 def report(rows: list[dict], meta: dict, device: torch.device) -> str:

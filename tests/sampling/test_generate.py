@@ -433,8 +433,8 @@ def graph_replays(monkeypatch):
     "rule", [{}, {"threshold": 0.1}, {"factor": 2.0}], ids=["fixed", "threshold", "factor"]
 )
 def test_graph_path_matches_reference(graph_replays, rule, cfg_scale, cache):
-    """Steps after a block's second are replays of one frozen step: the tokens, the decoding
-    order and the step count stay the reference's."""
+    """A block's later steps are replays of one frozen step: the tokens, the decoding order and
+    the step count stay the reference's."""
     ids, mask = padded_prompts([4, 6, 5], seed=15)
     ids[2, 3] = MASK_ID
     # Two blocks of 6 masks in 4 steps: 2, 2, 1, 1 commits, so replays read changing counts.
