@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import memory_plan  # noqa: E402
 from common import format_table, machine_name, median_seconds, peak_bytes, publish  # noqa: E402
 from sampler import build  # noqa: E402
 
@@ -31,6 +32,7 @@ from mosa.align import AlignBatch, mosa_terms, reference_terms  # noqa: E402
 from mosa.align.objective import IGNORE  # noqa: E402
 
 PAPER_PROMPTS = 3000
+SENTENCE_TOKENS = 12
 
 
 def _lora(model, r: int):
@@ -44,7 +46,7 @@ def _batch(batch: int, prompt_length: int, gen_length: int, mask_id: int, device
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 126000, (batch, prompt_length), generator=generator)
     ids = torch.cat([prompt, torch.full((batch, gen_length), mask_id)], dim=1)
-    sentences = torch.randint(0, 126000, (2, batch, 12), generator=generator)
+    sentences = torch.randint(0, 126000, (2, batch, SENTENCE_TOKENS), generator=generator)
     sentences[0, :, 9:] = IGNORE  # refusals of 9 tokens, continuations of 12
     return AlignBatch(ids, None, gen_length, sentences[0], sentences[1]).to(device)
 
@@ -133,18 +135,36 @@ def measure(
     batch = batch or (8 if gpu_scale else 4)
     settings = dict(prompt_length=prompt_length, gen_length=128, window=(20, 60))
     rows = run(device, batch=batch, repeats=1 if quick else 3, gpu_scale=gpu_scale, **settings)
+    if gpu_scale:
+        planned_step_extra(rows, batch, **settings)
     shape = "LLaDA-8B shapes, bf16, LoRA r 32" if gpu_scale else "d 512, 6 layers, vocab 126464"
     return rows, {"model": shape, "batch": batch, "gpu_scale": gpu_scale, **settings}
+
+
+def planned_step_extra(rows: list[dict], batch: int, **settings) -> None:
+    """Puts beside the fused row's measured peak what ``memory_plan.py`` predicts for it at
+    LLaDA-8B shapes ("step extra"), and their ratio."""
+    shapes = memory_plan.llada_8b_shapes(longest_sentence=SENTENCE_TOKENS, **settings)
+    planned = memory_plan.plan(shapes, batches=(batch,))[0]["step extra MiB"]
+    for row in rows:
+        if row["objective"] == "fused objective":
+            row["planned_MiB"] = planned
+            row["measured / planned"] = row["peak_MiB"] / planned
 
 
 def report(rows: list[dict], meta: dict, device: torch.device) -> str:
     """The table ``main`` prints."""
     columns = ["objective", "prompts/s", "speedup", "peak_MiB", "memory ratio"]
+    columns.append("minutes for 3000 prompts")
+    notes = "ratios are against the straightforward objective in this run"
+    if any("planned_MiB" in row for row in rows):
+        columns += ["planned_MiB", "measured / planned"]
+        notes += "; planned_MiB: benchmarks/memory_plan.py's step extra for these shapes"
     return (
         f"## MOSA step on {machine_name(device)} ({meta['model']}, batch {meta['batch']}, "
         f"prompt {meta['prompt_length']}, canvas {meta['gen_length']})\n\n"
-        + format_table(rows, columns + ["minutes for 3000 prompts"])
-        + "\n\nratios are against the straightforward objective in this run"
+        + format_table(rows, columns)
+        + f"\n\n{notes}"
     )
 
 

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import align  # noqa: E402
 import memory_plan  # noqa: E402
 import run_all  # noqa: E402
 
@@ -182,3 +184,21 @@ def test_memory_plan_grows_with_batch_and_the_chunk_stays_bounded(llada_8b):
     largest = memory_plan.largest_batch(llada_8b)
     assert sum(memory_plan.components(llada_8b, largest).values()) <= memory_plan.GPU_BYTES
     assert sum(memory_plan.components(llada_8b, largest + 1).values()) > memory_plan.GPU_BYTES
+
+
+def test_align_puts_the_plan_beside_the_fused_rows_measured_peak(llada_8b):
+    rows = [
+        {"objective": "straightforward objective", "peak_MiB": 4000.0},
+        {"objective": "fused objective", "peak_MiB": 1200.0},
+    ]
+    # The plan's default shapes: prompt 64, canvas 128, window 20..60, sentences of 12 tokens.
+    align.planned_step_extra(rows, 8, prompt_length=64, gen_length=128, window=(20, 60))
+    planned = memory_plan.plan(llada_8b, batches=(8,))[0]["step extra MiB"]
+    assert "planned_MiB" not in rows[0]
+    assert rows[1]["planned_MiB"] == planned
+    assert rows[1]["measured / planned"] == pytest.approx(1200.0 / planned)
+    assert "| planned_MiB |" in align.report(
+        rows,
+        {"model": "m", "batch": 8, "prompt_length": 64, "gen_length": 128},
+        torch.device("cpu"),
+    )
