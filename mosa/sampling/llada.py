@@ -123,8 +123,9 @@ def generate(
         model, mask_id=mask_id, cfg_scale=cfg_scale, cache=cache, shift_logits=False
     )
     needs_noise = temperature > 0 or remasking == "random"
-    sample_options = dict(
-        weight=predictor.weight, bias=predictor.bias, cfg_scale=cfg_scale, temperature=temperature,
+    sample = functools.partial(
+        sample_tokens, weight=predictor.weight, bias=predictor.bias, cfg_scale=cfg_scale,
+        temperature=temperature,
         confidence="prob" if remasking == "low_confidence" else "random",
         suppress=[eos_id] if logits_eos_inf else [],
         exclude_from_confidence=(
@@ -164,7 +165,7 @@ def generate(
         )
         step = BlockStep(
             predictor=predictor,
-            sample=functools.partial(sample_tokens, **sample_options),
+            sample=sample,
             check_ids=check_ids,
             x=rows_x,
             attention_mask=None if canvas.attention_mask is None else canvas.attention_mask[active],
