@@ -93,4 +93,6 @@ def test_sample_rejects_bad_input(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="do not apply to LLaDA"):
         main(["sample", str(checkpoint), "--prompt", "w1", "--alg", "entropy"])
     with pytest.raises(ValueError, match="cuda_graphs=True needs: prompt must be on a CUDA"):
-        main(["sample", str(checkpoint), "--prompt", "w1", "--device", "cpu", "--cuda-graphs"])
+        main(
+            ["sample", str(checkpoint), "--prompt", "w1", "--device", "cpu", "--cuda-graphs", "on"]
+        )

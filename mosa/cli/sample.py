@@ -41,8 +41,9 @@ def _sample(args: argparse.Namespace) -> int:
             "threshold", "factor", "cache", "top_p", "top_k", "alg", "alg_temp",
         )
     }  # fmt: skip
-    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos", "cuda_graphs"):
+    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
         options[flag] = True if getattr(args, flag) else None
+    options["cuda_graphs"] = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
     responses = sample_texts(
         model, tokenizer, prompts, batch_size=args.batch_size, chat_template=not args.no_chat_template,
         seed=args.seed, progress=True, **options,
@@ -89,8 +90,8 @@ def add_parser(commands) -> None:
     g.add_argument("--logits-eos-inf", action="store_true")
     g.add_argument("--confidence-eos-eot-inf", action="store_true")
     g.add_argument(
-        "--cuda-graphs", action="store_true",
-        help="LLaDA on a GPU at temperature 0: replay each block's steps as CUDA graphs",
+        "--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+        help="LLaDA on a GPU: replay each step shape as a CUDA graph (auto: wherever supported)",
     )  # fmt: skip
     g.add_argument(
         "--alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"], help="Dream"

@@ -104,7 +104,7 @@ def diffusion_generate(
 
     for i in range(steps):
         is_masked = x[:, start:end] == mask_id
-        rows, _ = predictor.rows(x, canvas.attention_mask, given, start, end, refresh=True)
+        rows, _ = predictor.rows(x, canvas.attention_mask, given, start, end - start, refresh=True)
         if filtered:
             rows = _filtered_logits(rows, predictor, temperature, top_p, top_k)
             head, bias, sample_temperature = None, None, (1.0 if temperature > 0 else 0.0)
