@@ -6,6 +6,17 @@ from __future__ import annotations
 import torch
 
 from .canvas import Canvas
+from .predictor import model_token_id
+
+
+def bucket_pad_id(model, mask_id: int) -> int:
+    """An id to pad buckets with: padding is never attended to, so any id of the vocabulary
+    but the mask does; the model's pad or EOS id when it has one."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = model_token_id(model, name, None)
+        if value is not None and value != mask_id and 0 <= value < model.vocab_size:
+            return value
+    return 1 if mask_id == 0 else 0
 
 
 def bucket_canvas(canvas: Canvas, multiple: int, pad_id: int) -> tuple[Canvas, int]:

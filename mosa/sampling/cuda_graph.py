@@ -15,36 +15,28 @@ from mosa.models import DiffusionLM
 CUDA_GRAPHS = ("auto", True, False)
 
 
-def use_cuda_graphs(
-    requested, *, device: torch.device, model, temperature: float, remasking: str, eos_options: bool
-) -> bool:
-    """Whether ``generate`` replays its steps as CUDA graphs.
+def use_cuda_graphs(requested, *, device: torch.device, model, unmet: dict[str, bool]) -> bool:
+    """Whether a sampler replays its steps as CUDA graphs.
 
     ``requested`` is ``"auto"`` (the default: graphs wherever they are supported), ``True``
     (graphs, or a ValueError naming each unmet condition) or ``False`` (always eager).
+    ``unmet`` maps the sampler's own conditions (e.g. "temperature must be 0") to whether the
+    call fails them; a CUDA device and a ``mosa`` model are always needed.
     """
     if requested not in CUDA_GRAPHS or not isinstance(requested, bool | str):
         raise ValueError(f"cuda_graphs must be 'auto', True or False, got {requested!r}")
     if requested is False:
         return False
-    unmet = [
-        reason
-        for reason, failed in (
-            ("prompt must be on a CUDA device", device.type != "cuda"),
-            (
-                "the model must be a mosa model (mosa.load_model)",
-                not isinstance(model, DiffusionLM),
-            ),
-            ("temperature must be 0 (sampling noise is seeded per step)", temperature != 0),
-            ("remasking must be 'low_confidence'", remasking != "low_confidence"),
-            ("logits_eos_inf and confidence_eos_eot_inf must be False", eos_options),
-        )
-        if failed
-    ]
+    failed = {
+        "prompt must be on a CUDA device": device.type != "cuda",
+        "the model must be a mosa model (mosa.load_model)": not isinstance(model, DiffusionLM),
+        **unmet,
+    }
+    reasons = [reason for reason, fails in failed.items() if fails]
     if requested == "auto":
-        return not unmet
-    if unmet:
-        raise ValueError(f"cuda_graphs=True needs: {'; '.join(unmet)}; or pass cuda_graphs=False")
+        return not reasons
+    if reasons:
+        raise ValueError(f"cuda_graphs=True needs: {'; '.join(reasons)}; or pass cuda_graphs=False")
     return True
 
 

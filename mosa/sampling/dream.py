@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
-from .canvas import build_canvas, first_masked_position
+from .buckets import bucket_canvas, bucket_pad_id
+from .canvas import Canvas, build_canvas, first_masked_position
+from .cuda_graph import GraphedCall, graph_cache, use_cuda_graphs
 from .filters import top_k_filter, top_p_filter
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
@@ -43,6 +47,8 @@ def diffusion_generate(
     return_dict_in_generate: bool = False,
     generator: torch.Generator | None = None,
     response: torch.Tensor | None = None,
+    cuda_graphs: bool | str = "auto",
+    prompt_bucket: int = 16,
 ) -> torch.Tensor | GenerateOutput:
     """Sample as Dream's ``model.diffusion_generate`` does (one block, Dream's schedule).
 
@@ -61,6 +67,11 @@ def diffusion_generate(
     tokens over committed ones); the entropy confidence is sum p log p exactly (Dream adds
     1e-10 inside the log). Random draws come from ``generator`` through counter-based noise,
     so they match Dream's in distribution, not bit for bit.
+
+    ``cuda_graphs`` and ``prompt_bucket`` are ``generate``'s: by default ("auto"), on CUDA
+    with a ``mosa`` model, temperature 0 and a confidence algorithm without ``alg_temp`` or
+    filters, the step (the same shape every step) is captured once as a CUDA graph and
+    replayed, also by later calls of the same shape.
 
     Returns ``int64[B, P + G]``, or a ``GenerateOutput`` (with ``history`` when
     ``output_history``) when ``return_dict_in_generate``.
@@ -93,6 +104,19 @@ def diffusion_generate(
         else mask_token_id
     )
     canvas = build_canvas(prompt, attention_mask, max_new_tokens, mask_id, response)
+    filtered = top_p is not None and top_p < 1 or top_k is not None
+    graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
+        "temperature must be 0": temperature != 0,
+        "alg must be a confidence algorithm ('origin' draws random numbers)": alg == "origin",
+        "alg_temp must be 0 or None": bool(alg_temp),
+        "top_p and top_k must be unset": filtered,
+        "output_history must be False": output_history,
+    })  # fmt: skip
+    if graphs:
+        canvas, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, mask_id))
+        out = _graphed_generation(model, canvas, mask_id, steps, eps, ALGORITHMS[alg])
+        out.sequences = out.sequences[:, added:]
+        return out if return_dict_in_generate else out.sequences
     predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
     x, prompt_length = canvas.x, canvas.prompt_length
     given = x != mask_id
@@ -100,7 +124,6 @@ def diffusion_generate(
     timesteps = dream_timesteps(steps, eps)
     commit_step = torch.full((x.shape[0], max_new_tokens), -1, dtype=torch.long, device=x.device)
     history = [] if output_history else None
-    filtered = top_p is not None and top_p < 1 or top_k is not None
 
     for i in range(steps):
         is_masked = x[:, start:end] == mask_id
@@ -123,10 +146,8 @@ def diffusion_generate(
                 rows, head, bias=bias, temperature=sample_temperature, confidence=ALGORITHMS[alg],
                 tempered_confidence=True, seed=seed,
             )  # fmt: skip
-            count = dream_transfer_count(x == mask_id, timesteps, i)
-            if count <= 0:
-                commit = torch.zeros_like(is_masked)
-            elif alg_temp:
+            count = dream_transfer_count(x == mask_id, timesteps, i).expand(x.shape[0])
+            if alg_temp:
                 # Gumbel-top-k: `count` masked positions drawn without replacement from
                 # softmax(confidence / alg_temp), as Dream's torch.multinomial does.
                 rows_index = torch.arange(conf.shape[0], device=conf.device)[:, None]
@@ -157,3 +178,110 @@ def _filtered_logits(rows, predictor, temperature, top_p, top_k):
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     return logits
+
+
+@dataclass
+class _ConfidenceStep:
+    """One step of a confidence algorithm at temperature 0, in place on tensors that stay put
+    (what a CUDA graph replays); the step number is read from the 0-d tensor ``step``.
+
+    The same arithmetic as ``diffusion_generate``'s eager loop: one window ``[start, L)``,
+    the head on all of it, ``dream_transfer_count`` on the device.
+    """
+
+    predictor: Predictor
+    canvas: Canvas
+    given: torch.Tensor
+    trace: torch.Tensor
+    step: torch.Tensor
+    timesteps: torch.Tensor
+    start: int
+    confidence: str
+    mask_id: int
+
+    def __call__(self) -> None:
+        x, start = self.canvas.x, self.start
+        is_masked = x[:, start:] == self.mask_id
+        rows, _ = self.predictor.rows(
+            x, self.canvas.attention_mask, self.given, start, x.shape[1] - start, refresh=True
+        )
+        token, conf = sample_tokens(
+            rows, self.predictor.weight, bias=self.predictor.bias, confidence=self.confidence,
+            tempered_confidence=True,
+        )  # fmt: skip
+        count = dream_transfer_count(x == self.mask_id, self.timesteps, self.step)
+        commit = select_transfer(conf, is_masked, k=count.expand(x.shape[0]))
+        x[:, start:] = torch.where(commit, token, x[:, start:])
+        record_commits(
+            self.trace, commit, token, self.mask_id, start, self.canvas.prompt_length, self.step
+        )
+        self.step += 1
+
+
+class _GraphedSteps:
+    """A ``_ConfidenceStep`` over tensors of one shape, run eagerly once (which compiles its
+    kernels), then captured and replayed, by this and by later calls of the same shape."""
+
+    def __init__(self, step: _ConfidenceStep):
+        self.step = step
+        self.warm = False
+        self.graphed = None
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def load(self, canvas: Canvas, mask_id: int) -> None:
+        state = self.step
+        state.canvas.x.copy_(canvas.x)
+        if canvas.attention_mask is not None:
+            state.canvas.attention_mask.copy_(canvas.attention_mask)
+        state.given.copy_(canvas.x != mask_id)
+        state.trace.fill_(-1)
+        state.step.zero_()
+
+    def run(self, cache) -> None:
+        if not self.warm:
+            self.step()
+            self.warm = True
+            return
+        if self.graphed is None:
+            self.graphed = GraphedCall(self.step, self.step.canvas.x.device, self.pool)
+            cache.captures += 1
+        self.graphed()
+
+
+def _graphed_generation(model, canvas: Canvas, mask_id, steps, eps, confidence) -> GenerateOutput:
+    x = canvas.x
+    start = first_masked_position(x, mask_id, default=x.shape[1])
+    padded = canvas.attention_mask is not None
+    key = ("dream", mask_id, steps, eps, confidence, tuple(x.shape), start, padded)
+    cache = graph_cache(model)
+
+    def make() -> _GraphedSteps:
+        predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
+        return _GraphedSteps(
+            _ConfidenceStep(
+                predictor=predictor,
+                canvas=Canvas(
+                    x.clone(),
+                    None if not padded else canvas.attention_mask.clone(),
+                    canvas.prompt_length,
+                ),
+                given=torch.empty_like(x, dtype=torch.bool),
+                trace=torch.empty(
+                    x.shape[0], x.shape[1] - canvas.prompt_length, dtype=torch.long, device=x.device
+                ),
+                step=torch.zeros((), dtype=torch.long, device=x.device),
+                timesteps=dream_timesteps(steps, eps, device=x.device),
+                start=start,
+                confidence=confidence,
+                mask_id=mask_id,
+            )
+        )
+
+    graphed = cache.get(key, make)
+    graphed.load(canvas, mask_id)
+    for _ in range(steps):
+        graphed.run(cache)
+    state = graphed.step
+    return GenerateOutput(
+        sequences=state.canvas.x.clone(), commit_step=state.trace.clone(), steps=steps
+    )

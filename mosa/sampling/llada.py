@@ -10,7 +10,7 @@ import torch
 from mosa_kernels import sample_tokens
 
 from .block_step import BlockDone, StepSet, StepShape, StepState
-from .buckets import bucket_canvas
+from .buckets import bucket_canvas, bucket_pad_id
 from .canvas import Canvas, build_canvas, first_masked_position
 from .cuda_graph import graph_cache, use_cuda_graphs
 from .output import GenerateOutput
@@ -106,13 +106,16 @@ def generate(
         prompt_bucket=prompt_bucket, eos_id=eos_id, eot_id=eot_id,
     )  # fmt: skip
     canvas = build_canvas(prompt, attention_mask, gen_length, settings.mask_id, response)
-    graphs = use_cuda_graphs(
-        cuda_graphs, device=canvas.x.device, model=model, temperature=temperature,
-        remasking=remasking, eos_options=logits_eos_inf or confidence_eos_eot_inf,
-    )  # fmt: skip
+    graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
+        "temperature must be 0 (sampling noise is seeded per step)": temperature != 0,
+        "remasking must be 'low_confidence'": remasking != "low_confidence",
+        "logits_eos_inf and confidence_eos_eot_inf must be False": (
+            logits_eos_inf or confidence_eos_eot_inf
+        ),
+    })  # fmt: skip
     added = 0
     if graphs:
-        canvas, added = bucket_canvas(canvas, prompt_bucket, pad_id=settings.pad_id)
+        canvas, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, settings.mask_id))
     run = _Generation(model, settings, canvas, graphs, generator)
     for block in range(settings.num_blocks):
         if not run.block(block):
@@ -192,11 +195,6 @@ class SamplerSettings:
         if self.threshold is not None:
             return {"threshold": self.threshold}
         return {} if self.factor is None else {"factor": self.factor}
-
-    @property
-    def pad_id(self) -> int:
-        """What prompt buckets pad with: any id but the mask, as padding is never attended to."""
-        return self.eos_id if self.eos_id != self.mask_id else self.mask_id + 1
 
     @property
     def graph_key(self) -> tuple:

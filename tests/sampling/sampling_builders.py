@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 
 from mosa.models import build_model  # noqa: E402
-from mosa.sampling import block_step, llada  # noqa: E402
+from mosa.sampling import block_step, dream, llada  # noqa: E402
 from mosa.sampling.cuda_graph import GraphCache  # noqa: E402
 
 MASK_ID = 126  # both tiny configs
@@ -141,13 +141,16 @@ class GraphTwin:
 
 
 def replay_graphs_eagerly(monkeypatch) -> GraphTwin:
-    """From now on ``generate(..., cuda_graphs=True)`` runs its graph path (on any device) with
-    each would-be graph replay run eagerly; ``cuda_graphs="auto"`` stays eager on the CPU."""
+    """From now on ``generate`` / ``diffusion_generate`` with ``cuda_graphs=True`` run their
+    graph path (on any device) with each would-be graph replay run eagerly;
+    ``cuda_graphs="auto"`` stays eager on the CPU."""
     twin = GraphTwin()
-    monkeypatch.setattr(llada, "use_cuda_graphs", lambda requested, **kw: requested is True)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    monkeypatch.setattr(
-        block_step, "GraphedCall", lambda fn, device, pool: EagerReplay(fn, twin.replays)
-    )
-    monkeypatch.setattr(llada, "graph_cache", twin.cache)
+    for sampler in (llada, dream):
+        monkeypatch.setattr(sampler, "use_cuda_graphs", lambda requested, **kw: requested is True)
+        monkeypatch.setattr(sampler, "graph_cache", twin.cache)
+    for module in (block_step, dream):
+        monkeypatch.setattr(
+            module, "GraphedCall", lambda fn, device, pool: EagerReplay(fn, twin.replays)
+        )
     return twin

@@ -472,29 +472,35 @@ def test_each_step_shape_is_captured_once_across_blocks_and_calls(graph_twin, ca
         assert torch.equal(out, eager)
 
 
-def test_prompt_buckets_share_graphs_and_keep_the_output(graph_twin):
-    """Prompts of 5 and 7 tokens both pad to 16: the second call captures nothing new, and
-    each output is the unbucketed one (padding is never attended to)."""
-    kw = dict(mask_id=MASK_ID, cache="dual", cuda_graphs=True, **schedule_kw((16, 8, 8)))
-    outputs = []
-    for length, seed in ((5, 33), (7, 34)):
-        ids = random_prompt(2, length, seed=seed)
-        outputs.append((generate(llada_model(), ids, prompt_bucket=16, **kw), ids))
-        captures = graph_twin.captures
-    assert captures == 2
-    for out, ids in outputs:
-        assert out.shape == (2, ids.shape[1] + 16)
-        unbucketed = generate(llada_model(), ids, prompt_bucket=1, **kw)
-        assert torch.equal(out, unbucketed)
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5], ids=["no-cfg", "cfg"])
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_prompt_buckets_share_graphs_and_keep_the_output(graph_twin, family, cfg_scale):
+    """Prompts of 15 and 3 tokens both pad to 16: the second call captures nothing new (its
+    padding is copied into the cached tensors), and each output is the unbucketed one."""
+    model = llada_model() if family == "llada" else dream_model()
+    kw = dict(mask_id=MASK_ID, cache="dual", cfg_scale=cfg_scale, cuda_graphs=True)
+    kw["return_trace"] = True
+    kw.update(schedule_kw((16, 8, 8)))
+    prompts = [random_prompt(2, length, seed=length) for length in (15, 3)]
+    outputs = [generate(model, ids, prompt_bucket=16, **kw) for ids in prompts]
+    assert graph_twin.captures == 2
+    for ids, out in zip(prompts, outputs, strict=True):
+        unbucketed = generate(model, ids, prompt_bucket=1, **kw)
+        assert out.sequences.shape == (2, ids.shape[1] + 16)
+        assert torch.equal(out.sequences, unbucketed.sequences)
+        assert torch.equal(out.commit_step, unbucketed.commit_step)
 
 
-@pytest.mark.parametrize("rule", [{"threshold": 0.1}, {"factor": 2.0}], ids=["threshold", "factor"])
+@pytest.mark.parametrize(
+    "rule", [{"threshold": 0.01}, {"factor": 8.0}], ids=["threshold", "factor"]
+)
 def test_a_block_done_read_one_step_late_changes_nothing(graph_twin, monkeypatch, rule):
     """On a GPU the host learns a parallel-decoding block is full one step late: the extra
     step must be a no-op that is not counted."""
     ids, mask = padded_prompts([4, 6, 5], seed=35)
     kw = dict(mask_id=MASK_ID, return_trace=True, cache="dual", **rule, **schedule_kw((16, 8, 16)))
     on_time = generate(llada_model(), ids, mask, cuda_graphs=True, **kw)
+    assert on_time.steps < 16  # blocks fill in fewer steps than they have positions
     monkeypatch.setattr(block_step.BlockDone, "default_lag", staticmethod(lambda flag: 1))
     late = generate(llada_model(), ids, mask, cuda_graphs=True, **kw)
     assert torch.equal(late.sequences, on_time.sequences)

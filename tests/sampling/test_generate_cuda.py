@@ -12,12 +12,12 @@ import copy
 
 import pytest
 import torch
-from sampling_builders import MASK_ID, llada_model, padded_prompts, random_prompt
+from sampling_builders import MASK_ID, dream_model, llada_model, padded_prompts, random_prompt
 from sampling_builders import replay_graphs_eagerly as eager_twin
 
 import mosa
 import mosa.tiny
-from mosa.sampling import block_step, generate
+from mosa.sampling import block_step, diffusion_generate, generate
 from mosa.sampling.cuda_graph import GraphedCall, graph_cache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -119,3 +119,17 @@ def test_graphs_agree_with_the_eager_sampler_on_the_tiny_model(dtype, bound):
     eager = generate(model, ids, cuda_graphs=False, **kw)
     agree = (graphed[:, ids.shape[1] :] == eager[:, ids.shape[1] :]).float().mean().item()
     assert agree >= bound
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "entropy"])
+def test_dream_graph_replays_the_eager_steps(monkeypatch, alg):
+    model = copy.deepcopy(dream_model()).to("cuda")
+    ids, mask = padded_prompts([4, 7, 5], seed=40)
+    ids, mask = ids.cuda(), mask.cuda()
+    kw = dict(max_new_tokens=16, steps=8, alg=alg, mask_token_id=MASK_ID)
+    kw["return_dict_in_generate"] = True
+    graphed = diffusion_generate(model, ids, mask, **kw)
+    assert graph_cache(model).captures == 1
+    eager_twin(monkeypatch)
+    twin = diffusion_generate(model, ids, mask, cuda_graphs=True, **kw)
+    assert_same(graphed, twin)
