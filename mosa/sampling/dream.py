@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
+from .arguments import check_sampler_arguments
 from .canvas import build_canvas, first_masked_position
 from .filters import top_k_filter, top_p_filter
 from .output import GenerateOutput, record_commits
@@ -77,6 +78,7 @@ def diffusion_generate(
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor of token ids, got {type(inputs).__name__}")
+    check_sampler_arguments(model, inputs, steps)
     prompt = inputs if inputs.dim() == 2 else inputs[None]
     if max_new_tokens is None:
         if max_length is None:

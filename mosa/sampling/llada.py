@@ -12,6 +12,7 @@ from mosa.models import DiffusionLM
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import seed_from
 
+from .arguments import check_sampler_arguments
 from .canvas import build_canvas, first_masked_position
 from .cuda_graph import GraphedCall
 from .output import GenerateOutput, record_commits
@@ -95,6 +96,7 @@ def generate(
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
+    check_sampler_arguments(model, prompt, steps)
     mask_id = model_token_id(model, "mask_token_id", LLADA_MASK_ID) if mask_id is None else mask_id
     eos_id = model_token_id(model, "eos_token_id", LLADA_EOS_ID) if eos_id is None else eos_id
     eot_id = model_token_id(model, "eot_token_id", LLADA_EOT_ID) if eot_id is None else eot_id

@@ -295,3 +295,16 @@ def test_alg_temp_draws_positions_from_the_confidence_softmax():
     frequency = first / draws
     sigma = (expected * (1 - expected) / draws).sqrt()
     assert ((frequency - expected).abs() < 4 * sigma).all(), f"{frequency} vs {expected}"
+
+
+def test_prompt_ids_outside_the_vocabulary_are_named():
+    with pytest.raises(
+        ValueError, match=r"token id 128, outside the model's vocabulary \[0, 128\)"
+    ):
+        diffusion_generate(
+            dream_model(),
+            torch.tensor([[1, 128]]),
+            max_new_tokens=4,
+            steps=4,
+            mask_token_id=MASK_ID,
+        )
