@@ -104,8 +104,8 @@ def _check_parameter_count(
     key to fix, before a model of the config's size is built (``n_layers: 1e9`` would take
     hours just to lay out on the meta device).
 
-    A count that agrees, or that is off by no more than the weights themselves hold, is left
-    to ``read_state_dict``, which names the tensor.
+    A count that agrees, or that stays within twice the weights' (a model that size is
+    cheap to lay out), is left to ``read_state_dict``, which names the tensor.
     """
     stored = stored_parameter_count(folder)
     layers = getattr(config, config.layers_key)

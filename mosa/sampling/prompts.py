@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,8 +35,6 @@ def load_tokenizer(folder):
     warning transformers prints because it does not know the model types of ``config.json``
     is silenced.
     """
-    import json
-
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
