@@ -1,6 +1,7 @@
 """``mosa sample`` end to end on a tiny random checkpoint with its own word-level tokenizer."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -90,9 +91,47 @@ def test_sample_rejects_bad_input(checkpoint, tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(SystemExit, match="line 1: not valid JSON"):
         main(["sample", str(checkpoint), "--prompts-file", str(bad)])
-    with pytest.raises(ValueError, match="do not apply to LLaDA"):
+    with pytest.raises(SystemExit, match="do not apply to LLaDA"):
         main(["sample", str(checkpoint), "--prompt", "w1", "--alg", "entropy"])
-    with pytest.raises(ValueError, match="cuda_graphs=True needs: prompt must be on a CUDA"):
+    with pytest.raises(SystemExit, match="cuda_graphs=True needs: prompt must be on a CUDA"):
         main(
             ["sample", str(checkpoint), "--prompt", "w1", "--device", "cpu", "--cuda-graphs", "on"]
         )
+
+
+def _copy_without(checkpoint, tmp_path, names):
+    folder = tmp_path / "copy"
+    shutil.copytree(checkpoint, folder, ignore=shutil.ignore_patterns(*names))
+    return folder
+
+
+def _one_line_exit(argv) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert isinstance(exited.value.code, str) and "\n" not in exited.value.code
+    return exited.value.code
+
+
+def test_sample_names_what_is_wrong_with_the_folder(checkpoint, tmp_path):
+    """One line naming the real problem, where transformers and torch gave tracebacks about
+    sentencepiece or a shape mismatch."""
+    no_tokenizer = _copy_without(checkpoint, tmp_path, ["tokenizer*", "special_tokens_map.json"])
+    message = _one_line_exit(["sample", str(no_tokenizer), "--prompt", "w1"])
+    assert message.startswith(f"mosa sample: no tokenizer files in {no_tokenizer}")
+    config = json.loads((checkpoint / "config.json").read_text())
+    del config["d_model"]
+    (no_tokenizer / "config.json").write_text(json.dumps(config))
+    shutil.copy(checkpoint / "tokenizer.json", no_tokenizer)
+    message = _one_line_exit(["sample", str(no_tokenizer), "--prompt", "w1"])
+    assert "config.json lacks d_model (the defaults d_model=768 were taken)" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_sample_without_cuda_says_so(checkpoint):
+    message = _one_line_exit(["sample", str(checkpoint), "--prompt", "w1", "--device", "cuda"])
+    assert message == (
+        "mosa sample: device 'cuda': CUDA is not available on this machine; use the CPU "
+        "(device 'cpu', --device cpu)"
+    )
+    message = _one_line_exit(["sample", str(checkpoint), "--prompt", "w1", "--device", "gpu"])
+    assert "device 'gpu' is not a torch device" in message

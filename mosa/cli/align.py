@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import read_prompt_file
+from .common import model_folder, read_prompt_file
 
 
 def _align(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.align import AlignConfig, Sentences, read_sentences, train
 
+    model_folder(args.model)  # a typo fails here, before any work
     tiny_run = args.model is None
     settings = dict(tiny.ALIGN_SETTINGS) if tiny_run else {}
     for name in ("gen_length", "lr", "clip", "batch_size", "benign_beta"):

@@ -59,9 +59,11 @@ def load_model_and_tokenizer(args: argparse.Namespace, device=None):
     from mosa.models import load_model
     from mosa.sampling.prompts import load_tokenizer
 
-    folder = Path(args.model) if args.model is not None else tiny.path()
-    if not (folder / "config.json").is_file():
-        raise SystemExit(f"{folder}: not a checkpoint folder (no config.json)")
+    from .common import model_folder
+
+    folder = model_folder(args.model)
+    if args.adapter:
+        _check_adapter_folder(Path(args.adapter))
     try:
         model = load_model(folder, dtype=args.dtype, device=device or args.device)
     except ValueError as err:
@@ -75,9 +77,20 @@ def load_model_and_tokenizer(args: argparse.Namespace, device=None):
     return model.eval(), tokenizer, is_tiny
 
 
-def _merge_adapter(model, adapter: Path):
+def _check_adapter_folder(adapter: Path) -> None:
+    """A peft adapter folder with its weights in safetensors: peft would unpickle
+    ``adapter_model.bin`` (it reads ``adapter_model.safetensors`` first when both exist)."""
+    from mosa.models.files import require_safetensors
+
     if not (adapter / "adapter_config.json").is_file():
         raise SystemExit(f"--adapter {adapter}: not a peft adapter folder (no adapter_config.json)")
+    try:
+        require_safetensors(adapter, ("adapter_model.safetensors",))
+    except ValueError as err:
+        raise SystemExit(f"--adapter: {err}") from None
+
+
+def _merge_adapter(model, adapter: Path):
     try:
         from peft import PeftModel
     except ImportError:

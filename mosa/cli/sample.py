@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import read_prompt_file
+from .common import model_folder, read_prompt_file
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -19,15 +19,14 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from mosa import tiny
     from mosa.models import load_model
     from mosa.models.files import write_file_atomic
     from mosa.sampling.prompts import load_tokenizer, sample_texts
 
+    folder = model_folder(args.model)
     prompts = _read_prompts(args)
-    folder = args.model if args.model is not None else tiny.path()
-    model = load_model(folder, dtype=args.dtype, device=args.device).eval()
     tokenizer = load_tokenizer(folder)
+    model = load_model(folder, dtype=args.dtype, device=args.device).eval()
     # A short --gen-length alone should just work: one block, one step per token.
     if args.gen_length is not None:
         if args.block_length is None and args.gen_length % 128:

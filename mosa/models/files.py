@@ -9,6 +9,7 @@ and each problem is a ValueError that names it. Pickle checkpoints are never ope
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 64 << 20
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _SHOWN = 5
 
 
@@ -67,15 +69,29 @@ def _tensor_locations(folder: Path) -> dict[str, Path]:
     if (folder / SINGLE_FILE).is_file():
         with _open(folder / SINGLE_FILE) as handle:
             return dict.fromkeys(handle.keys(), folder / SINGLE_FILE)
-    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
-        p.name for p in folder.glob("*.pt")
+    raise ValueError(f"{folder} has neither {INDEX_FILE} nor {SINGLE_FILE}{_pickle_hint(folder)}")
+
+
+def _pickle_hint(folder: Path) -> str:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        return ""
+    return (
+        f" (found {', '.join(pickles)}: pickle files are never loaded, as unpickling can run "
+        "code; convert them to safetensors)"
     )
-    hint = (
-        f" (found {', '.join(pickles)}: pickle checkpoints are not loaded; convert them to safetensors)"
-        if pickles
-        else ""
-    )
-    raise ValueError(f"{folder} has neither {INDEX_FILE} nor {SINGLE_FILE}{hint}")
+
+
+def require_safetensors(folder: Path, names: tuple[str, ...]) -> Path:
+    """The first of ``names`` (safetensors weight files) that ``folder`` holds.
+
+    Raises ValueError otherwise, saying to convert the folder's pickle files (``.bin``,
+    ``.pt``, ...) to safetensors when it has some: those are never opened.
+    """
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise ValueError(f"{folder} has no {' or '.join(names)}{_pickle_hint(folder)}")
 
 
 def _open(path: Path, device: str = "cpu"):
@@ -83,6 +99,19 @@ def _open(path: Path, device: str = "cpu"):
         return safe_open(str(path), framework="pt", device=device)
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+
+
+def stored_parameter_count(folder: Path) -> int:
+    """How many numbers the checkpoint's tensors hold, from the safetensors headers alone
+    (nothing is loaded)."""
+    locations = _tensor_locations(folder)
+    total = 0
+    for path in sorted(set(locations.values())):
+        with _open(path) as handle:
+            for name in handle.keys():
+                if locations.get(name) == path:
+                    total += math.prod(handle.get_slice(name).get_shape())
+    return total
 
 
 def read_state_dict(

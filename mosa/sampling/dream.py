@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
+from .arguments import check_sampler_arguments
 from .buckets import bucket_canvas, bucket_pad_id
 from .canvas import Canvas, build_canvas, first_masked_position
 from .cuda_graph import GraphedCall, graph_cache, use_cuda_graphs
@@ -88,6 +89,7 @@ def diffusion_generate(
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor of token ids, got {type(inputs).__name__}")
+    check_sampler_arguments(model, inputs, steps)
     prompt = inputs if inputs.dim() == 2 else inputs[None]
     if max_new_tokens is None:
         if max_length is None:

@@ -9,6 +9,7 @@ import torch
 
 from mosa_kernels import sample_tokens
 
+from .arguments import check_sampler_arguments
 from .block_step import BlockDone, StepSet, StepShape, StepState
 from .buckets import bucket_canvas, bucket_pad_id
 from .canvas import Canvas, build_canvas, first_masked_position
@@ -98,6 +99,7 @@ def generate(
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
+    check_sampler_arguments(model, prompt, steps)
     settings = SamplerSettings.check(
         model, steps=steps, gen_length=gen_length, block_length=block_length,
         temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,

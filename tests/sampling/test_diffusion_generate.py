@@ -315,3 +315,16 @@ def test_graph_path_gives_the_eager_result_and_captures_once(monkeypatch, alg):
         assert graphed.steps == eager.steps
         assert twin.captures == 1
     assert len(twin.replays) == 2 * 6 - 1  # every step but the first call's warm-up
+
+
+def test_prompt_ids_outside_the_vocabulary_are_named():
+    with pytest.raises(
+        ValueError, match=r"token id 128, outside the model's vocabulary \[0, 128\)"
+    ):
+        diffusion_generate(
+            dream_model(),
+            torch.tensor([[1, 128]]),
+            max_new_tokens=4,
+            steps=4,
+            mask_token_id=MASK_ID,
+        )

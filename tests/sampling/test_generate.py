@@ -602,6 +602,31 @@ def test_bad_inputs_raise_clear_errors(overrides, message):
         bad_call(**overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"steps": 8.0}, TypeError, "steps must be an int, got 8.0"),
+        ({"steps": True}, TypeError, "steps must be an int, got True"),
+        (
+            {"prompt": torch.tensor([[1, 2, 128]])},
+            ValueError,
+            r"prompt holds token id 128, outside the model's vocabulary \[0, 128\)",
+        ),
+        ({"prompt": torch.tensor([[-1, 2]])}, ValueError, "prompt holds token id -1"),
+        (
+            {"prompt": torch.tensor([[1, 2]], device="meta")},
+            ValueError,
+            r"prompt is on meta but the model is on cpu; move it with prompt.to\(model.device\)",
+        ),
+    ],
+    ids=["float-steps", "bool-steps", "id-past-vocab", "negative-id", "other-device"],
+)
+def test_arguments_the_model_cannot_take_are_named(overrides, error, message):
+    """Named before any work, where torch used to fail inside the first forward pass."""
+    with pytest.raises(error, match=message):
+        bad_call(**overrides)
+
+
 def test_padding_with_the_mask_id_is_refused():
     ids, mask = padded_prompts([3, 5])
     ids[mask == 0] = MASK_ID
