@@ -1,6 +1,14 @@
 """Replaying sampler steps as CUDA graphs, so the host launches one graph a step instead of
 the thousand-odd kernels of a forward pass (at 8B shapes and a few prompts a step is bound by
-those launches, not by the GPU), and keeping the graphs for later calls of the same shape."""
+those launches, not by the GPU), and keeping the graphs for later calls of the same shape.
+
+Captured by hand rather than with ``torch.compile(mode="reduce-overhead")``: a step is
+already a fixed sequence of Triton and ATen kernels over tensors that stay put, so capturing
+it needs no tracing, keeps the step the same code on the CPU (where its eager twin is tested)
+and costs no compile time per shape. Compile's fusions are not free here either: the kernels
+that could fuse (RMSNorm, RoPE, SwiGLU) are a small share of a weight-bound step. Neither
+choice has been measured against the other on a GPU yet.
+"""
 
 from __future__ import annotations
 
