@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mosa.models import DiffusionLM
+from mosa.models import DiffusionLM, adopt_model
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import seed_from
 
@@ -59,7 +59,9 @@ def generate(
 
     Args:
         model: a ``mosa`` model (fused path: hidden states of the active window only, fused
-            LM head and selection) or any model whose forward returns ``.logits``.
+            LM head and selection), a LLaDA / Dream model loaded with transformers (adopted by
+            ``mosa.from_hf``, so it takes the fused path too), or any other model whose
+            forward returns ``.logits``.
         prompt: ``int[B, P]``, left-padded when rows differ (give ``attention_mask``).
         steps, gen_length, block_length: ``gen_length % block_length == 0`` and
             ``steps % (gen_length // block_length) == 0``; each block gets an equal share.
@@ -95,6 +97,7 @@ def generate(
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
+    model = adopt_model(model)
     mask_id = model_token_id(model, "mask_token_id", LLADA_MASK_ID) if mask_id is None else mask_id
     eos_id = model_token_id(model, "eos_token_id", LLADA_EOS_ID) if eos_id is None else eos_id
     eot_id = model_token_id(model, "eot_token_id", LLADA_EOT_ID) if eot_id is None else eot_id
