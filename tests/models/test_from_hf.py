@@ -182,3 +182,15 @@ def test_adopted_model_is_a_diffusion_lm_in_the_users_mode():
     adopted = from_hf(hf)
     assert isinstance(adopted, DiffusionLM) and adopted.training
     assert adopted.model.layers[0].self_attn.q_proj is hf.model.layers[0].self_attn.q_proj
+
+
+def test_the_samplers_reuse_an_adoption_until_the_model_changes():
+    hf = standin("llada", TINY_CONFIGS["llada"])
+    first = mosa.models.adopt_model(hf)
+    assert mosa.models.adopt_model(hf) is first
+    # peft injects its layers into hf in place: the next call must adopt them.
+    peft.get_peft_model(hf, peft.LoraConfig(r=2, target_modules=LLaDAModel.lora_target_modules))
+    second = mosa.models.adopt_model(hf)
+    assert second is not first
+    assert second.blocks[0].q_proj is hf.model.transformer["blocks"][0].q_proj
+    assert hasattr(second.blocks[0].q_proj, "base_layer")
