@@ -78,7 +78,8 @@ def _write_tasks(folder: Path) -> None:
         thing, color = e.response.split()[1], e.response.split()[3]
         others = [c for c in COLORS if c != color]
         choices = [f"{c} ." for c in others[i : i + 3] + [color]]
-        choices.insert(0, choices.pop()) if i % 2 else None
+        if i % 2:  # the answer first in half the documents, last in the others
+            choices.insert(0, choices.pop())
         rows["colors"].append(
             {
                 "context": f"{_chat(tokenizer, e.prompt)} the {thing} is",
