@@ -41,7 +41,8 @@ def model_class(config: dict[str, Any], source: str = "config") -> type[Diffusio
     )
 
 
-def _config_of(cls: type[DiffusionLM], data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
+def config_of(cls: type[DiffusionLM], data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
+    """The config object of family ``cls`` parsed from a ``config.json`` dict."""
     return (LLaDAConfig if cls is LLaDAModel else DreamConfig).from_dict(data)
 
 
@@ -157,7 +158,7 @@ def load_model(
     cls = model_class(data, str(folder / "config.json"))
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    config = _config_of(cls, data)
+    config = config_of(cls, data)
     _check_parameter_count(folder, config, data)
     model = _empty_model(cls, config)
     shapes = {name: t.shape for name, t in model.state_dict().items()}
@@ -184,7 +185,7 @@ def build_model(
         config = PRESETS[config]
     if isinstance(config, dict):
         cls = model_class(config)
-        config = _config_of(cls, config)
+        config = config_of(cls, config)
     elif isinstance(config, LLaDAConfig | DreamConfig):
         cls = LLaDAModel if isinstance(config, LLaDAConfig) else DreamModel
     else:

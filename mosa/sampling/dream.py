@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mosa.models import adopt_model
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
@@ -61,7 +62,8 @@ def diffusion_generate(
     masked count averaged over the batch (everything left on the last step); ``alg_temp > 0``
     draws those positions from ``softmax(confidence / alg_temp)`` instead. ``top_p`` /
     ``top_k`` filter the tempered logits first. Logits are shifted as in Dream (token i from
-    position i - 1); for a generic ``.logits`` model the shift is applied here.
+    position i - 1); for a generic ``.logits`` model the shift is applied here. A LLaDA / Dream
+    model loaded with transformers runs the fused path, adopted by ``mosa.from_hf``.
 
     Differences from Dream's code, all in edge cases: confidence ties go to the lower
     position; a row never commits more positions than it has masked (Dream would write mask
@@ -77,6 +79,7 @@ def diffusion_generate(
     Returns ``int64[B, P + G]``, or a ``GenerateOutput`` (with ``history`` when
     ``output_history``) when ``return_dict_in_generate``.
     """
+    model = adopt_model(model)
     if alg not in ALGORITHMS:
         raise ValueError(f"alg must be one of {tuple(ALGORITHMS)}, got {alg!r}")
     if not isinstance(steps, int) or steps < 1:

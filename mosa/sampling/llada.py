@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mosa.models import adopt_model
 from mosa_kernels import sample_tokens
 
 from .arguments import check_sampler_arguments
@@ -60,7 +61,9 @@ def generate(
 
     Args:
         model: a ``mosa`` model (fused path: hidden states of the active window only, fused
-            LM head and selection) or any model whose forward returns ``.logits``.
+            LM head and selection), a LLaDA / Dream model loaded with transformers (adopted by
+            ``mosa.from_hf``, so it takes the fused path too), or any other model whose
+            forward returns ``.logits``.
         prompt: ``int[B, P]``, left-padded when rows differ (give ``attention_mask``).
         steps, gen_length, block_length: ``gen_length % block_length == 0`` and
             ``steps % (gen_length // block_length) == 0``; each block gets an equal share.
@@ -99,6 +102,7 @@ def generate(
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
+    model = adopt_model(model)
     check_sampler_arguments(model, prompt, steps)
     settings = SamplerSettings.check(
         model, steps=steps, gen_length=gen_length, block_length=block_length,
