@@ -94,3 +94,13 @@ def test_sample_rejects_bad_input(checkpoint, tmp_path):
         main(["sample", str(checkpoint), "--prompt", "w1", "--alg", "entropy"])
     with pytest.raises(ValueError, match="cuda_graphs=True needs: prompt must be on a CUDA"):
         main(["sample", str(checkpoint), "--prompt", "w1", "--device", "cpu", "--cuda-graphs"])
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "-0.5", "nan"])
+def test_sample_refuses_a_threshold_outside_0_1_before_loading(tmp_path, threshold):
+    not_a_model = tmp_path / "not-a-model"  # the check comes before the model is read
+    args = ["sample", str(not_a_model), "--prompt", "w1", "--threshold", threshold]
+    with pytest.raises(
+        SystemExit, match=r"^--threshold: threshold must be a confidence in \(0, 1\]"
+    ):
+        main(args)

@@ -18,12 +18,23 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _check_threshold(threshold: float | None) -> None:
+    from mosa_kernels.ops.select_transfer import check_threshold
+
+    if threshold is not None:
+        try:
+            check_threshold(threshold)
+        except ValueError as err:
+            raise SystemExit(f"--threshold: {err}") from None
+
+
 def _sample(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.models import load_model
     from mosa.models.files import write_file_atomic
     from mosa.sampling.prompts import load_tokenizer, sample_texts
 
+    _check_threshold(args.threshold)
     prompts = _read_prompts(args)
     folder = args.model if args.model is not None else tiny.path()
     model = load_model(folder, dtype=args.dtype, device=args.device).eval()
@@ -82,7 +93,9 @@ def add_parser(commands) -> None:
     g.add_argument("--temperature", type=float)
     g.add_argument("--cfg-scale", type=float)
     g.add_argument("--remasking", choices=["low_confidence", "random"])
-    g.add_argument("--threshold", type=float, help="parallel decoding: commit confidence >= this")
+    g.add_argument(
+        "--threshold", type=float, help="parallel decoding: commit confidence >= this, in (0, 1]"
+    )
     g.add_argument("--factor", type=float, help="Fast-dLLM dynamic parallel decoding")
     g.add_argument("--cache", choices=["prefix", "dual"])
     g.add_argument("--stop-at-eos", action="store_true")

@@ -10,6 +10,7 @@ import torch
 
 from mosa.models import DiffusionLM
 from mosa_kernels import sample_tokens, select_transfer
+from mosa_kernels.ops.select_transfer import check_threshold
 from mosa_kernels.random import seed_from
 
 from .canvas import build_canvas, first_masked_position
@@ -73,7 +74,7 @@ def generate(
             so choosing them gives confidence 0.
         threshold / factor: Fast-dLLM parallel decoding — each step commits every masked
             position of the block whose confidence passes the rule (at least one); blocks run
-            until filled and ``steps`` is not used.
+            until filled and ``steps`` is not used. ``threshold`` lies in (0, 1].
         cache: ``None``, ``'prefix'`` or ``'dual'`` (approximate, as in Fast-dLLM): keys and
             values are recomputed for the whole sequence at each block start only.
         stop_at_eos: at block boundaries, a row whose response has a committed EOS with
@@ -110,6 +111,8 @@ def generate(
     num_blocks = gen_length // block_length
     if threshold is not None and factor is not None:
         raise ValueError("give threshold or factor, not both")
+    if threshold is not None:
+        check_threshold(threshold)
     parallel = threshold is not None or factor is not None
     if not parallel and (steps < num_blocks or steps % num_blocks):
         raise ValueError(
