@@ -155,6 +155,40 @@ def test_eval_bad_input(tmp_path, extra, message):
         main(["eval", "--out", str(tmp_path), "--gen-length", "16", *extra])
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "MODEL", "--dataset", "tiny-harmful"],
+        ["analyze", "order", "MODEL"],
+        ["align", "MODEL", "--prompts", "prompts.csv"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    not_a_model = str(tmp_path / "not-a-model")  # the check comes before the model is read
+    args = [not_a_model if arg == "MODEL" else arg for arg in command]
+    with pytest.raises(SystemExit, match=r"^--out .*afile: exists and is not a folder"):
+        main([*args, "--out", str(afile)])
+
+
+def test_eval_keeps_the_responses_when_the_judge_fails(tmp_path, monkeypatch):
+    from mosa.eval import Judge, Verdict
+
+    class Unreachable(Judge):
+        def judge(self, prompt, response):
+            return Verdict.failed("connection refused")
+
+    monkeypatch.setattr("mosa.cli.evaluate.build_judge", lambda args, tiny: Unreachable())
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "tiny-harmful", "--attacks", "none", "--out", str(out), *SMALL]
+    with pytest.raises(SystemExit, match="judge errors .*; the responses are in .*none.jsonl"):
+        main(args)
+    rows = responses(out, "none")
+    assert len(rows) == 3 and all(isinstance(row["response"], str) for row in rows)
+
+
 def test_eval_names_the_data_folder_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("MOSA_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(SystemExit, match="does not exist; set MOSA_DATA_DIR"):

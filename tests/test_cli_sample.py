@@ -104,3 +104,19 @@ def test_sample_refuses_a_threshold_outside_0_1_before_loading(tmp_path, thresho
         SystemExit, match=r"^--threshold: threshold must be a confidence in \(0, 1\]"
     ):
         main(args)
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("afile/out.jsonl", r".*/afile is a file, not a folder; give another path"),
+        ("a_folder", r"is a folder; give a file path, e.g. .*a_folder/responses.jsonl"),
+    ],
+)
+def test_sample_refuses_an_unwritable_out_before_loading(tmp_path, out, message):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    not_a_model = tmp_path / "not-a-model"  # the check comes before the model is read
+    args = ["sample", str(not_a_model), "--prompt", "w1", "--out", str(tmp_path / out)]
+    with pytest.raises(SystemExit, match=r"^--out .*: " + message):
+        main(args)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import read_prompt_file
+from .common import prepare_output, read_prompt_file
 
 
 def _align(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.align import AlignConfig, Sentences, read_sentences, train
 
+    prepare_output("--out", args.out, folder=True)
     tiny_run = args.model is None
     settings = dict(tiny.ALIGN_SETTINGS) if tiny_run else {}
     for name in ("gen_length", "lr", "clip", "batch_size", "benign_beta"):

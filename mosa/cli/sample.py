@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import read_prompt_file
+from .common import prepare_output, read_prompt_file
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -35,6 +35,8 @@ def _sample(args: argparse.Namespace) -> int:
     from mosa.sampling.prompts import load_tokenizer, sample_texts
 
     _check_threshold(args.threshold)
+    if args.out:
+        prepare_output("--out", args.out, folder=False)
     prompts = _read_prompts(args)
     folder = args.model if args.model is not None else tiny.path()
     model = load_model(folder, dtype=args.dtype, device=args.device).eval()
