@@ -90,6 +90,26 @@ def test_eval_utility_and_over_refusal(tmp_path):
     assert all({"answer", "prediction"} <= set(r) for r in benign)
 
 
+def test_eval_refuses_or_truncates_a_prompt_too_long_for_the_model(tmp_path):
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(" ".join(["step"] * 150) + "\n")  # the tiny model holds 128 tokens
+    args = ["eval", "--dataset", str(prompts), "--attacks", "none", *SMALL]
+    with pytest.raises(SystemExit, match="max_sequence_length \\(128\\); .*--truncate-prompt left"):
+        main([*args, "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused" / "responses").exists()
+    out = tmp_path / "truncated"
+    with pytest.warns(UserWarning, match="truncated to its last 112"):
+        assert main([*args, "--out", str(out), "--truncate-prompt", "left"]) == 0
+    (row,) = responses(out, "none", dataset="long")
+    assert row["response"].strip()  # the response columns, whatever the kept prompt's length
+    assert (
+        json.loads((out / "results.json").read_text())["meta"]["runs"]["tiny/long"]["sampler"][
+            "truncate"
+        ]
+        == "left"
+    )
+
+
 def test_eval_reads_shared_datasets(tmp_path):
     folder = shared_data_dir()
     if folder is None or not (folder / "gsm8k_test.jsonl").is_file():

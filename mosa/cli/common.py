@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TRUNCATE_HELP = (
+    "a prompt too long for the model with the response (its max_sequence_length) is refused; "
+    "'left' keeps its last tokens instead, with a warning"
+)
+
 
 def read_prompt_file(flag: str, path: str | Path) -> list[str]:
     """``mosa.datasets.read_prompts(path)``, its errors turned into a usage error naming ``flag``."""

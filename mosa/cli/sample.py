@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import prepare_output, read_prompt_file
+from .common import TRUNCATE_HELP, prepare_output, read_prompt_file
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -56,6 +56,7 @@ def _sample(args: argparse.Namespace) -> int:
     }  # fmt: skip
     for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos", "cuda_graphs"):
         options[flag] = True if getattr(args, flag) else None
+    options["truncate"] = args.truncate_prompt
     responses = sample_texts(
         model, tokenizer, prompts, batch_size=args.batch_size, chat_template=not args.no_chat_template,
         seed=args.seed, progress=True, **options,
@@ -101,6 +102,7 @@ def add_parser(commands) -> None:
     g.add_argument("--factor", type=float, help="Fast-dLLM dynamic parallel decoding")
     g.add_argument("--cache", choices=["prefix", "dual"])
     g.add_argument("--stop-at-eos", action="store_true")
+    g.add_argument("--truncate-prompt", choices=["left"], help=TRUNCATE_HELP)
     g.add_argument("--logits-eos-inf", action="store_true")
     g.add_argument("--confidence-eos-eot-inf", action="store_true")
     g.add_argument(

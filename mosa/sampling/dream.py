@@ -9,6 +9,7 @@ from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
 from .canvas import build_canvas, first_masked_position
+from .context_window import fit_prompt
 from .filters import top_k_filter, top_p_filter
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
@@ -43,6 +44,7 @@ def diffusion_generate(
     return_dict_in_generate: bool = False,
     generator: torch.Generator | None = None,
     response: torch.Tensor | None = None,
+    truncate: str | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Sample as Dream's ``model.diffusion_generate`` does (one block, Dream's schedule).
 
@@ -61,6 +63,10 @@ def diffusion_generate(
     tokens over committed ones); the entropy confidence is sum p log p exactly (Dream adds
     1e-10 inside the log). Random draws come from ``generator`` through counter-based noise,
     so they match Dream's in distribution, not bit for bit.
+
+    A prompt that with ``max_new_tokens`` exceeds the model's ``max_position_embeddings`` is
+    refused (ValueError), or with ``truncate='left'`` cut to its last tokens, with a warning
+    (the result then holds the kept prompt tokens only).
 
     Returns ``int64[B, P + G]``, or a ``GenerateOutput`` (with ``history`` when
     ``output_history``) when ``return_dict_in_generate``.
@@ -92,6 +98,7 @@ def diffusion_generate(
         if mask_token_id is None
         else mask_token_id
     )
+    prompt, attention_mask = fit_prompt(model, prompt, attention_mask, max_new_tokens, truncate)
     canvas = build_canvas(prompt, attention_mask, max_new_tokens, mask_id, response)
     predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
     x, prompt_length = canvas.x, canvas.prompt_length

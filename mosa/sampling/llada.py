@@ -14,6 +14,7 @@ from mosa_kernels.ops.select_transfer import check_threshold
 from mosa_kernels.random import seed_from
 
 from .canvas import build_canvas, first_masked_position
+from .context_window import fit_prompt
 from .cuda_graph import GraphedCall
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
@@ -50,6 +51,7 @@ def generate(
     response: torch.Tensor | None = None,
     eos_id: int | None = None,
     eot_id: int | None = None,
+    truncate: str | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Sample a response with LLaDA's semi-autoregressive, low-confidence-remasking sampler.
 
@@ -93,6 +95,10 @@ def generate(
         response: optional ``int[G]``/``int[B, G]`` initial response; ids other than
             ``mask_id`` are fixed tokens, never remasked.
         eos_id, eot_id: default to the model config's, else LLaDA's 126081 / 126348.
+        truncate: a prompt that with ``gen_length`` exceeds the model's
+            ``max_sequence_length`` is refused (ValueError) when None; ``'left'`` keeps its
+            last tokens instead, with a warning (``context_window.fit_prompt``); the result
+            then holds the kept prompt tokens only.
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
@@ -121,6 +127,7 @@ def generate(
     graphs = _check_cuda_graphs(
         cuda_graphs, model, prompt, temperature, remasking, logits_eos_inf, confidence_eos_eot_inf
     )
+    prompt, attention_mask = fit_prompt(model, prompt, attention_mask, gen_length, truncate)
     canvas = build_canvas(prompt, attention_mask, gen_length, mask_id, response)
     predictor = Predictor(
         model, mask_id=mask_id, cfg_scale=cfg_scale, cache=cache, shift_logits=False
