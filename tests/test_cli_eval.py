@@ -110,6 +110,16 @@ def test_eval_refuses_or_truncates_a_prompt_too_long_for_the_model(tmp_path):
     )
 
 
+def test_eval_checks_every_attack_s_prompt_lengths_before_sampling(tmp_path):
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(" ".join(["step"] * 100) + "\n")  # fits plain, not in every wrapper
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", str(prompts), "--attacks", "none", "template", *SMALL]
+    with pytest.raises(SystemExit, match=r"^--attacks template: the prompt \(113 tokens\)"):
+        main([*args, "--out", str(out)])
+    assert not (out / "responses").exists()
+
+
 def test_eval_reads_shared_datasets(tmp_path):
     folder = shared_data_dir()
     if folder is None or not (folder / "gsm8k_test.jsonl").is_file():

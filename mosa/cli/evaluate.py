@@ -135,6 +135,25 @@ def _check_attacks(names, run: _Run, prompt: str) -> None:
             raise SystemExit(f"--attacks {name}: {err}") from None
 
 
+def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
+    """Every attacked prompt fits the model with the canvas (or ``--truncate-prompt left``),
+    before anything is sampled, so a later attack cannot fail after the earlier ones ran."""
+    from mosa.eval import expand_attack
+    from mosa.sampling.prompts import check_prompts_fit
+
+    for name in names:
+        if name == "gcg":
+            continue  # its suffix is searched first; respond checks the prompts it makes
+        attacked = [a.prompt for p in prompts for a in expand_attack(name, p, **run.options[name])]
+        try:
+            check_prompts_fit(
+                run.model, run.tokenizer, attacked, chat_template=True,
+                gen_length=run.settings["gen_length"], truncate=run.settings.get("truncate"),
+            )  # fmt: skip
+        except ValueError as err:
+            raise SystemExit(f"--attacks {name}: {err}") from None
+
+
 # -- distributed -----------------------------------------------------------------------------
 
 
@@ -267,6 +286,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         world,
     )
     _check_attacks(names, run, data.prompts[0])
+    _check_lengths(names, run, data.prompts)
     judge = build_judge(args, tiny) if data.kind != "utility" else None
     variant = args.variant or model_label(args)
     try:
