@@ -191,6 +191,7 @@ def test_eval_bad_input(tmp_path, extra, message):
         ["eval", "MODEL", "--dataset", "tiny-harmful"],
         ["analyze", "order", "MODEL"],
         ["align", "MODEL", "--prompts", "prompts.csv"],
+        ["demo"],
     ],
     ids=lambda command: command[0],
 )
