@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TRUNCATE_HELP = (
-    "a prompt too long for the model with the response (its max_sequence_length) is refused; "
-    "'left' keeps its last tokens instead, with a warning"
+    "a prompt that with the response exceeds the model's max_sequence_length (Dream: "
+    "max_position_embeddings) is refused; 'left' keeps its last tokens instead, with a warning"
 )
 
 
