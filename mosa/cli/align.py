@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import model_folder, read_prompt_file
+from .common import model_folder, prepare_output, read_prompt_file
 
 
 def _align(args: argparse.Namespace) -> int:
@@ -19,6 +19,7 @@ def _align(args: argparse.Namespace) -> int:
     from mosa.align import AlignConfig, Sentences, read_sentences, train
 
     model_folder(args.model)  # a typo fails here, before any work
+    prepare_output("--out", args.out, folder=True)
     tiny_run = args.model is None
     settings = dict(tiny.ALIGN_SETTINGS) if tiny_run else {}
     for name in ("gen_length", "lr", "clip", "batch_size", "benign_beta"):

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TRUNCATE_HELP = (
+    "a prompt that with the response exceeds the model's max_sequence_length (Dream: "
+    "max_position_embeddings) is refused; 'left' keeps its last tokens instead, with a warning"
+)
+
 
 def read_prompt_file(flag: str, path: str | Path) -> list[str]:
     """``mosa.datasets.read_prompts(path)``, its errors turned into a usage error naming ``flag``."""
@@ -34,3 +39,26 @@ def model_folder(model: str | None) -> Path:
     if not (folder / "config.json").is_file():
         raise SystemExit(f"model {model}: not a checkpoint folder (no config.json)")
     return folder
+
+
+def prepare_output(flag: str, path: str | Path, *, folder: bool) -> Path:
+    """Makes sure, before any work, that ``path`` can take a command's output: a folder
+    (``folder=True``) or a file. Creates the folder (a file's: its parent) and returns ``path``;
+    anything in the way is a usage error naming ``flag``, so a run never fails at its end."""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise SystemExit(
+            f"{flag} {path}: is a folder; give a file path, e.g. {path / 'responses.jsonl'}"
+        )
+    if path.exists() and not path.is_dir() and folder:
+        raise SystemExit(f"{flag} {path}: exists and is not a folder; give a folder path")
+    nearest = next(parent for parent in path.parents if parent.exists())
+    if not nearest.is_dir():
+        raise SystemExit(f"{flag} {path}: {nearest} is a file, not a folder; give another path")
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(
+            f"{flag} {path}: cannot create it ({err.strerror}); give another path"
+        ) from None
+    return path

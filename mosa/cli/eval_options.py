@@ -12,6 +12,8 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .common import TRUNCATE_HELP
+
 SHARED_FILES = {
     "advbench": "advbench_harmful_behaviors.csv",
     "harmbench": "harmbench_behaviors_text_all.csv",
@@ -117,11 +119,13 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--steps", type=int, help="denoising steps (default: --gen-length)")
     g.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+    g.add_argument("--truncate-prompt", choices=["left"], help=TRUNCATE_HELP)
 
 
 def sampler_settings(args: argparse.Namespace, tiny: bool) -> dict:
     """The ``generate`` settings: the defaults (the tiny model's or the paper's), then the
-    flags; a lone ``--gen-length`` gets one step per token and a block that divides it."""
+    flags; a lone ``--gen-length`` gets one step per token and a block that divides it;
+    ``--truncate-prompt`` adds ``truncate``."""
     from mosa.eval.runner import SAMPLER_DEFAULTS
     from mosa.tiny.evaluate import SAMPLER_DEFAULTS as TINY_DEFAULTS
 
@@ -143,6 +147,8 @@ def sampler_settings(args: argparse.Namespace, tiny: bool) -> dict:
         )
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.truncate_prompt is not None:
+        settings["truncate"] = args.truncate_prompt
     return settings
 
 

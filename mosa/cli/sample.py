@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import model_folder, read_prompt_file
+from .common import TRUNCATE_HELP, model_folder, prepare_output, read_prompt_file
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -18,11 +18,24 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _check_threshold(threshold: float | None) -> None:
+    from mosa_kernels.ops.select_transfer import check_threshold
+
+    if threshold is not None:
+        try:
+            check_threshold(threshold)
+        except ValueError as err:
+            raise SystemExit(f"--threshold: {err}") from None
+
+
 def _sample(args: argparse.Namespace) -> int:
     from mosa.models import load_model
     from mosa.models.files import write_file_atomic
     from mosa.sampling.prompts import load_tokenizer, sample_texts
 
+    _check_threshold(args.threshold)
+    if args.out:
+        prepare_output("--out", args.out, folder=False)
     folder = model_folder(args.model)
     prompts = _read_prompts(args)
     tokenizer = load_tokenizer(folder)
@@ -43,6 +56,7 @@ def _sample(args: argparse.Namespace) -> int:
     for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
         options[flag] = True if getattr(args, flag) else None
     options["cuda_graphs"] = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
+    options["truncate"] = args.truncate_prompt
     responses = sample_texts(
         model, tokenizer, prompts, batch_size=args.batch_size, chat_template=not args.no_chat_template,
         seed=args.seed, progress=True, **options,
@@ -82,10 +96,13 @@ def add_parser(commands) -> None:
     g.add_argument("--temperature", type=float)
     g.add_argument("--cfg-scale", type=float)
     g.add_argument("--remasking", choices=["low_confidence", "random"])
-    g.add_argument("--threshold", type=float, help="parallel decoding: commit confidence >= this")
+    g.add_argument(
+        "--threshold", type=float, help="parallel decoding: commit confidence >= this, in (0, 1]"
+    )
     g.add_argument("--factor", type=float, help="Fast-dLLM dynamic parallel decoding")
     g.add_argument("--cache", choices=["prefix", "dual"])
     g.add_argument("--stop-at-eos", action="store_true")
+    g.add_argument("--truncate-prompt", choices=["left"], help=TRUNCATE_HELP)
     g.add_argument("--logits-eos-inf", action="store_true")
     g.add_argument("--confidence-eos-eot-inf", action="store_true")
     g.add_argument(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -166,13 +166,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], Any]):
+    """``(name, create(name))`` for a new name ``parent/prefix<random>suffix``.
+
+    Unlike ``tempfile.mkstemp`` / ``mkdtemp``, which make owner-only entries, ``create`` asks
+    for 0o666 / 0o777 and the umask decides: the temporary entry becomes the output, which
+    must get the permissions any other file the user writes gets.
+    """
+    while True:
+        name = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return name, create(name)
+        except FileExistsError:
+            continue
+
+
+def _make_unique_dir(parent: Path, prefix: str) -> Path:
+    return _create_unique(parent, prefix, "", lambda name: name.mkdir(0o777))[0]
+
+
 def write_file_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Writes ``data`` (str: UTF-8) to a temp file beside ``path``, fsyncs it and renames it over
-    ``path``, so a reader never sees a half-written file. Returns ``path``."""
+    ``path``, so a reader never sees a half-written file. The file's permissions follow the
+    umask, as ``open`` would give. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = data.encode() if isinstance(data, str) else data
-    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp, descriptor = _create_unique(
+        path.parent,
+        f".{path.name}.",
+        ".tmp",
+        lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666),
+    )
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
@@ -241,13 +266,13 @@ def write_folder(
 
     Everything is written and fsynced in a temporary sibling folder that then replaces
     ``folder``, so a reader never sees a half-written one; files already in ``folder`` whose
-    name satisfies ``keep`` are carried over.
+    name satisfies ``keep`` are carried over. The new folder's permissions follow the umask.
     """
     folder = Path(folder).absolute()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    staging = _make_unique_dir(folder.parent, f".{folder.name}.tmp-")
     try:
         fill(staging)
         for path in staging.rglob("*"):
@@ -259,7 +284,7 @@ def write_folder(
                 if keep(path.name):
                     copy = shutil.copytree if path.is_dir() else shutil.copy2
                     copy(path, staging / path.name)
-            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            retired = _make_unique_dir(folder.parent, f".{folder.name}.old-")
             os.replace(folder, retired / folder.name)
             os.replace(staging, folder)
             shutil.rmtree(retired)

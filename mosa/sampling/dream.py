@@ -14,6 +14,7 @@ from mosa_kernels.random import gumbel, seed_from
 from .arguments import check_sampler_arguments
 from .buckets import bucket_canvas, bucket_pad_id
 from .canvas import Canvas, build_canvas, first_masked_position
+from .context_window import fit_prompt
 from .cuda_graph import GraphedCall, graph_cache, use_cuda_graphs
 from .filters import top_k_filter, top_p_filter
 from .output import GenerateOutput, record_commits
@@ -49,6 +50,7 @@ def diffusion_generate(
     return_dict_in_generate: bool = False,
     generator: torch.Generator | None = None,
     response: torch.Tensor | None = None,
+    truncate: str | None = None,
     cuda_graphs: bool | str = "auto",
     prompt_bucket: int = 16,
 ) -> torch.Tensor | GenerateOutput:
@@ -75,6 +77,10 @@ def diffusion_generate(
     with a ``mosa`` model, temperature 0 and a confidence algorithm without ``alg_temp`` or
     filters, the step (the same shape every step) is captured once as a CUDA graph and
     replayed, also by later calls of the same shape.
+
+    A prompt that with ``max_new_tokens`` exceeds the model's ``max_position_embeddings`` is
+    refused (ValueError), or with ``truncate='left'`` cut to its last tokens, with a warning
+    (the result then holds the kept prompt tokens only).
 
     Returns ``int64[B, P + G]``, or a ``GenerateOutput`` (with ``history`` when
     ``output_history``) when ``return_dict_in_generate``.
@@ -108,6 +114,7 @@ def diffusion_generate(
         if mask_token_id is None
         else mask_token_id
     )
+    prompt, attention_mask = fit_prompt(model, prompt, attention_mask, max_new_tokens, truncate)
     canvas = build_canvas(prompt, attention_mask, max_new_tokens, mask_id, response)
     filtered = top_p is not None and top_p < 1 or top_k is not None
     graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={

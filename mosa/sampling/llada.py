@@ -9,11 +9,13 @@ import torch
 
 from mosa.models import adopt_model
 from mosa_kernels import sample_tokens
+from mosa_kernels.ops.select_transfer import check_threshold
 
 from .arguments import check_sampler_arguments
 from .block_step import BlockDone, StepSet, StepShape, StepState
 from .buckets import bucket_canvas, bucket_pad_id
 from .canvas import Canvas, build_canvas, first_masked_position
+from .context_window import fit_prompt
 from .cuda_graph import graph_cache, use_cuda_graphs
 from .output import GenerateOutput
 from .predictor import Predictor, model_token_id
@@ -51,6 +53,7 @@ def generate(
     response: torch.Tensor | None = None,
     eos_id: int | None = None,
     eot_id: int | None = None,
+    truncate: str | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Sample a response with LLaDA's semi-autoregressive, low-confidence-remasking sampler.
 
@@ -77,7 +80,7 @@ def generate(
             so choosing them gives confidence 0.
         threshold / factor: Fast-dLLM parallel decoding — each step commits every masked
             position of the block whose confidence passes the rule (at least one); blocks run
-            until filled and ``steps`` is not used.
+            until filled and ``steps`` is not used. ``threshold`` lies in (0, 1].
         cache: ``None``, ``'prefix'`` or ``'dual'`` (approximate, as in Fast-dLLM): keys and
             values are recomputed for the whole sequence at each block start only.
         stop_at_eos: at block boundaries, a row whose response has a committed EOS with
@@ -99,6 +102,10 @@ def generate(
         response: optional ``int[G]``/``int[B, G]`` initial response; ids other than
             ``mask_id`` are fixed tokens, never remasked.
         eos_id, eot_id: default to the model config's, else LLaDA's 126081 / 126348.
+        truncate: a prompt that with ``gen_length`` exceeds the model's
+            ``max_sequence_length`` is refused (ValueError) when None; ``'left'`` keeps its
+            last tokens instead, with a warning (``context_window.fit_prompt``); the result
+            then holds the kept prompt tokens only.
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
@@ -111,6 +118,7 @@ def generate(
         threshold=threshold, factor=factor, cache=cache, stop_at_eos=stop_at_eos,
         prompt_bucket=prompt_bucket, eos_id=eos_id, eot_id=eot_id,
     )  # fmt: skip
+    prompt, attention_mask = fit_prompt(model, prompt, attention_mask, gen_length, truncate)
     canvas = build_canvas(prompt, attention_mask, gen_length, settings.mask_id, response)
     graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
         "temperature must be 0 (sampling noise is seeded per step)": temperature != 0,
@@ -177,6 +185,8 @@ class SamplerSettings:
         num_blocks = gen_length // block_length
         if options["threshold"] is not None and options["factor"] is not None:
             raise ValueError("give threshold or factor, not both")
+        if options["threshold"] is not None:
+            check_threshold(options["threshold"])
         parallel = options["threshold"] is not None or options["factor"] is not None
         if not parallel and (steps < num_blocks or steps % num_blocks):
             raise ValueError(

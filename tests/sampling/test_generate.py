@@ -627,6 +627,14 @@ def test_arguments_the_model_cannot_take_are_named(overrides, error, message):
         bad_call(**overrides)
 
 
+@pytest.mark.parametrize("threshold", [1.5, 0.0, -0.5, float("nan"), float("inf")])
+def test_threshold_outside_0_1_is_refused_before_the_model_runs(threshold):
+    model = LogitsOnly(llada_model())
+    model.register_forward_pre_hook(lambda *_: pytest.fail("the model ran"))
+    with pytest.raises(ValueError, match=r"threshold must be a confidence in \(0, 1\], got"):
+        bad_call(model=model, threshold=threshold)
+
+
 def test_padding_with_the_mask_id_is_refused():
     ids, mask = padded_prompts([3, 5])
     ids[mask == 0] = MASK_ID
