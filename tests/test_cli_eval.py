@@ -198,8 +198,10 @@ def test_eval_bad_input(tmp_path, extra, message):
 def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, command):
     afile = tmp_path / "afile"
     afile.write_text("")
-    not_a_model = str(tmp_path / "not-a-model")  # the check comes before the model is read
-    args = [not_a_model if arg == "MODEL" else arg for arg in command]
+    import mosa.tiny
+
+    model = str(mosa.tiny.path())  # a real folder: only --out is wrong, found before loading it
+    args = [model if arg == "MODEL" else arg for arg in command]
     with pytest.raises(SystemExit, match=r"^--out .*afile: exists and is not a folder"):
         main([*args, "--out", str(afile)])
 

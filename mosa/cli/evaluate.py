@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import prepare_output
+from .common import model_folder, prepare_output
 from .eval_options import (
     add_judge_flags,
     add_model_flags,
@@ -263,6 +263,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mosa.eval import Results, plot_asr
     from mosa.models.files import write_file_atomic
 
+    model_folder(args.model)  # a typo fails here, before --out is made
     out = prepare_output("--out", args.out, folder=True)
     runtime = join(args.device)
     rank, world = runtime.rank, runtime.world
