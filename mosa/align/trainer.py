@@ -7,10 +7,12 @@ objective of ``mosa.align.objective`` over the prompts for ``config.epochs`` epo
 Reproducibility: the prompt order is a seeded permutation per epoch and each prompt's sentence
 draw depends only on the seed and the prompt's place in that order, so the same global batch
 (``world size x batch_size x grad_accum``) gives the same updates on 1 process or N. A
-checkpoint (trainable weights, optimizer, RNG, step) is written atomically every
-``save_every`` steps; ``resume`` continues from it exactly.
+checkpoint (trainable weights, optimizer, RNG, step, the run's settings) is written atomically
+every ``save_every`` steps; ``resume`` continues from it exactly, under the resume rules of
+``mosa.align.run_folder``.
 
-Output folder: ``metrics.jsonl`` (one line per step), ``align_config.json``, ``checkpoint/``,
+Output folder (locked for the run: ``.lock``): ``metrics.jsonl`` (one line per step),
+``align_config.json``, ``checkpoint/``,
 and at the end ``adapter/`` (peft format; LoRA) or ``model/`` (full fine-tuning), plus
 ``merged/`` (LoRA merged into the weights) when ``export_merged``.
 """
@@ -48,6 +50,14 @@ from mosa.sampling.canvas import build_canvas
 from mosa.sampling.prompts import encode_prompts, load_tokenizer
 
 from .objective import IGNORE, AlignBatch, check_window, mosa_terms, response_kl
+from .run_folder import (
+    START_OVER,
+    data_fingerprint,
+    exclusive,
+    resume_step,
+    run_settings,
+    trim_metrics,
+)
 from .sentences import Sentences, encode_sentences
 
 PAPER_WINDOW = (20, 60)
@@ -176,6 +186,19 @@ class _Models:
 # Data ---------------------------------------------------------------------------------------
 
 
+def run_length(config: AlignConfig, world: int, n_prompts: int) -> tuple[int, int]:
+    """``(steps per epoch, steps of the run)``; ValueError when no global batch fills."""
+    global_batch = world * config.batch_size * config.grad_accum
+    steps_per_epoch = n_prompts // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{n_prompts} prompts do not fill one global batch of {global_batch} "
+            "(world size x batch_size x grad_accum); give more prompts or a smaller batch"
+        )
+    total = steps_per_epoch * config.epochs
+    return steps_per_epoch, total if config.max_steps is None else min(total, config.max_steps)
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
@@ -203,14 +226,7 @@ class _Data:
         self.refusals, self.harmful = encode_sentences(tokenizer, sentences)
         self.mask_id = mask_id
         self.global_batch = runtime.world * config.batch_size * config.grad_accum
-        self.steps_per_epoch = len(self.prompts) // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.prompts)} prompts do not fill one global batch of {self.global_batch} "
-                "(world size x batch_size x grad_accum); give more prompts or a smaller batch"
-            )
-        total = self.steps_per_epoch * config.epochs
-        self.steps = total if config.max_steps is None else min(total, config.max_steps)
+        self.steps_per_epoch, self.steps = run_length(config, runtime.world, len(self.prompts))
         self._orders: dict[int, list[int]] = {}
 
     def longest_sentence(self) -> int:
@@ -259,7 +275,9 @@ class _Data:
 _STATE_OPTIONS = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
-def _save_checkpoint(folder: Path, models: _Models, optimizer, step: int, runtime: Runtime):
+def _save_checkpoint(
+    folder: Path, models: _Models, optimizer, step: int, settings: dict, runtime: Runtime
+):
     weights, optim = get_state_dict(models.unwrapped, optimizer, options=_STATE_OPTIONS)
     if not runtime.main:
         return
@@ -273,15 +291,25 @@ def _save_checkpoint(folder: Path, models: _Models, optimizer, step: int, runtim
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         torch.save(rng, staging / "rng.pt")
-        (staging / "state.json").write_text(json.dumps({"step": step}) + "\n")
+        state = {"step": step, "settings": settings}
+        (staging / "state.json").write_text(json.dumps(state) + "\n")
 
     write_folder(folder, fill)
 
 
-def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> int:
-    """Restores a checkpoint; returns the number of steps it had completed."""
-    weights = load_file(folder / "trainable.safetensors")
-    optim = torch.load(folder / "optimizer.pt", weights_only=True)
+def _read_checkpoint_file(path: Path, read: Callable[[Path], object]):
+    """``read(path)``; a damaged file is named, with the ways to start over."""
+    # Broad: safetensors, torch's zip reader and its unpickler each raise their own types.
+    try:
+        return read(path)
+    except Exception as err:
+        raise ValueError(f"cannot resume: {path} is unreadable ({err}); {START_OVER}") from err
+
+
+def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> None:
+    """Restores the trainable weights, the optimizer and the RNG of a checkpoint."""
+    weights = _read_checkpoint_file(folder / "trainable.safetensors", load_file)
+    optim = _read_checkpoint_file(folder / "optimizer.pt", _load_tensors)
     set_state_dict(
         models.unwrapped,
         optimizer,
@@ -289,20 +317,14 @@ def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> int:
         optim_state_dict=optim,
         options=dataclasses.replace(_STATE_OPTIONS, cpu_offload=False, strict=False),
     )
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    rng = _read_checkpoint_file(folder / "rng.pt", _load_tensors)
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"])
-    return json.loads((folder / "state.json").read_text())["step"]
 
 
-def _trim_metrics(path: Path, steps_done: int) -> None:
-    """Drops lines a killed run logged after its last checkpoint."""
-    if path.exists():
-        kept = [
-            line for line in path.read_text().splitlines() if json.loads(line)["step"] < steps_done
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
+def _load_tensors(path: Path):
+    return torch.load(path, weights_only=True)
 
 
 def _save_final(out: Path, models: _Models, config: AlignConfig, runtime: Runtime) -> None:
@@ -367,27 +389,37 @@ def train(
         raise ValueError("benign_beta > 0 needs benign_prompts")
     runtime = join(config.device)
     out = Path(config.output_dir)
+    sentences = sentences or Sentences()
+    with exclusive(out, runtime):
+        return _train_locked(config, runtime, prompts, sentences, benign_prompts, on_step)
+
+
+def _train_locked(config, runtime, prompts, sentences, benign_prompts, on_step) -> Path:
+    out = Path(config.output_dir)
+    metrics_path, checkpoint = out / "metrics.jsonl", out / "checkpoint"
+    fingerprint = data_fingerprint(prompts, benign_prompts, (sentences.refusals, sentences.harmful))
+    settings = run_settings(config, runtime.world, fingerprint)
+    start = 0
+    if config.resume and checkpoint.exists():
+        start = resume_step(
+            checkpoint, settings, run_length(config, runtime.world, len(prompts))[1]
+        )
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     models = _Models(config, runtime)
     mask_id = models.base.mask_token_id
-    data = _Data(
-        config, runtime, tokenizer, prompts, benign_prompts, sentences or Sentences(), mask_id
-    )
+    data = _Data(config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id)
     check_window(config.window, config.gen_length, data.longest_sentence())
     optimizer = torch.optim.AdamW(
         models.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-
-    metrics_path, checkpoint = out / "metrics.jsonl", out / "checkpoint"
-    start = 0
-    if config.resume and (checkpoint / "state.json").exists():
-        start = _load_checkpoint(checkpoint, models, optimizer, runtime.device)
+    if start:
+        _load_checkpoint(checkpoint, models, optimizer, runtime.device)
     if runtime.main:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "align_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
         if start:
-            _trim_metrics(metrics_path, start)
+            trim_metrics(metrics_path, start)
+            print(f"resuming from step {start} ({checkpoint})")
         else:
             metrics_path.write_text("")
 
@@ -460,7 +492,7 @@ def train(
         if on_step is not None:
             on_step(record)
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < data.steps:
-            _save_checkpoint(checkpoint, models, optimizer, step + 1, runtime)
+            _save_checkpoint(checkpoint, models, optimizer, step + 1, settings, runtime)
     bar.close()
     _save_final(out, models, config, runtime)
     if runtime.distributed:
