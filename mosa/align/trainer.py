@@ -173,10 +173,11 @@ class _Models:
         with self.unwrapped.disable_adapter():
             return self.unwrapped(input_ids, attention_mask).hidden_states
 
-    @property
-    def head(self):
+    def gathered_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head ``(weight, bias)``; under FSDP it is gathered first, because the fused
+        head ops read it outside the forward that would gather it."""
         if self.fsdp:
-            self.base.unshard()  # the head is read before the forward that would gather it
+            self.base.unshard()
         return self.base.lm_head_weight, self.base.lm_head_bias
 
     def parameters(self):
@@ -355,6 +356,9 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
 
 # Training -----------------------------------------------------------------------------------
 
+# What a step sums over its rows on the device, read back once per step.
+_SUMS = ("R_plus", "R_minus", "KL", "benign_KL", "loss", "tokens")
+
 
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
@@ -362,12 +366,120 @@ def _peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reduce_sums(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
-    if not runtime.distributed:
-        return values
-    packed = torch.tensor(list(values.values()), dtype=torch.float64, device=runtime.device)
-    dist.all_reduce(packed)
-    return dict(zip(values, packed.tolist(), strict=True))
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _gradient_sync(models: _Models, last_micro_step: bool):
+    """DDP all-reduces gradients on the last micro-step only."""
+    no_sync = getattr(models.trained, "no_sync", None)
+    return contextlib.nullcontext() if last_micro_step or no_sync is None else no_sync()
+
+
+def _forward_backward(
+    models: _Models, data: _Data, config: AlignConfig, step: int, micro: int
+) -> torch.Tensor:
+    """One micro-batch: the objective, its backward (scaled to the step's rows), and its sums
+    (``_SUMS``) as a float64 device tensor, without reading any value on the host."""
+    batch = data.batch(step, micro)
+    head = models.gathered_head()
+    terms = mosa_terms(
+        models.policy, models.reference, head, models.logits_shift, batch, config.window
+    )
+    loss = terms.loss(config.beta).sum()
+    benign_kl = torch.zeros((), device=loss.device)
+    if config.benign_beta > 0:
+        ids, mask = data.benign(step, micro)
+        benign_kl = response_kl(
+            models.policy, models.reference, head, models.logits_shift, ids, mask,
+            config.gen_length,
+        ).sum()  # fmt: skip
+        loss = loss + config.benign_beta * benign_kl
+    (loss / (config.batch_size * config.grad_accum)).backward()
+    parts = (terms.reward_plus.sum(), terms.reward_minus.sum(), terms.kl.sum(), benign_kl, loss)
+    sums = torch.stack([part.detach().double() for part in parts])
+    return torch.cat([sums, sums.new_tensor([batch.input_ids.numel()])])
+
+
+def _train_step(
+    models: _Models, data: _Data, optimizer, config: AlignConfig, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``grad_accum`` micro-batches: this process's sums and the
+    clipped gradient norm, both left on the device."""
+    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=data.runtime.device)
+    for micro in range(config.grad_accum):
+        last = micro == config.grad_accum - 1
+        with _gradient_sync(models, last), _autocast(data.runtime.device):
+            sums += _forward_backward(models, data, config, step, micro)
+    grad_norm = torch.nn.utils.clip_grad_norm_(models.parameters(), config.clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, grad_norm
+
+
+def _step_record(
+    step: int, sums: torch.Tensor, grad_norm: torch.Tensor, began: float, optimizer, data: _Data
+) -> dict:
+    """The step's metrics line: the sums of every process, read on the host once."""
+    if data.runtime.distributed:
+        dist.all_reduce(sums)
+    *totals, norm = torch.cat([sums, grad_norm.detach().reshape(1).to(sums)]).tolist()
+    seconds = time.perf_counter() - began
+    totals = dict(zip(_SUMS, totals, strict=True))
+    rows = data.global_batch
+    record = {name: totals[name] / rows for name in _SUMS[:-1]}
+    return {
+        "step": step,
+        **record,
+        "R": record["R_plus"] - record["R_minus"],
+        "grad_norm": norm,
+        "lr": optimizer.param_groups[0]["lr"],
+        "prompts_per_s": rows / seconds,
+        "tokens_per_s": totals["tokens"] / seconds,
+        "peak_memory_bytes": _peak_memory(data.runtime.device),
+    }
+
+
+def _resume_point(config: AlignConfig, runtime: Runtime, settings: dict, n_prompts: int) -> int:
+    """The step to start from: the checkpoint's, under the resume rules, else 0."""
+    checkpoint = Path(config.output_dir) / "checkpoint"
+    if not (config.resume and checkpoint.exists()):
+        return 0
+    return resume_step(checkpoint, settings, run_length(config, runtime.world, n_prompts)[1])
+
+
+def _open_output(out: Path, config: AlignConfig, start: int, runtime: Runtime) -> None:
+    """Writes the run's settings; keeps the log of the steps before ``start`` (else empties it)."""
+    if not runtime.main:
+        return
+    (out / "align_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    if start:
+        trim_metrics(out / "metrics.jsonl", start)
+        print(f"resuming from step {start} ({out / 'checkpoint'})")
+    else:
+        (out / "metrics.jsonl").write_text("")
+
+
+def _log(record: dict, out: Path, bar, runtime: Runtime) -> None:
+    if runtime.main:
+        with open(out / "metrics.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        bar.set_postfix(R=f"{record['R']:.1f}", KL=f"{record['KL']:.2f}")
+
+
+def _progress(config: AlignConfig, runtime: Runtime, start: int, steps: int):
+    return tqdm(
+        range(start, steps),
+        initial=start,
+        total=steps,
+        desc="MOSA",
+        unit="step",
+        disable=not (config.progress and runtime.main),
+    )
 
 
 def train(
@@ -390,111 +502,34 @@ def train(
     runtime = join(config.device)
     out = Path(config.output_dir)
     sentences = sentences or Sentences()
+    texts = data_fingerprint(prompts, benign_prompts, (sentences.refusals, sentences.harmful))
+    settings = run_settings(config, runtime.world, texts)
     with exclusive(out, runtime):
-        return _train_locked(config, runtime, prompts, sentences, benign_prompts, on_step)
-
-
-def _train_locked(config, runtime, prompts, sentences, benign_prompts, on_step) -> Path:
-    out = Path(config.output_dir)
-    metrics_path, checkpoint = out / "metrics.jsonl", out / "checkpoint"
-    fingerprint = data_fingerprint(prompts, benign_prompts, (sentences.refusals, sentences.harmful))
-    settings = run_settings(config, runtime.world, fingerprint)
-    start = 0
-    if config.resume and checkpoint.exists():
-        start = resume_step(
-            checkpoint, settings, run_length(config, runtime.world, len(prompts))[1]
+        start = _resume_point(config, runtime, settings, len(prompts))
+        torch.manual_seed(config.seed)
+        tokenizer = load_tokenizer(config.model)
+        models = _Models(config, runtime)
+        mask_id = models.base.mask_token_id
+        data = _Data(config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id)
+        check_window(config.window, config.gen_length, data.longest_sentence())
+        optimizer = torch.optim.AdamW(
+            models.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
-    models = _Models(config, runtime)
-    mask_id = models.base.mask_token_id
-    data = _Data(config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id)
-    check_window(config.window, config.gen_length, data.longest_sentence())
-    optimizer = torch.optim.AdamW(
-        models.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    if start:
-        _load_checkpoint(checkpoint, models, optimizer, runtime.device)
-    if runtime.main:
-        (out / "align_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
         if start:
-            trim_metrics(metrics_path, start)
-            print(f"resuming from step {start} ({checkpoint})")
-        else:
-            metrics_path.write_text("")
-
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if runtime.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    rows_per_step = config.batch_size * config.grad_accum
-    bar = tqdm(
-        range(start, data.steps),
-        initial=start,
-        total=data.steps,
-        desc="MOSA",
-        unit="step",
-        disable=not (config.progress and runtime.main),
-    )
-    for step in bar:
-        began = time.perf_counter()
-        sums = dict.fromkeys(("R_plus", "R_minus", "KL", "benign_KL", "loss", "tokens"), 0.0)
-        for micro in range(config.grad_accum):
-            batch = data.batch(step, micro)
-            last = micro == config.grad_accum - 1
-            no_sync = getattr(models.trained, "no_sync", None)
-            sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
-            with sync, autocast:
-                terms = mosa_terms(
-                    models.policy, models.reference, models.head, models.logits_shift,
-                    batch, config.window,
-                )  # fmt: skip
-                loss = terms.loss(config.beta).sum()
-                if config.benign_beta > 0:
-                    ids, mask = data.benign(step, micro)
-                    benign_kl = response_kl(
-                        models.policy, models.reference, models.head, models.logits_shift,
-                        ids, mask, config.gen_length,
-                    )  # fmt: skip
-                    loss = loss + config.benign_beta * benign_kl.sum()
-                    sums["benign_KL"] += benign_kl.sum().item()
-                (loss / rows_per_step).backward()
-            sums["R_plus"] += terms.reward_plus.sum().item()
-            sums["R_minus"] += terms.reward_minus.sum().item()
-            sums["KL"] += terms.kl.sum().item()
-            sums["loss"] += loss.item()
-            sums["tokens"] += batch.input_ids.numel()
-        grad_norm = torch.nn.utils.clip_grad_norm_(models.parameters(), config.clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        sums = _reduce_sums(sums, runtime)
-        rows = rows_per_step * runtime.world
-        seconds = time.perf_counter() - began
-        record = {k: sums[k] / rows for k in ("R_plus", "R_minus", "KL", "benign_KL", "loss")}
-        record = {
-            "step": step,
-            **record,
-            "R": record["R_plus"] - record["R_minus"],
-            "grad_norm": grad_norm.item(),
-            "lr": optimizer.param_groups[0]["lr"],
-            "prompts_per_s": rows / seconds,
-            "tokens_per_s": sums["tokens"] / seconds,
-            "peak_memory_bytes": _peak_memory(runtime.device),
-        }
-        if runtime.main:
-            with open(metrics_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            bar.set_postfix(R=f"{record['R']:.1f}", KL=f"{record['KL']:.2f}")
-        if on_step is not None:
-            on_step(record)
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < data.steps:
-            _save_checkpoint(checkpoint, models, optimizer, step + 1, settings, runtime)
-    bar.close()
-    _save_final(out, models, config, runtime)
-    if runtime.distributed:
-        dist.barrier()
+            _load_checkpoint(out / "checkpoint", models, optimizer, runtime.device)
+        _open_output(out, config, start, runtime)
+        bar = _progress(config, runtime, start, data.steps)
+        for step in bar:
+            began = time.perf_counter()
+            sums, grad_norm = _train_step(models, data, optimizer, config, step)
+            record = _step_record(step, sums, grad_norm, began, optimizer, data)
+            _log(record, out, bar, runtime)
+            if on_step is not None:
+                on_step(record)
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < data.steps:
+                _save_checkpoint(out / "checkpoint", models, optimizer, step + 1, settings, runtime)
+        bar.close()
+        _save_final(out, models, config, runtime)
+        if runtime.distributed:
+            dist.barrier()
     return out
