@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 
 from mosa.distributed import Runtime, join
-from mosa.models import load_model
+from mosa.models import PRESETS, build_model, load_model
 from mosa.models.base import DEFAULT_MAX_SHARD_BYTES
 from mosa.models.files import write_checkpoint, write_folder
 from mosa.sampling.canvas import build_canvas
@@ -72,10 +72,16 @@ class AlignConfig:
     ``world_size * batch_size * grad_accum`` prompts per optimizer step. ``max_steps`` caps the
     run (default: ``epochs`` passes over the prompts; a last partial global batch is dropped).
     ``benign_beta`` weights the utility-preserving KL on benign prompts (0 = off, the paper).
+    ``random_init``: build the model with random weights (seed ``seed``) from a preset name of
+    ``mosa.models.PRESETS`` (``"llada-8b"``) or a ``config.json`` dict, instead of loading the
+    weights of ``model``, which then supplies only the tokenizer: LLaDA-8B shapes without a
+    16 GB folder, for benchmarks. ``group_by_length``: each global batch takes prompts of
+    similar length (see ``_grouped_by_length``), so padding costs little at ``batch_size`` > 1.
     """
 
     model: str
     output_dir: str
+    random_init: str | dict | None = None
     gen_length: int = 128
     window: tuple[int, int] = PAPER_WINDOW
     beta: float = 0.05
@@ -92,6 +98,7 @@ class AlignConfig:
     max_steps: int | None = None
     batch_size: int = 1
     grad_accum: int = 1
+    group_by_length: bool = False
     seed: int = 0
     save_every: int = 0
     resume: bool = True
@@ -118,6 +125,16 @@ class AlignConfig:
             raise ValueError("fsdp=True is for full fine-tuning; set lora=False (LoRA uses DDP)")
         if len(self.window) != 2:
             raise ValueError(f"window must be (first, last) offsets, got {self.window}")
+        if isinstance(self.random_init, str) and self.random_init not in PRESETS:
+            raise ValueError(
+                f"random_init {self.random_init!r} is not a preset ({', '.join(PRESETS)}); "
+                "give one of them or a config.json dict"
+            )
+        if not isinstance(self.random_init, str | dict | None):
+            raise TypeError(
+                "random_init must be a preset name, a config.json dict or None, "
+                f"got {type(self.random_init).__name__}"
+            )
 
 
 class _Models:
@@ -125,7 +142,12 @@ class _Models:
 
     def __init__(self, config: AlignConfig, runtime: Runtime):
         dtype = torch.bfloat16 if runtime.device.type == "cuda" else torch.float32
-        base = load_model(config.model, device=runtime.device, dtype=dtype)
+        if config.random_init is None:
+            base = load_model(config.model, device=runtime.device, dtype=dtype)
+        else:
+            base = build_model(
+                config.random_init, device=runtime.device, dtype=dtype, seed=config.seed
+            )
         if config.gradient_checkpointing:
             base.gradient_checkpointing_enable()
         self.logits_shift = base.logits_shift
@@ -213,9 +235,41 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
 
 
 def _canvas(tokenizer, prompts: list[str], gen_length: int, mask_id: int, device):
-    ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device=device)
+    # Built and checked on the host, then copied: the checks read values, which on the device
+    # would wait for the step's queued work.
+    ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
     canvas = build_canvas(ids, mask, gen_length, mask_id)
-    return canvas.x, canvas.attention_mask
+    mask = None if canvas.attention_mask is None else canvas.attention_mask.to(device)
+    return canvas.x.to(device), mask
+
+
+def _prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
+    """Tokens of each prompt as the canvas encodes it (chat template included)."""
+    _, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
+    return mask.sum(dim=1).tolist()
+
+
+# Prompts are sorted by length within windows of this many global batches (HF's
+# group_by_length uses 50): wide enough to find equal lengths, narrow enough to stay random.
+GROUP_WINDOW_BATCHES = 50
+
+
+def _grouped_by_length(
+    order: list[int], lengths: list[int], global_batch: int, seed: int, epoch: int
+) -> list[int]:
+    """``order`` with each global batch of similar-length prompts: the epoch's full batches are
+    sorted by length within windows of ``GROUP_WINDOW_BATCHES`` batches, and each window's
+    batches shuffled (seeded by ``seed`` and ``epoch``); the dropped tail stays last."""
+    full = len(order) // global_batch * global_batch
+    window = GROUP_WINDOW_BATCHES * global_batch
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_000)
+    grouped = []
+    for start in range(0, full, window):
+        ranked = sorted(order[start : min(start + window, full)], key=lambda i: lengths[i])
+        batches = [ranked[i : i + global_batch] for i in range(0, len(ranked), global_batch)]
+        for k in torch.randperm(len(batches), generator=generator).tolist():
+            grouped += batches[k]
+    return grouped + order[full:]
 
 
 class _Data:
@@ -229,6 +283,7 @@ class _Data:
         self.global_batch = runtime.world * config.batch_size * config.grad_accum
         self.steps_per_epoch, self.steps = run_length(config, runtime.world, len(self.prompts))
         self._orders: dict[int, list[int]] = {}
+        self._lengths = _prompt_lengths(tokenizer, self.prompts) if config.group_by_length else []
 
     def longest_sentence(self) -> int:
         return max(len(s) for s in self.refusals + self.harmful)
@@ -240,11 +295,20 @@ class _Data:
         first += (micro * self.runtime.world + self.runtime.rank) * self.config.batch_size
         return epoch, list(range(first, first + self.config.batch_size))
 
+    def _order(self, epoch: int) -> list[int]:
+        """The epoch's prompt order (cached for the epoch at hand)."""
+        if epoch not in self._orders:
+            order = _epoch_order(len(self.prompts), self.config.seed, epoch)
+            if self.config.group_by_length:
+                order = _grouped_by_length(
+                    order, self._lengths, self.global_batch, self.config.seed, epoch
+                )
+            self._orders = {epoch: order}
+        return self._orders[epoch]
+
     def batch(self, step: int, micro: int) -> AlignBatch:
         epoch, places = self._positions(step, micro)
-        if epoch not in self._orders:
-            self._orders = {epoch: _epoch_order(len(self.prompts), self.config.seed, epoch)}
-        order = self._orders[epoch]
+        order = self._order(epoch)
         draws = [random.Random(f"{self.config.seed}:{epoch}:{place}") for place in places]
         ids, mask = _canvas(
             self.tokenizer,
