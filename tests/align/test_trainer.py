@@ -40,9 +40,10 @@ class _Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, group_by_length):
     sentences = mosa.tiny.align_sentences()
-    settings = dict(batch_size=2, max_steps=5, save_every=2)
+    settings = dict(batch_size=2, max_steps=5, save_every=2, group_by_length=group_by_length)
     whole = train(_config(tmp_path / "whole", **settings), _prompts(), sentences=sentences)
 
     def kill_at_step_3(record):
