@@ -11,7 +11,7 @@ the run is written or shown (``output_dir``, ``save_every``, ``progress``,
 how the global batch is split (``batch_size``, ``grad_accum``, the number of processes, while
 their product stays the same) and the run's length (``epochs``, ``max_steps``, while the run
 still reaches the checkpoint's step). Anything else (the model, the objective, LoRA, the
-optimizer, the seed, the prompts and sentences) is refused, naming the field.
+optimizer, the seed, length grouping, the prompts and sentences) is refused, naming the field.
 """
 
 from __future__ import annotations

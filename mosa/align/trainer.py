@@ -446,7 +446,8 @@ def _forward_backward(
     models: _Models, data: _Data, config: AlignConfig, step: int, micro: int
 ) -> torch.Tensor:
     """One micro-batch: the objective, its backward (scaled to the step's rows), and its sums
-    (``_SUMS``) as a float64 device tensor, without reading any value on the host."""
+    (``_SUMS``) as a float64 device tensor. Nothing here reads a device value on the host but
+    ``token_logprobs``'s range check of the sentence ids (one read per call)."""
     batch = data.batch(step, micro)
     head = models.gathered_head()
     terms = mosa_terms(
@@ -517,7 +518,8 @@ def _resume_point(config: AlignConfig, runtime: Runtime, settings: dict, n_promp
 
 
 def _open_output(out: Path, config: AlignConfig, start: int, runtime: Runtime) -> None:
-    """Writes the run's settings; keeps the log of the steps before ``start`` (else empties it)."""
+    """Writes the run's settings; keeps the log of the steps before ``start``, or starting over
+    empties it and drops an earlier run's checkpoint (a later resume must not pick it up)."""
     if not runtime.main:
         return
     (out / "align_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -526,6 +528,8 @@ def _open_output(out: Path, config: AlignConfig, start: int, runtime: Runtime) -
         print(f"resuming from step {start} ({out / 'checkpoint'})")
     else:
         (out / "metrics.jsonl").write_text("")
+        if (out / "checkpoint").exists():
+            shutil.rmtree(out / "checkpoint")
 
 
 def _log(record: dict, out: Path, bar, runtime: Runtime) -> None:

@@ -86,6 +86,7 @@ def test_resume_refuses_changed_settings_and_allows_free_ones(tmp_path, capsys):
     assert _align(out, "--max-steps", "2", "--lr", "1e-3", "--no-resume") == 0
     assert "resuming" not in capsys.readouterr().out
     assert _steps(out) == [0, 1]
+    assert not (out / "checkpoint").exists()  # the earlier run's, which no rerun may resume
 
 
 def test_a_torn_last_log_line_is_dropped_and_its_step_redone(tmp_path, capsys):
