@@ -51,6 +51,8 @@ def exclusive(folder: Path, runtime: Runtime) -> Iterator[None]:
     the outcome); raises ValueError at once when another run holds it."""
     handle = None
     busy = False
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output folder {folder} is a file; give a folder for --out")
     if runtime.main:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / LOCK_NAME, "a")

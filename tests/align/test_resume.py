@@ -58,6 +58,11 @@ def test_a_second_run_into_a_busy_folder_is_refused_at_once(tmp_path, monkeypatc
     assert "in use by another mosa align run" in message and "--out" in message
     assert _files(out) == before
 
+    a_file = tmp_path / "a_file"
+    a_file.write_text("kept")
+    assert "is a file; give a folder for --out" in _refusal(capsys, a_file, "--max-steps", "1")
+    assert a_file.read_text() == "kept"
+
 
 def test_resume_refuses_changed_settings_and_allows_free_ones(tmp_path, capsys):
     out = tmp_path / "run"
