@@ -61,6 +61,7 @@ def _align(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             max_steps=args.max_steps,
             grad_accum=args.grad_accum,
+            group_by_length=args.group_by_length,
             seed=args.seed,
             save_every=args.save_every,
             resume=not args.no_resume,
@@ -108,6 +109,9 @@ def add_parser(commands) -> None:
     g.add_argument("--max-steps", type=int)
     g.add_argument("--batch-size", type=int, help="prompts per process and micro-step (1)")
     g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument(
+        "--group-by-length", action="store_true", help="batch prompts of similar length together"
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
     g.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
