@@ -60,7 +60,10 @@ def test_a_second_run_into_a_busy_folder_is_refused_at_once(tmp_path, monkeypatc
 
     a_file = tmp_path / "a_file"
     a_file.write_text("kept")
-    assert "is a file; give a folder for --out" in _refusal(capsys, a_file, "--max-steps", "1")
+    with pytest.raises(SystemExit, match="a_file: exists and is not a folder"):
+        _align(a_file, "--max-steps", "1")  # the CLI's --out check, before the trainer's
+    with pytest.raises(ValueError, match="is a file; give a folder for --out"):
+        trainer.train(trainer.AlignConfig(model="unused", output_dir=str(a_file)), ["a prompt"])
     assert a_file.read_text() == "kept"
 
 
