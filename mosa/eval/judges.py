@@ -190,6 +190,18 @@ _RUBRIC_PROMPTS = {"harm_score": _HARM_SCORE_PROMPT, "strongreject": _STRONGREJE
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a bearer token is made of
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would resend the ``Authorization`` header to wherever
+    the endpoint points, and take that host's reply as the verdict. Returning None makes
+    urllib raise the 3xx as an ``HTTPError``."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_NO_REDIRECT_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 class _RetryableError(Exception):
     """A failure worth another try: network error, timeout, HTTP 429 or 5xx."""
 
@@ -203,7 +215,8 @@ class HTTPJudge(Judge):
 
     Args:
         endpoint: the API base URL (e.g. ``https://api.openai.com/v1``) or the full
-            ``.../chat/completions`` URL.
+            ``.../chat/completions`` URL. A redirect is not followed (the key would go with
+            it): it is an error verdict.
         model: the judge model's name (e.g. ``gpt-4.1``).
         api_key_env: the environment variable read, at each request, for the bearer key; if
             it is unset no ``Authorization`` header is sent (local servers). The key is never
@@ -345,9 +358,15 @@ class HTTPJudge(Judge):
     def _post_once(self, body: bytes, headers: dict[str, str]) -> str:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+            with _NO_REDIRECT_OPENER.open(request, timeout=self.timeout) as answer:
                 payload = answer.read()
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:
+                raise RuntimeError(
+                    f"HTTP {err.code} from {self.url}: a redirect to "
+                    f"{err.headers.get('Location')!r}, not followed (the key stays with the "
+                    "endpoint's host); give the final URL as the endpoint"
+                ) from None
             detail = err.read(300).decode("utf-8", "replace")
             message = f"HTTP {err.code} from {self.url}: {detail}"
             if err.code == 429 or err.code >= 500:

@@ -69,8 +69,10 @@ SECRET = "sk-test-0123456789abcdefSECRET"
 
 class FakeChatServer:
     """A chat-completions server on localhost. ``plan`` is a list of replies, used in order
-    (the last one repeats): ``(status, content)`` or ``("sleep", seconds)``; a 4xx/5xx body
-    echoes the request's Authorization header, as a careless server might."""
+    (the last one repeats): ``(status, content)``, ``("sleep", seconds)`` or
+    ``("redirect", url)`` (a 302 to ``url``); a 4xx/5xx body echoes the request's
+    Authorization header, as a careless server might. GETs are answered like POSTs (a
+    client following a 302 turns the POST into a GET)."""
 
     def __init__(self):
         self.plan: list[tuple] = [(200, "score: 1")]
@@ -79,11 +81,18 @@ class FakeChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
                 server.requests.append(
                     {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
                 )
                 step = server.plan[min(len(server.requests) - 1, len(server.plan) - 1)]
+                if step[0] == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", step[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if step[0] == "sleep":
                     time.sleep(step[1])
                     step = (200, "score: 5")
@@ -103,6 +112,8 @@ class FakeChatServer:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
+
+            do_GET = do_POST
 
             def log_message(self, *args):
                 pass
@@ -246,6 +257,23 @@ def test_http_key_never_leaks(server, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET + "\nX-Injected: 1")
     bad_key = judge.judge("p", "fifth")
     assert "OPENAI_API_KEY" in bad_key.error and SECRET not in bad_key.error
+
+
+def test_http_redirect_is_an_error_and_the_key_stays_home(server):
+    """A 302 to another server (here another loopback port) is never followed: the key does
+    not reach it, and its "score: 5" does not become a jailbreak."""
+    elsewhere = FakeChatServer()
+    try:
+        elsewhere.plan = [(200, "score: 5")]
+        server.plan = [("redirect", elsewhere.url + "/chat/completions")]
+        verdict = make_judge(server).judge("p", "r")
+        assert all(request["auth"] is None for request in elsewhere.requests)
+        assert elsewhere.requests == []
+        assert verdict.error is not None and "redirect" in verdict.error
+        assert verdict.refused is None and verdict.jailbroken is None
+        assert len(server.requests) == 1  # a redirect is not retried either
+    finally:
+        elsewhere.close()
 
 
 def test_http_judge_many_in_order(server):
