@@ -69,8 +69,9 @@ SECRET = "sk-test-0123456789abcdefSECRET"
 
 class FakeChatServer:
     """A chat-completions server on localhost. ``plan`` is a list of replies, used in order
-    (the last one repeats): ``(status, content)``, ``("sleep", seconds)`` or
-    ``("redirect", url)`` (a 302 to ``url``); a 4xx/5xx body echoes the request's
+    (the last one repeats): ``(status, content)``, ``(429, content, retry_after)``,
+    ``("sleep", seconds)``, ``("redirect", url)`` (a 302 to ``url``) or ``("raw", body)`` (a
+    200 whose body is ``body`` as it stands); a 4xx/5xx body echoes the request's
     Authorization header, as a careless server might. GETs are answered like POSTs (a
     client following a 302 turns the POST into a GET)."""
 
@@ -96,16 +97,19 @@ class FakeChatServer:
                 if step[0] == "sleep":
                     time.sleep(step[1])
                     step = (200, "score: 5")
-                status, content = step
-                if status == 200:
+                status, content, retry_after = step[0], step[1], (step[2:] or ("0",))[0]
+                if status == "raw":
+                    status, data = 200, content.encode()
+                elif status == 200:
                     payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+                    data = json.dumps(payload).encode()
                 else:
                     payload = {"error": content, "echo": self.headers.get("Authorization")}
-                data = json.dumps(payload).encode()
+                    data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     if status == 429:
-                        self.send_header("Retry-After", "0")
+                        self.send_header("Retry-After", retry_after)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -274,6 +278,40 @@ def test_http_redirect_is_an_error_and_the_key_stays_home(server):
         assert len(server.requests) == 1  # a redirect is not retried either
     finally:
         elsewhere.close()
+
+
+def test_http_waits_as_long_as_retry_after_says(server, monkeypatch):
+    waits = []
+    monkeypatch.setattr("mosa.eval.judges.endpoint.time.sleep", waits.append)
+    server.plan = [(429, "slow down", "7"), (429, "slow down", "soon"), (200, "score: 2")]
+    verdict = make_judge(server, backoff=0.5).judge("p", "r")
+    assert verdict == Verdict(False, False, 2.0)
+    assert waits == [7.0, 1.0]  # the server's seconds; a date it cannot read: the back-off
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [(500, "down")],
+        [(429, "slow down")],
+        [(404, "no such model")],
+        [("sleep", 1.0)],
+        [("raw", "<html>not json</html>")],
+        [("raw", '{"choices": []}')],
+        [("raw", '{"choices": [{"message": {"role": "assistant", "content": null}}]}')],
+        [("raw", '{"id": "x"}')],
+        [(200, "score: 7")],
+        [(200, "I will not grade this.")],
+    ],
+    ids=lambda plan: str(plan[0][:2]),
+)
+def test_http_no_failure_becomes_a_verdict(server, plan):
+    """Every failure is an error verdict: never a jailbreak, never a refusal."""
+    server.plan = plan
+    verdict = make_judge(server, retries=1, timeout=0.3).judge("p", "r")
+    assert verdict.error is not None
+    assert verdict.refused is None and verdict.jailbroken is None and verdict.score is None
+    assert SECRET not in verdict.error
 
 
 def test_http_judge_many_in_order(server):
