@@ -65,7 +65,8 @@ def load_causal_lm(path: Path, device=None, dtype=None, adapter: Path | None = N
 
 def next_token_logits(model, tokenizer, texts: Sequence[str], *, add_special_tokens=True):
     """``float32[len(texts), vocab]``: the logits of each text's next token. Positions are
-    counted from each row's first real token, so a left-padded row scores as it would alone."""
+    counted from each row's first real token (as ``generate`` does), so a left-padded row
+    sees the same rotary positions as it would alone."""
     import torch
 
     encoded = tokenizer(
