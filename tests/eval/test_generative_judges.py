@@ -364,3 +364,37 @@ def test_build_model_forces_the_next_token():
     model = build_model("llama", transitions={"how": {"to": 5.0}})
     ids = torch.tensor([[VOCAB["i"], VOCAB["bomb"], VOCAB["how"]]])
     assert int(model(ids).logits[0, -1].argmax()) == VOCAB["to"]
+
+
+# -- the eval command ------------------------------------------------------------------------
+
+
+def test_eval_command_with_model_judges(folders, tmp_path, monkeypatch):
+    from mosa.cli import main
+
+    asked = []  # HarmBench grades the response against the request, not the attacked prompt
+    original = HarmBenchJudge._judge_items
+    monkeypatch.setattr(
+        HarmBenchJudge,
+        "_judge_items",
+        lambda self, items, progress: asked.extend(items) or original(self, items, progress),
+    )
+
+    out = tmp_path / "run"
+    judges = ["tiny", f"harmbench:{folders['hb_yes']}", f"llamaguard:{folders['lg_unsafe']}"]
+    small = ["--limit", "2", "--gen-length", "16", "--block-length", "8"]
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(out), *small, "--attacks"]
+    cache = ["--judge-cache", str(tmp_path / "c.jsonl")]
+    assert main([*args, "none", "template", "--judge", *judges, *cache]) == 0
+    folder = out / "responses" / "tiny" / "tiny-harmful"
+    wrapped = [json.loads(line) for line in (folder / "template.jsonl").read_text().splitlines()]
+    assert wrapped[0]["attacked"] != wrapped[0]["prompt"]
+    assert {item[0] for item in asked} == {row["prompt"] for row in wrapped}
+    rows = [json.loads(line) for line in (folder / "none.jsonl").read_text().splitlines()]
+    assert all(row["verdicts"]["harmbench"]["jailbroken"] is True for row in rows)
+    assert all(row["verdicts"]["llamaguard"]["category"] == "S1,S10" for row in rows)
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert cells["tiny (harmbench)"]["asr/none"]["value"] == 1.0
+    assert "tiny / harmbench" in (folder / "agreement.md").read_text()
+    with pytest.raises(SystemExit, match="--judge harmbench: .* holds a 'gemma' model"):
+        main([*args, "none", "--judge", f"harmbench:{folders['gemma_random']}"])

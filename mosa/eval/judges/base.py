@@ -34,7 +34,14 @@ class Verdict:
 
 
 class Judge:
-    """Base class: ``judge`` one pair; ``judge_many`` judges pairs in order."""
+    """Base class: ``judge`` one pair; ``judge_many`` judges pairs in order.
+
+    ``grades_request``: the judge grades a response against the harmful request itself (as
+    the HarmBench classifier and StrongREJECT do), so an evaluation gives it the request
+    rather than the attacked prompt that carried it.
+    """
+
+    grades_request = False
 
     def judge(self, prompt: str, response: str) -> Verdict:
         raise NotImplementedError

@@ -75,6 +75,7 @@ class HarmBenchJudge(LocalModelJudge):
     """
 
     name = "harmbench"
+    grades_request = True
 
     def __init__(
         self,

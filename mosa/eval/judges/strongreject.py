@@ -61,6 +61,7 @@ class StrongRejectJudge(LocalModelJudge):
     """
 
     name = "strongreject"
+    grades_request = True
 
     def __init__(
         self,
