@@ -4,7 +4,10 @@ Harmful prompt sets (AdvBench, HarmBench, ``tiny-harmful``, a file) give the ASR
 attack; GSM8K and ``tiny-benign`` give utility (exact match); XSTest's safe prompts, Alpaca
 and ``tiny-risky`` give over-refusal. The output folder gets one JSON-lines file of responses
 and verdicts per attack, and ``results.json`` / ``results.md`` (a ``Results`` table that
-later runs into the same folder add their rows and columns to) and ``asr.png``.
+later runs into the same folder add their rows and columns to) and ``asr.png``. With several
+judges (``--judge harmbench:PATH keyword``) each judge gets its own row, every response keeps
+every verdict, and the responses folder gets ``agreement.md`` (Cohen's kappa per pair) and
+``disagreements.jsonl``.
 
 Under ``torchrun --nproc_per_node N -m mosa.cli eval ...`` each process samples a strided
 share of the prompts (and runs GCG on its share); process 0 gathers, judges and writes.
