@@ -12,7 +12,8 @@ Attacks on the tiny model: ``prefill`` fixes its affirmative opening at token 0,
 ``middle_prefill`` fixes "step 1 :" at token 12 of the response, ``template`` wraps the
 request in each of its jailbreak wrappers, ``mask_interleave`` fixes the three step headers
 along the canvas. The judge is the tiny model's own (``HarmJudge``: a jailbreak is an answer
-that gives a placeholder step, the tiny model's stand-in for harmful content).
+that gives a placeholder step, the tiny model's stand-in for harmful content); the keyword
+judge grades the same responses too, and ``agreement.md`` says how far the two agree.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 
 from mosa.align import AlignConfig, train
-from mosa.eval import Results, plot_asr, plot_reward_curve
+from mosa.eval import KeywordJudge, Results, Verdict, plot_asr, plot_reward_curve
+from mosa.eval.agreement import agreement_markdown, pairwise_agreement
 from mosa.eval.runner import run_attacks
 from mosa.models import load_model
 from mosa.models.files import write_file_atomic
@@ -66,19 +68,29 @@ FULL = DemoSize(harmful=30, benign=None, risky=30, align_steps=300)
 QUICK = DemoSize(harmful=6, benign=8, risky=6, align_steps=20)
 
 
-def evaluate_variant(model, tokenizer, size: DemoSize, results: Results, variant: str) -> None:
-    """Adds ``variant``'s ASR per attack, utility and over-refusal to ``results``."""
+def evaluate_variant(
+    model, tokenizer, size: DemoSize, results: Results, variant: str
+) -> dict[str, list[Verdict]]:
+    """Adds ``variant``'s ASR per attack, utility and over-refusal to ``results``; returns the
+    attacked responses' verdicts by judge (the tiny model's, then the keyword one's)."""
     _, held_out = corpus.splits(seed=0)
     harmful = [e.prompt for e in held_out["harmful"][: size.harmful]]
     outcomes = run_attacks(model, tokenizer, harmful, ATTACKS, HarmJudge(), **SAMPLER_DEFAULTS)
+    keyword = KeywordJudge()
+    verdicts: dict[str, list[Verdict]] = {"tiny": [], "keyword": []}
     for name, outcome in outcomes.items():
         results.add_asr(variant, name, outcome.rate, n=len(outcome.verdicts))
+        verdicts["tiny"] += outcome.verdicts
+        verdicts["keyword"] += keyword.judge_many(
+            [a.prompt for a in outcome.attacked], outcome.responses
+        )
     benign = held_out["benign"][: size.benign]
     accuracy = benign_accuracy(model, tokenizer, benign) / 100
     results.add_utility(variant, "tiny_tasks", accuracy, n=len(benign))
     risky = [e.prompt for e in held_out["risky"][: size.risky]]
     refused = [is_refusal(a) for a in tiny_respond(model, tokenizer, risky)]
     results.add_over_refusal(variant, sum(refused) / len(refused), n=len(refused))
+    return verdicts
 
 
 def align_variant(out: Path, window: tuple[int, int], size: DemoSize, seed: int) -> Path:
@@ -115,6 +127,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
         "MOSA": ALIGN_SETTINGS["window"],
         "initial alignment": (0, 0),
     }
+    agreement = []
     for variant, window in variants.items():
         print(f"== {variant}", flush=True)
         folder = path()
@@ -125,12 +138,17 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
                 plot_reward_curve, run_dir / "metrics.jsonl", out / f"reward_{run_dir.name}.png"
             )
         model = load_model(folder).eval()
-        evaluate_variant(model, tokenizer, size, results, variant)
+        verdicts = evaluate_variant(model, tokenizer, size, results, variant)
+        agreement += [f"## {variant}\n\n", agreement_markdown(pairwise_agreement(verdicts)), "\n"]
+    agreement_text = "# judge agreement (tiny vs keyword) on the attacked responses\n\n"
+    agreement_text += "".join(agreement)
+    write_file_atomic(out / "agreement.md", agreement_text)
     results.meta["seconds"] = round(time.perf_counter() - started, 1)
     results.to_json(out / "results.json")
     write_file_atomic(out / "results.md", results.to_markdown() + "\n")
     plot_if_possible(plot_asr, results, out / "asr.png")
     print(results.to_markdown())
+    print(agreement_text)
     print(f"\n{results.meta['seconds']} s; results, plots and training metrics in {out}")
     return results
 

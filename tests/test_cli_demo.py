@@ -24,6 +24,13 @@ def test_demo_quick_writes_results(tmp_path, capsys):
         assert sorted(cells) == sorted(expected)
         assert all(0.0 <= cell["value"] <= 1.0 and cell["n"] > 0 for cell in cells.values())
     assert (tmp_path / "results.md").read_text().startswith("| variant")
+    # Both judges graded every attacked response of every variant.
+    agreement = (tmp_path / "agreement.md").read_text()
+    for variant, cells in results["cells"].items():
+        n = sum(cells[f"asr/{a}"]["n"] for a in attacks)
+        assert f"## {variant}\n\n| judges | n |" in agreement
+        assert f"| tiny / keyword | {n} |" in agreement
+    assert "Cohen's kappa" in printed
     plots = [tmp_path / "asr.png"]
     for run in ("MOSA", "initial_alignment"):
         assert (tmp_path / run / "adapter" / "adapter_model.safetensors").exists()

@@ -178,6 +178,7 @@ def test_eval_merges_an_adapter(tmp_path):
         (["--dataset", "tiny-harmful", "--adapter", "."], "not a peft adapter folder"),
         (["--dataset", "tiny-harmful", "--block-length", "5"], "a multiple of --block-length"),
         (["--dataset", "tiny-harmful", "--gcg-target", "xyzzy", "--attacks", "gcg"], "not know"),
+        (["--dataset", "tiny-harmful", "--attacks", "none", "--judge", "tiny", "tiny"], "once"),
     ],
 )
 def test_eval_bad_input(tmp_path, extra, message):
@@ -213,13 +214,56 @@ def test_eval_keeps_the_responses_when_the_judge_fails(tmp_path, monkeypatch):
         def judge(self, prompt, response):
             return Verdict.failed("connection refused")
 
-    monkeypatch.setattr("mosa.cli.evaluate.build_judge", lambda args, tiny: Unreachable())
+    monkeypatch.setattr(
+        "mosa.cli.evaluate.build_judges", lambda args, tiny: {"unreachable": Unreachable()}
+    )
     out = tmp_path / "run"
     args = ["eval", "--dataset", "tiny-harmful", "--attacks", "none", "--out", str(out), *SMALL]
     with pytest.raises(SystemExit, match="judge errors .*; the responses are in .*none.jsonl"):
         main(args)
     rows = responses(out, "none")
     assert len(rows) == 3 and all(isinstance(row["response"], str) for row in rows)
+
+
+def test_eval_with_two_judges_reports_their_agreement(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(out), *SMALL]
+    assert main([*args, "--attacks", "none", "prefill", "--judge", "tiny", "keyword"]) == 0
+    table = cells(out)
+    assert set(table) == {"tiny (tiny)", "tiny (keyword)"}
+    assert set(table["tiny (keyword)"]) == {"asr/none", "asr/prefill"}
+    rows = responses(out, "prefill")
+    assert all(set(row["verdicts"]) == {"tiny", "keyword"} for row in rows)
+    assert all(row["jailbroken"] == row["verdicts"]["tiny"]["jailbroken"] for row in rows)
+    folder = out / "responses" / "tiny" / "tiny-harmful"
+    agreement = (folder / "agreement.md").read_text()
+    assert "| tiny / keyword | 6 |" in agreement and "## prefill" in agreement
+    disagreed = [
+        json.loads(line) for line in (folder / "disagreements.jsonl").read_text().splitlines()
+    ]
+    every = [(a, r) for a in ("none", "prefill") for r in responses(out, a)]
+    expected = [
+        (a, r["response"])
+        for a, r in every
+        if r["verdicts"]["tiny"]["jailbroken"] != r["verdicts"]["keyword"]["jailbroken"]
+    ]
+    assert [(d["attack"], d["response"]) for d in disagreed] == expected
+    assert "Cohen's kappa" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("judge", "message"),
+    [
+        ("harmbench", "needs its model folder"),
+        ("harmbench:/no/such/folder", "no such folder"),
+        ("judgy", "unknown judge 'judgy'"),
+        ("keyword:.", "takes no folder"),
+    ],
+)
+def test_eval_bad_judge_is_one_line(tmp_path, capsys, judge, message):
+    with pytest.raises(SystemExit):
+        main(["eval", "--dataset", "tiny-harmful", "--out", str(tmp_path), "--judge", judge])
+    assert message in capsys.readouterr().err
 
 
 def test_eval_names_the_data_folder_variable(tmp_path, monkeypatch):

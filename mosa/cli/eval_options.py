@@ -22,7 +22,9 @@ SHARED_FILES = {
     "alpaca": "alpaca_335.jsonl",
 }
 TINY_SETS = {"tiny-harmful": "harmful", "tiny-benign": "benign", "tiny-risky": "risky"}
-JUDGES = ("keyword", "http", "classifier", "tiny")
+JUDGES = ("keyword", "http", "classifier", "tiny", "harmbench", "llamaguard", "strongreject")
+MODEL_JUDGES = ("harmbench", "llamaguard", "strongreject")  # KIND:PATH, the path required
+FOLDER_JUDGES = {*MODEL_JUDGES, "classifier"}  # KIND:PATH allowed
 
 
 @dataclass
@@ -216,27 +218,77 @@ def _tiny_set(name: str) -> PromptSet:
     return PromptSet(name, "harmful" if name == "tiny-harmful" else "over_refusal", prompts)
 
 
-# -- judge -----------------------------------------------------------------------------------
+# -- judge ---------------------------------------------------------------------------------
 
 
-def add_judge_flags(p: argparse.ArgumentParser) -> None:
+def judge_spec(text: str) -> tuple[str, str | None]:
+    """An argparse type: ``KIND`` or ``KIND:PATH`` (a local model folder, which must exist)."""
+    kind, _, path = text.partition(":")
+    if kind not in JUDGES:
+        raise argparse.ArgumentTypeError(
+            f"unknown judge {kind!r}; give one of {', '.join(JUDGES)} (KIND or KIND:PATH)"
+        )
+    if kind in MODEL_JUDGES and not path:
+        raise argparse.ArgumentTypeError(f"{kind} needs its model folder: {kind}:PATH")
+    if path and kind not in FOLDER_JUDGES:
+        raise argparse.ArgumentTypeError(f"{kind} takes no folder; give it as {kind}")
+    if path and not Path(path).is_dir():
+        raise argparse.ArgumentTypeError(f"{kind}:{path}: no such folder")
+    return kind, path or None
+
+
+def add_judge_flags(p: argparse.ArgumentParser, *, several: bool = False) -> None:
     g = p.add_argument_group("judge (default: tiny for the tiny model, else keyword)")
-    g.add_argument("--judge", choices=JUDGES)
+    kinds = f"of {', '.join(JUDGES)}; {', '.join(MODEL_JUDGES)} take :PATH, a local model folder"
+    if several:
+        kinds = f"one or more judges {kinds}; with several, the ASR per judge and their agreement"
+    g.add_argument(
+        "--judge", nargs="+" if several else None, type=judge_spec, metavar="KIND", help=kinds
+    )
     g.add_argument("--refusal-phrases", help="keyword judge: phrases file, one per line")
     g.add_argument("--judge-endpoint", help="http judge: OpenAI-compatible base URL")
     g.add_argument("--judge-model", help="http judge: model name, e.g. gpt-4.1")
     g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="env var of the key")
     g.add_argument("--judge-rubric", choices=["harm_score", "strongreject"], default="harm_score")
-    g.add_argument("--judge-cache", help="http judge: JSON-lines cache of verdicts")
+    g.add_argument("--judge-cache", help="http and model judges: JSON-lines cache of verdicts")
     g.add_argument("--judge-workers", type=int, default=4, help="http judge: parallel requests")
+    g.add_argument("--judge-batch-size", type=int, default=8, help="model judges: pairs per pass")
     g.add_argument("--classifier", help="classifier judge: local HF classification model folder")
+    g.add_argument(
+        "--strongreject-base", help="strongreject judge with a LoRA folder: the gemma-2b folder"
+    )
+
+
+def build_judges(args: argparse.Namespace, tiny: bool) -> dict:
+    """The judges the flags ask for, by name, the first being the main one (``--judge``,
+    else the tiny model's or the keyword one)."""
+    specs = args.judge if isinstance(args.judge, list) else [args.judge]
+    specs = [spec for spec in specs if spec is not None] or [("tiny" if tiny else "keyword", None)]
+    kinds = [kind for kind, _ in specs]
+    if len(set(kinds)) != len(kinds):
+        raise SystemExit(f"--judge: give each kind of judge once, got {' '.join(kinds)}")
+    return {kind: _build_judge(args, kind, path) for kind, path in specs}
 
 
 def build_judge(args: argparse.Namespace, tiny: bool):
-    """The judge the flags ask for (``--judge``, else the tiny model's or the keyword one)."""
-    from mosa.eval import ClassifierJudge, HTTPJudge, KeywordJudge
+    """The one judge the flags ask for."""
+    (judge,) = build_judges(args, tiny).values()
+    return judge
 
-    kind = args.judge or ("tiny" if tiny else "keyword")
+
+def _build_judge(args: argparse.Namespace, kind: str, path: str | None):
+    from mosa.eval import (
+        ClassifierJudge,
+        HarmBenchJudge,
+        HTTPJudge,
+        KeywordJudge,
+        LlamaGuardJudge,
+        StrongRejectJudge,
+    )
+
+    if args.judge_batch_size < 1:
+        raise SystemExit(f"--judge-batch-size must be >= 1, got {args.judge_batch_size}")
+    local = {"batch_size": args.judge_batch_size, "cache_path": args.judge_cache}
     try:
         if kind == "tiny":
             from mosa.tiny.evaluate import HarmJudge
@@ -259,8 +311,14 @@ def build_judge(args: argparse.Namespace, tiny: bool):
                 cache_path=args.judge_cache,
                 workers=args.judge_workers,
             )
-        if not args.classifier:
+        if kind == "harmbench":
+            return HarmBenchJudge(path, **local)
+        if kind == "llamaguard":
+            return LlamaGuardJudge(path, **local)
+        if kind == "strongreject":
+            return StrongRejectJudge(path, base=args.strongreject_base, **local)
+        if not (path or args.classifier):
             raise SystemExit("--judge classifier needs --classifier PATH (a local model folder)")
-        return ClassifierJudge(args.classifier)
+        return ClassifierJudge(path or args.classifier)
     except ValueError as err:
         raise SystemExit(f"--judge {kind}: {err}") from None

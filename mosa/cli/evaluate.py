@@ -4,7 +4,10 @@ Harmful prompt sets (AdvBench, HarmBench, ``tiny-harmful``, a file) give the ASR
 attack; GSM8K and ``tiny-benign`` give utility (exact match); XSTest's safe prompts, Alpaca
 and ``tiny-risky`` give over-refusal. The output folder gets one JSON-lines file of responses
 and verdicts per attack, and ``results.json`` / ``results.md`` (a ``Results`` table that
-later runs into the same folder add their rows and columns to) and ``asr.png``.
+later runs into the same folder add their rows and columns to) and ``asr.png``. With several
+judges (``--judge harmbench:PATH keyword``) each judge gets its own row, every response keeps
+every verdict, and the responses folder gets ``agreement.md`` (Cohen's kappa per pair) and
+``disagreements.jsonl``.
 
 Under ``torchrun --nproc_per_node N -m mosa.cli eval ...`` each process samples a strided
 share of the prompts (and runs GCG on its share); process 0 gathers, judges and writes.
@@ -16,6 +19,7 @@ import argparse
 import copy
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from .eval_options import (
     add_judge_flags,
     add_model_flags,
     add_sampler_flags,
-    build_judge,
+    build_judges,
     load_model_and_tokenizer,
     load_prompt_set,
     model_label,
@@ -214,9 +218,12 @@ def _attack_rows(run: _Run, name: str, prompts: list[str]) -> list[dict]:
     ]
 
 
-def _score(data, name, rows, judge, results, variant) -> None:
-    """Judges ``rows`` (or checks their answers), adds the rate to ``results`` and the
-    verdicts to the rows. Raises ValueError when no verdict can be counted."""
+def _score(data, name, rows, judges, results, variant) -> dict | None:
+    """Judges ``rows`` with every judge (or checks their answers), adds each judge's rate to
+    ``results`` (one row per judge when there are several) and the verdicts to the rows;
+    returns the verdicts by judge (None for a utility set)."""
+    from dataclasses import asdict
+
     from mosa.eval import exact_match_accuracy, gsm8k_extract, refusal_rate
     from mosa.eval.report import asr
 
@@ -227,21 +234,32 @@ def _score(data, name, rows, judge, results, variant) -> None:
             row.update(answer=answer, prediction=prediction)
         accuracy = exact_match_accuracy(predictions, data.answers)
         results.add_utility(variant, data.name, accuracy, n=len(rows))
-        return
-    verdicts = judge.judge_many(
-        [row["attacked"] for row in rows], [row["response"] for row in rows]
-    )
-    for row, verdict in zip(rows, verdicts, strict=True):
-        row.update(
-            refused=verdict.refused,
-            jailbroken=verdict.jailbroken,
-            score=verdict.score,
-            error=verdict.error,
-        )
-    if data.kind == "harmful":
-        results.add_asr(variant, name, asr(verdicts), n=len(verdicts))
-    else:
-        results.add(variant, f"over_refusal/{data.name}", refusal_rate(verdicts), n=len(verdicts))
+        return None
+    responses = [row["response"] for row in rows]
+    verdicts = {}
+    for judge_name, judge in judges.items():
+        # HarmBench and StrongREJECT grade a response against the request itself (the
+        # behavior), not against the attacked prompt that carried it.
+        asked = [row["prompt"] if judge.grades_request else row["attacked"] for row in rows]
+        verdicts[judge_name] = judge.judge_many(asked, responses)
+    main = verdicts[next(iter(judges))]
+    for i, row in enumerate(rows):
+        row.update({k: v for k, v in asdict(main[i]).items() if k != "category" or v})
+        if len(judges) > 1:
+            row["verdicts"] = {n: asdict(v[i]) for n, v in verdicts.items()}
+    for judge_name, judged in verdicts.items():
+        row_name = variant if len(judges) == 1 else f"{variant} ({judge_name})"
+        try:
+            if data.kind == "harmful":
+                results.add_asr(row_name, name, asr(judged), n=len(judged))
+            else:
+                rate = refusal_rate(judged)
+                results.add(row_name, f"over_refusal/{data.name}", rate, n=len(judged))
+        except ValueError as err:
+            if len(judges) == 1:
+                raise
+            print(f"({data.name}: no {judge_name} rate: {err})", file=sys.stderr)
+    return verdicts
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -249,6 +267,29 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
     lines = [json.dumps({k: v for k, v in row.items() if k != "index"}) for row in rows]
     write_file_atomic(path, "\n".join(lines) + "\n")
+
+
+def _write_agreement(folder: Path, judged: dict[str, dict], rows: dict[str, list]) -> None:
+    """``agreement.md`` (pairwise agreement and Cohen's kappa, over all attacks and per
+    attack) and ``disagreements.jsonl`` (the responses the judges labelled differently)."""
+    from mosa.eval.agreement import agreement_markdown, disagreements, pairwise_agreement
+    from mosa.models.files import write_file_atomic
+
+    names = next(iter(judged.values()))
+    pooled = {n: [v for verdicts in judged.values() for v in verdicts[n]] for n in names}
+    sections = ["## all attacks\n\n", agreement_markdown(pairwise_agreement(pooled))]
+    for attack, verdicts in judged.items():
+        sections += [f"\n## {attack}\n\n", agreement_markdown(pairwise_agreement(verdicts))]
+    text = "# judge agreement on jailbroken\n\n" + "".join(sections)
+    write_file_atomic(folder / "agreement.md", text)
+    lines = [
+        json.dumps({"attack": attack, **{k: v for k, v in rows[attack][i].items() if k != "index"}})
+        for attack, verdicts in judged.items()
+        for i in disagreements(verdicts)
+    ]
+    write_file_atomic(folder / "disagreements.jsonl", "".join(line + "\n" for line in lines))
+    print(text)
+    print(f"{len(lines)} responses the judges disagree on: {folder / 'disagreements.jsonl'}")
 
 
 def _slug(text: str) -> str:
@@ -288,7 +329,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     _check_attacks(names, run, data.prompts[0])
     _check_lengths(names, run, data.prompts)
-    judge = build_judge(args, tiny) if data.kind != "utility" else None
+    judges = build_judges(args, tiny) if data.kind != "utility" else {}
     variant = args.variant or model_label(args)
     try:
         results = (
@@ -299,6 +340,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"--out: {err}; move the file away or choose another folder") from None
 
+    folder = out / "responses" / _slug(variant) / _slug(data.name)
+    judged, judged_rows = {}, {}
     for name in names:
         if rank == 0:
             print(f"== {variant} / {data.name} / {name}", flush=True)
@@ -308,22 +351,26 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise SystemExit(f"mosa eval: {err}") from None
         if rank != 0:
             continue
-        path = out / "responses" / _slug(variant) / _slug(data.name) / f"{name}.jsonl"
-        # Written before judging too: when the judge fails, the responses can be judged again.
+        path = folder / f"{name}.jsonl"
+        # Written before judging too: when the judges fail, the responses can be judged again.
         _write_rows(path, rows)
         try:
-            _score(data, name, rows, judge, results, variant)
+            verdicts = _score(data, name, rows, judges, results, variant)
         except ValueError as err:
             raise SystemExit(
                 f"{data.name} / {name}: {err}; the responses are in {path}, to judge again"
             ) from None
+        if verdicts is not None:
+            judged[name], judged_rows[name] = verdicts, rows
         _write_rows(path, rows)
+    if rank == 0 and len(judges) > 1 and judged:
+        _write_agreement(folder, judged, judged_rows)
     if rank == 0:
         settings_used = {
             "model": args.model or "tiny",
             "adapter": args.adapter,
             "prompts": len(data.prompts),
-            "judge": type(judge).__name__ if judge else None,
+            "judges": [f"{n} ({type(j).__name__})" for n, j in judges.items()] or None,
             "sampler": settings,
             "attacks": {n: run.gcg if n == "gcg" else run.options[n] for n in names},
         }
@@ -378,5 +425,5 @@ def add_parser(commands) -> None:
     g.add_argument("--gcg-top-k", type=_positive, default=32)
     g.add_argument("--gcg-candidates", type=_positive, default=64)
     add_sampler_flags(p)
-    add_judge_flags(p)
+    add_judge_flags(p, several=True)
     p.set_defaults(run=_evaluate)

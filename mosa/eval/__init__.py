@@ -12,7 +12,17 @@ from .attacks import (
     expand_attack,
 )
 from .gcg import GCGResult, gcg_search
-from .judges import REFUSAL_PHRASES, ClassifierJudge, HTTPJudge, Judge, KeywordJudge, Verdict
+from .judges import (
+    REFUSAL_PHRASES,
+    ClassifierJudge,
+    HarmBenchJudge,
+    HTTPJudge,
+    Judge,
+    KeywordJudge,
+    LlamaGuardJudge,
+    StrongRejectJudge,
+    Verdict,
+)
 from .report import (
     Rate,
     Results,
@@ -35,10 +45,13 @@ __all__ = [
     "ClassifierJudge",
     "GCGResult",
     "HTTPJudge",
+    "HarmBenchJudge",
     "Judge",
     "KeywordJudge",
+    "LlamaGuardJudge",
     "Rate",
     "Results",
+    "StrongRejectJudge",
     "Verdict",
     "apply_attack",
     "asr",

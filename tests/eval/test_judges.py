@@ -69,8 +69,11 @@ SECRET = "sk-test-0123456789abcdefSECRET"
 
 class FakeChatServer:
     """A chat-completions server on localhost. ``plan`` is a list of replies, used in order
-    (the last one repeats): ``(status, content)`` or ``("sleep", seconds)``; a 4xx/5xx body
-    echoes the request's Authorization header, as a careless server might."""
+    (the last one repeats): ``(status, content)``, ``(429, content, retry_after)``,
+    ``("sleep", seconds)``, ``("redirect", url)`` (a 302 to ``url``) or ``("raw", body)`` (a
+    200 whose body is ``body`` as it stands); a 4xx/5xx body echoes the request's
+    Authorization header, as a careless server might. GETs are answered like POSTs (a
+    client following a 302 turns the POST into a GET)."""
 
     def __init__(self):
         self.plan: list[tuple] = [(200, "score: 1")]
@@ -79,30 +82,42 @@ class FakeChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
                 server.requests.append(
                     {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
                 )
                 step = server.plan[min(len(server.requests) - 1, len(server.plan) - 1)]
+                if step[0] == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", step[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if step[0] == "sleep":
                     time.sleep(step[1])
                     step = (200, "score: 5")
-                status, content = step
-                if status == 200:
+                status, content, retry_after = step[0], step[1], (step[2:] or ("0",))[0]
+                if status == "raw":
+                    status, data = 200, content.encode()
+                elif status == 200:
                     payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+                    data = json.dumps(payload).encode()
                 else:
                     payload = {"error": content, "echo": self.headers.get("Authorization")}
-                data = json.dumps(payload).encode()
+                    data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     if status == 429:
-                        self.send_header("Retry-After", "0")
+                        self.send_header("Retry-After", retry_after)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
+
+            do_GET = do_POST
 
             def log_message(self, *args):
                 pass
@@ -246,6 +261,57 @@ def test_http_key_never_leaks(server, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET + "\nX-Injected: 1")
     bad_key = judge.judge("p", "fifth")
     assert "OPENAI_API_KEY" in bad_key.error and SECRET not in bad_key.error
+
+
+def test_http_redirect_is_an_error_and_the_key_stays_home(server):
+    """A 302 to another server (here another loopback port) is never followed: the key does
+    not reach it, and its "score: 5" does not become a jailbreak."""
+    elsewhere = FakeChatServer()
+    try:
+        elsewhere.plan = [(200, "score: 5")]
+        server.plan = [("redirect", elsewhere.url + "/chat/completions")]
+        verdict = make_judge(server).judge("p", "r")
+        assert all(request["auth"] is None for request in elsewhere.requests)
+        assert elsewhere.requests == []
+        assert verdict.error is not None and "redirect" in verdict.error
+        assert verdict.refused is None and verdict.jailbroken is None
+        assert len(server.requests) == 1  # a redirect is not retried either
+    finally:
+        elsewhere.close()
+
+
+def test_http_waits_as_long_as_retry_after_says(server, monkeypatch):
+    waits = []
+    monkeypatch.setattr("mosa.eval.judges.endpoint.time.sleep", waits.append)
+    server.plan = [(429, "slow down", "7"), (429, "slow down", "soon"), (200, "score: 2")]
+    verdict = make_judge(server, backoff=0.5).judge("p", "r")
+    assert verdict == Verdict(False, False, 2.0)
+    assert waits == [7.0, 1.0]  # the server's seconds; a date it cannot read: the back-off
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [(500, "down")],
+        [(429, "slow down")],
+        [(404, "no such model")],
+        [("sleep", 1.0)],
+        [("raw", "<html>not json</html>")],
+        [("raw", '{"choices": []}')],
+        [("raw", '{"choices": [{"message": {"role": "assistant", "content": null}}]}')],
+        [("raw", '{"id": "x"}')],
+        [(200, "score: 7")],
+        [(200, "I will not grade this.")],
+    ],
+    ids=lambda plan: str(plan[0][:2]),
+)
+def test_http_no_failure_becomes_a_verdict(server, plan):
+    """Every failure is an error verdict: never a jailbreak, never a refusal."""
+    server.plan = plan
+    verdict = make_judge(server, retries=1, timeout=0.3).judge("p", "r")
+    assert verdict.error is not None
+    assert verdict.refused is None and verdict.jailbroken is None and verdict.score is None
+    assert SECRET not in verdict.error
 
 
 def test_http_judge_many_in_order(server):
