@@ -648,3 +648,27 @@ def test_pad_ids_are_kept():
     ids, mask = padded_prompts([3, 5], seed=19)
     x = generate(llada_model(), ids, mask, mask_id=MASK_ID, **schedule_kw((8, 4, 8)))
     assert (x[:, :5][mask == 0] == PAD_ID).all()
+
+
+def test_the_graph_decision_follows_the_options():
+    """``use_cuda_graphs`` itself: "auto" takes graphs exactly where every condition holds,
+    True raises naming each unmet one, False never takes them."""
+    cuda = torch.device("cuda")  # a device object needs no GPU
+    supported = dict(device=cuda, model=llada_model(), unmet={"temperature must be 0": False})
+    assert llada_use_cuda_graphs("auto", **supported) is True
+    assert llada_use_cuda_graphs(True, **supported) is True
+    assert llada_use_cuda_graphs(False, **supported) is False
+    for change in (
+        {"device": torch.device("cpu")},
+        {"model": LogitsOnly(llada_model())},
+        {"unmet": {"temperature must be 0": True}},
+    ):
+        options = {**supported, **change}
+        assert llada_use_cuda_graphs("auto", **options) is False
+        assert llada_use_cuda_graphs(False, **options) is False
+        with pytest.raises(
+            ValueError, match="cuda_graphs=True needs: .*; or pass cuda_graphs=False"
+        ):
+            llada_use_cuda_graphs(True, **options)
+    with pytest.raises(ValueError, match="cuda_graphs must be 'auto', True or False"):
+        llada_use_cuda_graphs("yes", **supported)
