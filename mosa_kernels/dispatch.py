@@ -4,8 +4,8 @@
 extension) for CPU tensors when it is built, ``torch`` otherwise. ``MOSA_BACKEND`` forces one;
 a forced backend that cannot run raises instead of falling back silently.
 
-Every backend module exposes the same kernel functions (see ``torch_kernels`` for the
-readable versions of each signature); the ops in ``mosa_kernels.ops`` only talk to that
+Every backend module implements ``mosa_kernels.interface.Backend`` (``torch_kernels`` holds
+the readable version of each kernel); the ops in ``mosa_kernels.ops`` only talk to that
 interface.
 """
 
