@@ -1,4 +1,4 @@
-"""Per-call backend choice (DESIGN §3).
+"""Per-call backend choice (docs/DESIGN.md §3).
 
 ``triton`` for CUDA tensors when Triton is importable, ``cpu`` (the compiled ``csrc``
 extension) for CPU tensors when it is built, ``torch`` otherwise. ``MOSA_BACKEND`` forces one;

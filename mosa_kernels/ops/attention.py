@@ -1,4 +1,4 @@
-"""``attention``: bidirectional masked attention (DESIGN §4.1).
+"""``attention``: bidirectional masked attention (docs/DESIGN.md §4.1).
 
 One autograd Function for every backend: the forward keeps what the backend's kernel returns
 for the backward (Triton: the rows' log-sum-exp) and hands it back to the same backend.

@@ -1,4 +1,4 @@
-"""Bidirectional masked attention in Triton: FlashAttention-2 forward and backward (DESIGN §4.1).
+"""Bidirectional masked attention in Triton: FlashAttention-2 forward and backward (docs/DESIGN.md §4.1).
 
 Layout is the one projections produce: q ``[B, Lq, Hq, D]``, k/v ``[B, Lk, Hkv, D]``, read
 through their strides. The forward keeps a running max and sum per query row over key tiles

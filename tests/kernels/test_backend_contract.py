@@ -1,4 +1,4 @@
-"""Every backend holds to ``mosa_kernels.interface`` (DESIGN §3), and drift is caught.
+"""Every backend holds to ``mosa_kernels.interface`` (docs/DESIGN.md §3), and drift is caught.
 
 Three kinds of drift are checked: a kernel missing or with other parameter names than the
 ``Backend`` protocol; a C++ constant (state column, transfer rule, dtype code) numbered other
