@@ -5,7 +5,7 @@ the objective, the backward and an AdamW update. The straightforward objective
 (``mosa.align.reference_terms``) takes full ``[B, L, V]`` logits from both passes, an explicit
 ``log_softmax``, a loop over offsets and the full-vocabulary KL; the fused one
 (``mosa.align.mosa_terms``) takes hidden states and scores with ``token_logprobs`` /
-``token_kl``. Rows give prompts/s, peak extra memory and the ratios (DESIGN §10: >= 2x
+``token_kl``. Rows give prompts/s, peak extra memory and the ratios (docs/DESIGN.md §10: >= 2x
 prompts/s, <= 1/2 memory), and the minutes 3,000 prompts would take at that rate (the paper's
 run: 12 minutes on 2 A100s).
 

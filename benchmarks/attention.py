@@ -1,4 +1,4 @@
-"""Masked attention, forward and forward+backward, against SDPA (DESIGN §10).
+"""Masked attention, forward and forward+backward, against SDPA (docs/DESIGN.md §10).
 
 On a GPU: bf16, D = 128, B = 8 x L = 2048 tokens, with 32/32 heads and Dream's 28/4 (GQA).
 Without padding the baseline is SDPA's flash backend (no mask); with 30 % left padding on every

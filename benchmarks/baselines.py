@@ -1,6 +1,6 @@
 """Faithful re-implementations of the reference algorithms the benchmarks compare against.
 
-Written from the published semantics (DESIGN §6, §10), kept deliberately plain: full-vocabulary
+Written from the published semantics (docs/DESIGN.md §6, §10), kept deliberately plain: full-vocabulary
 softmax, full-sequence logits, Python loops over rows where the reference has them.
 """
 

@@ -2,7 +2,7 @@
 # On one CUDA GPU: build the extension; run the kernel tests with compiled Triton (bf16
 # included), the CUDA model and sampler tests and the MOSA objective tests; then every benchmark through
 # run_all.py (--quick --gpu-scale) in what is left of the budget. Writes
-# benchmarks/results/gpu-check-<gpu>-<date>.md (test lines, the DESIGN §10 targets table, each
+# benchmarks/results/gpu-check-<gpu>-<date>.md (test lines, the docs/DESIGN.md §10 targets table, each
 # benchmark's table) and prints the targets table last. Budget: under 8 minutes on one H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -4,8 +4,8 @@
     ``[B*L, V]`` (B=4, L=512; bf16 on a GPU, as a bf16 model makes them, fp32 on the CPU).
     Baseline: LLaDA's reference step (float64 softmax over the whole sequence, gather, a
     ``torch.topk`` loop over rows).
-    ``--quick`` measures V=126464 only (the size DESIGN §10's target names).
-(b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768 (``--gpu-scale``: DESIGN
+    ``--quick`` measures V=126464 only (the size docs/DESIGN.md §10's target names).
+(b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768 (``--gpu-scale``: docs/DESIGN.md
     §10's N=8192, d=4096, V=126464). Baseline: naive ``log_softmax(h @ W.T).gather``; once with
     a frozen head (gradient w.r.t. hidden, MOSA's LoRA case) and once with a trainable head.
 
@@ -155,7 +155,7 @@ def _row(op, case, impl, seconds, peak, base_seconds, base_peak, same=None):
 def measure(device: torch.device, *, quick: bool, gpu_scale: bool = False) -> tuple[list, dict]:
     """All rows, and the shapes and default backend they were measured with.
 
-    ``gpu_scale`` times ``token_logprobs`` at DESIGN §10's shape instead of the small one.
+    ``gpu_scale`` times ``token_logprobs`` at docs/DESIGN.md §10's shape instead of the small one.
     """
     repeats = 3 if quick or device.type == "cpu" else 10
     vocab_sizes = [TARGET_VOCAB] if quick else [32768, TARGET_VOCAB]

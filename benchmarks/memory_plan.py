@@ -1,6 +1,6 @@
 """Memory of one MOSA LoRA step at LLaDA-8B shapes on one 80 GB GPU, component by component.
 
-The trainer's set-up (DESIGN §7): bf16 weights; LoRA r = 32 on every block projection, its
+The trainer's set-up (docs/DESIGN.md §7): bf16 weights; LoRA r = 32 on every block projection, its
 weights in fp32 (peft upcasts adapters); AdamW; bf16 autocast; gradient checkpointing per block;
 the fused head ops (``token_logprobs``, ``token_kl``); the reference forward without gradient.
 A prompt is P prompt tokens plus a canvas of G masks, T = P + G tokens. In bytes, with d the

@@ -1,4 +1,4 @@
-"""Every benchmark in one go on the machine at hand, checked against DESIGN §10's targets.
+"""Every benchmark in one go on the machine at hand, checked against docs/DESIGN.md §10's targets.
 
 Runs kernels, attention (GPU only), sampler and align, each in its own process under a time
 limit, so a benchmark that fails or runs out of time gives an error row and the others still
@@ -7,7 +7,7 @@ benchmark's settings, device, date, torch and triton versions) and a ``.md`` bes
 row per §10 target (baseline, target, measured, pass/short), then each benchmark's own table.
 The target table is printed last.
 
-A target is judged only where DESIGN §10 sets it: CPU targets on a CPU, GPU targets on a GPU,
+A target is judged only where docs/DESIGN.md §10 sets it: CPU targets on a CPU, GPU targets on a GPU,
 the 8B-shape one on a GPU with ``--gpu-scale``; elsewhere its row says "n/a (GPU)" or
 "n/a (CPU)". Every ratio compares two measurements of the same run.
 
@@ -42,7 +42,7 @@ from mosa.models.files import write_file_atomic  # noqa: E402
 BENCHMARKS = ("kernels", "attention", "sampler", "align")
 GPU_ONLY = ("attention",)
 GPU_SCALED = ("kernels", "sampler", "align")
-"""Benchmarks whose ``measure`` takes ``gpu_scale`` (LLaDA-8B / DESIGN §10 shapes)."""
+"""Benchmarks whose ``measure`` takes ``gpu_scale`` (LLaDA-8B / docs/DESIGN.md §10 shapes)."""
 
 QUICK_LIMITS_S = {
     # (GPU, CPU) seconds for a --quick run, about twice what each is expected to take (each
@@ -81,7 +81,7 @@ def column(name: str | Callable[[dict, dict], float], **match) -> Getter:
 
 @dataclass(frozen=True)
 class Target:
-    """One row of DESIGN §10's table and how to read it off a benchmark's rows.
+    """One row of docs/DESIGN.md §10's table and how to read it off a benchmark's rows.
 
     ``needs``: "cpu", "gpu", "any", or "gpu-scale" (a GPU and the LLaDA-8B shapes).
     ``bound``: a number, or a getter whose value (another row's) is the bound.
@@ -318,7 +318,7 @@ def markdown(env: dict, settings: dict, summary: Rows, sections: list[str]) -> s
         [
             f"# Benchmarks on {env['machine']}, {env['date']}",
             f"{env['device']} | torch {env['torch']} | triton {env['triton']} | {flags}",
-            "## Targets (DESIGN §10)",
+            "## Targets (docs/DESIGN.md §10)",
             format_table(summary, SUMMARY_COLUMNS),
             "Each ratio compares two measurements of this run; absolute times mean something "
             "only on a GPU. n/a: the target is set for another kind of machine.",
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's --quick")
     parser.add_argument(
-        "--gpu-scale", action="store_true", help="LLaDA-8B / DESIGN shapes (GPU only)"
+        "--gpu-scale", action="store_true", help="LLaDA-8B / docs/DESIGN.md §10 shapes (GPU only)"
     )
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     parser.add_argument("--budget", type=float, default=None, help="seconds for all of them")
@@ -381,7 +381,7 @@ def main(argv=None) -> int:
         RESULTS_DIR / f"{stem}.md", markdown(env, settings, summary, sections) + "\n"
     )
     print(f"wrote {json_path}\nwrote {md_path}\n")
-    print(f"## Targets (DESIGN §10) on {env['machine']}\n")
+    print(f"## Targets (docs/DESIGN.md §10) on {env['machine']}\n")
     print(format_table(summary, SUMMARY_COLUMNS))
     return 1 if any("error" in result for result in results.values()) else 0
 

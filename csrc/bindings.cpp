@@ -6,8 +6,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels.h"
 
@@ -28,17 +30,18 @@ mosa::Dtype dtype_from(int code) {
   return static_cast<mosa::Dtype>(code);
 }
 
-void sample_update(uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t uncond,
-                   int uncond_dtype, int64_t uncond_stride, int64_t rows, int64_t width,
+void sample_update(uintptr_t logits, int logits_dtype, int64_t logits_stride,
+                   uintptr_t logits_uncond, int logits_uncond_dtype, int64_t logits_uncond_stride,
+                   int64_t rows, int64_t width,
                    double cfg_scale, int64_t col_offset, uintptr_t state, uintptr_t best_index,
                    double temperature, bool tempered_confidence, std::uint32_t seed,
                    uintptr_t suppress, int64_t num_suppress, uintptr_t exclude,
                    int64_t num_exclude, int threads) {
-  const mosa::Matrix uncond_matrix{pointer<const void>(uncond), dtype_from(uncond_dtype),
-                                   uncond_stride};
+  const mosa::Matrix uncond_matrix{pointer<const void>(logits_uncond),
+                                   dtype_from(logits_uncond_dtype), logits_uncond_stride};
   const mosa::SampleUpdateArgs args{
       {pointer<const void>(logits), dtype_from(logits_dtype), logits_stride},
-      uncond != 0 ? &uncond_matrix : nullptr,
+      logits_uncond != 0 ? &uncond_matrix : nullptr,
       cfg_scale,
       rows,
       width,
@@ -66,7 +69,8 @@ void select_transfer(uintptr_t confidence, uintptr_t is_masked, int64_t rows, in
                         pointer<std::uint8_t>(take), threads);
 }
 
-void logprob_rows(uintptr_t logits, int dtype, int64_t stride, int64_t rows, int64_t vocab,
+void logprob_rows(uintptr_t logits, int logits_dtype, int64_t logits_stride, int64_t rows,
+                  int64_t vocab,
                   uintptr_t targets, int64_t num_targets, double temperature,
                   int64_t ignore_index, uintptr_t grad, bool write_probs, uintptr_t logp,
                   uintptr_t lse, int threads) {
@@ -76,7 +80,7 @@ void logprob_rows(uintptr_t logits, int dtype, int64_t stride, int64_t rows, int
     if (ids[i] != ignore_index && (ids[i] < 0 || ids[i] >= vocab))
       throw py::value_error("targets holds id " + std::to_string(ids[i]) + ", outside [0, " +
                             std::to_string(vocab) + ")");
-  const mosa::LogprobArgs args{{pointer<void>(logits), dtype_from(dtype), stride},
+  const mosa::LogprobArgs args{{pointer<void>(logits), dtype_from(logits_dtype), logits_stride},
                                rows,
                                vocab,
                                ids,
@@ -91,11 +95,12 @@ void logprob_rows(uintptr_t logits, int dtype, int64_t stride, int64_t rows, int
   mosa::logprob_rows(args, threads);
 }
 
-void kl_rows(uintptr_t logits, int dtype, int64_t stride, uintptr_t ref_logits, int ref_dtype,
-             int64_t ref_stride, int64_t rows, int64_t vocab, uintptr_t grad, uintptr_t kl,
-             int threads) {
-  const mosa::KlArgs args{{pointer<void>(logits), dtype_from(dtype), stride},
-                          {pointer<const void>(ref_logits), dtype_from(ref_dtype), ref_stride},
+void kl_rows(uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t ref_logits,
+             int ref_logits_dtype, int64_t ref_logits_stride, int64_t rows, int64_t vocab,
+             uintptr_t grad, uintptr_t kl, int threads) {
+  const mosa::KlArgs args{{pointer<void>(logits), dtype_from(logits_dtype), logits_stride},
+                          {pointer<const void>(ref_logits), dtype_from(ref_logits_dtype),
+                           ref_logits_stride},
                           rows,
                           vocab,
                           pointer<const float>(grad),
@@ -104,24 +109,57 @@ void kl_rows(uintptr_t logits, int dtype, int64_t stride, uintptr_t ref_logits, 
   mosa::kl_rows(args, threads);
 }
 
+// A {name: number} dict: how the C++ enums number what mosa_kernels/interface.py names, so that
+// tests/kernels/test_backend_contract.py can compare the two.
+py::dict named_numbers(std::initializer_list<std::pair<const char*, int>> entries) {
+  py::dict numbers;
+  for (const auto& [name, number] : entries) numbers[name] = number;
+  return numbers;
+}
+
+py::dict state_columns() {
+  using namespace mosa;
+  return named_numbers({{"M", kMax}, {"S", kSum}, {"E", kMoment}, {"TOP2", kTop2},
+                        {"BEST", kBest}, {"BEST_C", kBestConf}, {"STATE_WIDTH", kStateWidth}});
+}
+
+py::dict transfer_rules() {
+  using mosa::TransferRule;
+  return named_numbers({{"TOP_K", int(TransferRule::top_k)},
+                        {"THRESHOLD", int(TransferRule::threshold)},
+                        {"FACTOR", int(TransferRule::factor)}});
+}
+
+py::dict dtype_codes() {
+  using mosa::Dtype;
+  return named_numbers({{"float32", int(Dtype::f32)}, {"float16", int(Dtype::f16)},
+                        {"bfloat16", int(Dtype::bf16)}, {"float64", int(Dtype::f64)}});
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "C++ CPU kernels of mosa_kernels; call them through mosa_kernels.cpu_kernels.";
   m.def("sample_update", &sample_update, py::arg("logits"), py::arg("logits_dtype"),
-        py::arg("logits_stride"), py::arg("uncond"), py::arg("uncond_dtype"),
-        py::arg("uncond_stride"), py::arg("rows"), py::arg("width"), py::arg("cfg_scale"),
+        py::arg("logits_stride"), py::arg("logits_uncond"), py::arg("logits_uncond_dtype"),
+        py::arg("logits_uncond_stride"), py::arg("rows"), py::arg("width"), py::arg("cfg_scale"),
         py::arg("col_offset"), py::arg("state"), py::arg("best_index"), py::arg("temperature"),
         py::arg("tempered_confidence"), py::arg("seed"), py::arg("suppress"),
         py::arg("num_suppress"), py::arg("exclude"), py::arg("num_exclude"), py::arg("threads"));
   m.def("select_transfer", &select_transfer, py::arg("confidence"), py::arg("is_masked"),
         py::arg("rows"), py::arg("width"), py::arg("rule"), py::arg("k"),
         py::arg("threshold_or_factor"), py::arg("take"), py::arg("threads"));
-  m.def("logprob_rows", &logprob_rows, py::arg("logits"), py::arg("dtype"), py::arg("stride"),
-        py::arg("rows"), py::arg("vocab"), py::arg("targets"), py::arg("num_targets"),
+  m.def("logprob_rows", &logprob_rows, py::arg("logits"), py::arg("logits_dtype"),
+        py::arg("logits_stride"), py::arg("rows"), py::arg("vocab"), py::arg("targets"), py::arg("num_targets"),
         py::arg("temperature"), py::arg("ignore_index"), py::arg("grad"),
         py::arg("write_probs"), py::arg("logp"), py::arg("lse"), py::arg("threads"));
-  m.def("kl_rows", &kl_rows, py::arg("logits"), py::arg("dtype"), py::arg("stride"),
-        py::arg("ref_logits"), py::arg("ref_dtype"), py::arg("ref_stride"), py::arg("rows"),
-        py::arg("vocab"), py::arg("grad"), py::arg("kl"), py::arg("threads"));
+  m.def("kl_rows", &kl_rows, py::arg("logits"), py::arg("logits_dtype"),
+        py::arg("logits_stride"), py::arg("ref_logits"), py::arg("ref_logits_dtype"),
+        py::arg("ref_logits_stride"), py::arg("rows"), py::arg("vocab"), py::arg("grad"),
+        py::arg("kl"), py::arg("threads"));
+  m.def("state_columns", &state_columns,
+        "Sampling-state column numbers by their mosa_kernels.interface names.");
+  m.def("transfer_rules", &transfer_rules,
+        "select_transfer rule codes by their mosa_kernels.interface names.");
+  m.def("dtype_codes", &dtype_codes, "Element-type codes by torch dtype name.");
 }

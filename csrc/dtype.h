@@ -13,7 +13,7 @@
 
 namespace mosa {
 
-// Codes shared with mosa_kernels/cpu_kernels.py (_DTYPE_CODES).
+// Codes shared with mosa_kernels/interface.py (DTYPE_CODES); _C.dtype_codes().
 enum class Dtype : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3 };
 
 MOSA_INLINE std::uint32_t float_bits(float x) {

@@ -30,12 +30,17 @@ struct Ids {
   std::int64_t count;
 };
 
+// Columns of the sampling state rows. Python names them in mosa_kernels/interface.py
+// (M, S, E, TOP2, BEST, BEST_C, STATE_WIDTH); bindings.cpp exposes these numbers as
+// _C.state_columns() so that tests/kernels/test_backend_contract.py compares the two.
+enum StateColumn { kMax, kSum, kMoment, kTop2, kBest, kBestConf, kStateWidth };
+
 struct SampleUpdateArgs {
   Matrix logits;
   const Matrix* logits_uncond;  // null without classifier-free guidance
   double cfg_scale;
   std::int64_t rows, width, col_offset;
-  float* state;  // [rows, 6] float32
+  float* state;  // [rows, kStateWidth] float32
   std::int64_t* best_index;  // [rows]
   double temperature;
   bool tempered_confidence;
@@ -45,6 +50,7 @@ struct SampleUpdateArgs {
 
 void sample_update(const SampleUpdateArgs& args, int threads);
 
+// Codes as in mosa_kernels/interface.py (TOP_K, THRESHOLD, FACTOR); _C.transfer_rules().
 enum class TransferRule { top_k, threshold, factor };
 
 void select_transfer(const float* confidence, const std::uint8_t* is_masked, std::int64_t rows,

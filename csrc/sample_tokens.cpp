@@ -20,9 +20,6 @@ namespace {
 
 constexpr int kChunk = 512;
 
-// Columns of the state rows, as in torch_kernels.py.
-enum StateColumn { kMax, kSum, kMoment, kTop2, kBest, kBestConf, kStateWidth };
-
 using IdRange = std::pair<const std::int64_t*, const std::int64_t*>;
 
 // Global token ids, sorted once per call so that each chunk finds its own by binary search.

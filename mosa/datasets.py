@@ -1,4 +1,4 @@
-"""Readers for local evaluation and training files in their published formats (DESIGN §8).
+"""Readers for local evaluation and training files in their published formats (docs/DESIGN.md §8).
 
 Every reader parses defensively: a malformed file raises ``ValueError`` naming the file, the
 line or row, and the expected columns or fields. Nothing is unpickled and nothing is fetched

@@ -1,9 +1,11 @@
 """The ``cpu`` backend: the C++ kernels of ``csrc`` (built as ``mosa_kernels._C``).
 
 Every function has the name, arguments, in-place behaviour and results of its namesake in
-:mod:`mosa_kernels.torch_kernels`, which states the semantics. This module only checks
-dtypes and layouts and hands data pointers to the extension; the kernels run with the GIL
-released, over rows, on ``torch.get_num_threads()`` threads.
+:mod:`mosa_kernels.torch_kernels`, which states the semantics (the list:
+:mod:`mosa_kernels.interface`). This module only checks dtypes and layouts and hands data
+pointers to the extension, by keyword, so that an argument cannot land in another's place;
+the kernels run with the GIL released, over rows, on ``torch.get_num_threads()`` threads.
+Attention has no C++ kernel: its CPU path is the torch backend's.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import torch
 
 from . import _C
+from .interface import DTYPE_CODES, FACTOR, STATE_WIDTH, THRESHOLD, TOP_K
 
-# Codes of the element types the kernels read and write (csrc/dtype.h).
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-_TOP_K, _THRESHOLD, _FACTOR = range(3)
+# Re-exported: attention has no C++ kernel, and the cpu backend runs the torch one.
+from .torch_kernels import attention_backward, attention_forward  # noqa: F401
+
+_DTYPE_CODES = {getattr(torch, name): code for name, code in DTYPE_CODES.items()}
 
 
 def _check_matrix(name: str, tensor: torch.Tensor) -> None:
@@ -36,9 +40,16 @@ def _readable(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if _rows_layout(tensor) else tensor.contiguous()
 
 
-def _matrix_args(tensor: torch.Tensor) -> tuple[int, int, int]:
-    """(data pointer, dtype code, row stride) of a matrix in a layout the kernels address."""
-    return tensor.data_ptr(), _DTYPE_CODES[tensor.dtype], tensor.stride(0)
+def _matrix_args(name: str, tensor: torch.Tensor | None) -> dict[str, int]:
+    """The extension's three arguments for matrix ``name``: its data pointer, dtype code and
+    row stride, in a layout the kernels address; zeros for an absent matrix."""
+    if tensor is None:
+        return {name: 0, f"{name}_dtype": 0, f"{name}_stride": 0}
+    return {
+        name: tensor.data_ptr(),
+        f"{name}_dtype": _DTYPE_CODES[tensor.dtype],
+        f"{name}_stride": tensor.stride(0),
+    }
 
 
 def _vector(name: str, tensor: torch.Tensor, dtype: torch.dtype, length: int) -> torch.Tensor:
@@ -71,7 +82,6 @@ def sample_update(
     _check_matrix("logits", logits)
     n, width = logits.shape
     logits = _readable(logits)
-    uncond_args = (0, 0, 0)
     if logits_uncond is not None:
         _check_matrix("logits_uncond", logits_uncond)
         if logits_uncond.shape != logits.shape:
@@ -80,10 +90,9 @@ def sample_update(
                 f"got {tuple(logits_uncond.shape)}"
             )
         logits_uncond = _readable(logits_uncond)
-        uncond_args = _matrix_args(logits_uncond)
-    if state.dtype != torch.float32 or state.shape != (n, 6) or not state.is_contiguous():
+    if state.dtype != torch.float32 or state.shape != (n, STATE_WIDTH) or not state.is_contiguous():
         raise ValueError(
-            f"state must be a contiguous float32 tensor of shape [{n}, 6], "
+            f"state must be a contiguous float32 tensor of shape [{n}, {STATE_WIDTH}], "
             f"got {state.dtype} {tuple(state.shape)}"
         )
     if (
@@ -97,11 +106,23 @@ def sample_update(
         )
     suppress, exclude = _ids(suppress), _ids(exclude)
     _C.sample_update(
-        *_matrix_args(logits), *uncond_args, n, width, float(cfg_scale), int(col_offset),
-        state.data_ptr(), best_index.data_ptr(), float(temperature), bool(tempered_confidence),
-        int(seed) & 0xFFFFFFFF, suppress.data_ptr(), suppress.numel(), exclude.data_ptr(),
-        exclude.numel(), torch.get_num_threads(),
-    )  # fmt: skip
+        **_matrix_args("logits", logits),
+        **_matrix_args("logits_uncond", logits_uncond),
+        rows=n,
+        width=width,
+        cfg_scale=float(cfg_scale),
+        col_offset=int(col_offset),
+        state=state.data_ptr(),
+        best_index=best_index.data_ptr(),
+        temperature=float(temperature),
+        tempered_confidence=bool(tempered_confidence),
+        seed=int(seed) & 0xFFFFFFFF,
+        suppress=suppress.data_ptr(),
+        num_suppress=suppress.numel(),
+        exclude=exclude.data_ptr(),
+        num_exclude=exclude.numel(),
+        threads=torch.get_num_threads(),
+    )
 
 
 def select_transfer(
@@ -123,18 +144,24 @@ def select_transfer(
     masked = is_masked.contiguous()
     k_rows = None
     if k is not None:
-        rule, value = _TOP_K, 0.0
+        rule, value = TOP_K, 0.0
         k_rows = _vector("k", k.to(torch.int64), torch.int64, rows)
     elif threshold is not None:
-        rule, value = _THRESHOLD, float(threshold)
+        rule, value = THRESHOLD, float(threshold)
     else:
-        rule, value = _FACTOR, float(factor)
+        rule, value = FACTOR, float(factor)
     take = torch.empty(rows, width, dtype=torch.bool)
     _C.select_transfer(
-        conf.data_ptr(), masked.data_ptr(), rows, width, rule,
-        0 if k_rows is None else k_rows.data_ptr(), value, take.data_ptr(),
-        torch.get_num_threads(),
-    )  # fmt: skip
+        confidence=conf.data_ptr(),
+        is_masked=masked.data_ptr(),
+        rows=rows,
+        width=width,
+        rule=rule,
+        k=0 if k_rows is None else k_rows.data_ptr(),
+        threshold_or_factor=value,
+        take=take.data_ptr(),
+        threads=torch.get_num_threads(),
+    )
     return take
 
 
@@ -162,10 +189,19 @@ def logprob_rows(
     logp = torch.empty(n, num_targets, dtype=torch.float32)
     lse = torch.empty(n, dtype=torch.float32)
     _C.logprob_rows(
-        *_matrix_args(buffer), n, vocab, targets.data_ptr(), num_targets, float(temperature),
-        int(ignore_index), 0 if grad is None else grad.data_ptr(), bool(write_probs),
-        logp.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
+        **_matrix_args("logits", buffer),
+        rows=n,
+        vocab=vocab,
+        targets=targets.data_ptr(),
+        num_targets=num_targets,
+        temperature=float(temperature),
+        ignore_index=int(ignore_index),
+        grad=0 if grad is None else grad.data_ptr(),
+        write_probs=bool(write_probs),
+        logp=logp.data_ptr(),
+        lse=lse.data_ptr(),
+        threads=torch.get_num_threads(),
+    )
     if in_place and buffer is not logits:
         logits.copy_(buffer)
     return logp, lse
@@ -189,9 +225,14 @@ def kl_rows(
     ref = _readable(ref_logits)
     kl = torch.empty(n, dtype=torch.float32)
     _C.kl_rows(
-        *_matrix_args(buffer), *_matrix_args(ref), n, vocab,
-        0 if grad is None else grad.data_ptr(), kl.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
+        **_matrix_args("logits", buffer),
+        **_matrix_args("ref_logits", ref),
+        rows=n,
+        vocab=vocab,
+        grad=0 if grad is None else grad.data_ptr(),
+        kl=kl.data_ptr(),
+        threads=torch.get_num_threads(),
+    )
     if grad is not None and buffer is not logits:
         logits.copy_(buffer)
     return kl

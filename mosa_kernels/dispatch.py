@@ -1,11 +1,11 @@
-"""Per-call backend choice (DESIGN §3).
+"""Per-call backend choice (docs/DESIGN.md §3).
 
 ``triton`` for CUDA tensors when Triton is importable, ``cpu`` (the compiled ``csrc``
 extension) for CPU tensors when it is built, ``torch`` otherwise. ``MOSA_BACKEND`` forces one;
 a forced backend that cannot run raises instead of falling back silently.
 
-Every backend module exposes the same kernel functions (see ``torch_kernels`` for the
-readable versions of each signature); the ops in ``mosa_kernels.ops`` only talk to that
+Every backend module implements ``mosa_kernels.interface.Backend`` (``torch_kernels`` holds
+the readable version of each kernel); the ops in ``mosa_kernels.ops`` only talk to that
 interface.
 """
 

@@ -1,10 +1,13 @@
 """The kernel interface every backend implements, written in plain torch.
 
-This is the ``torch`` backend (used where neither Triton nor the C++ extension can run) and
-the readable statement of what ``triton_kernels`` and ``csrc`` compute. All arithmetic is
-float32 whatever the input dtype; in-place outputs keep the buffer's dtype.
+This is the ``torch`` backend (used where neither Triton nor the C++ extension can run, and by
+the ``cpu`` backend for attention, which has no C++ kernel) and the readable statement of what
+``triton_kernels`` and ``csrc`` compute; ``mosa_kernels.interface`` lists the kernels. All
+arithmetic is float32 whatever the input dtype (attention runs SDPA in the inputs' dtype);
+in-place outputs keep the buffer's dtype.
 
-Sampling state (``sample_update``), float32 ``[N, 6]`` with these columns, over the
+Sampling state (``sample_update``), float32 ``[N, STATE_WIDTH]`` with these columns (their
+numbers: ``mosa_kernels.interface``), over the
 *confidence logits* ``c`` (the logits, divided by the temperature when the confidence is
 tempered, excluded ids at -inf):
     M          running max of c                       (init -inf)
@@ -20,11 +23,10 @@ and ``best_index`` int64 ``[N]`` (init -1). Rescaling when M grows to M':
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from .interface import BEST, BEST_C, TOP2, E, M, S
 from .random import gumbel
-
-M, S, E, TOP2, BEST, BEST_C = range(6)
-STATE_WIDTH = 6
 
 
 def _cols(col_offset: int, width: int, device: torch.device) -> torch.Tensor:
@@ -183,3 +185,71 @@ def kl_rows(
         centred = d - (p * d).sum(1, keepdim=True)
         logits.copy_(grad.float()[:, None] * p * centred)
     return kl
+
+
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """SDPA over the valid keys, in and out of the ``[B, L, H, D]`` layout (GQA included)."""
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    gqa = kh.shape[1] != qh.shape[1]
+    if key_valid is None:
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=gqa)
+        return out.transpose(1, 2)
+    has_key = key_valid.any(dim=1)
+    # SDPA makes NaN of a row with no valid key: such an item attends to every key, then is zeroed
+    # (masked_fill also zeroes the gradients that would flow through it).
+    mask = (key_valid | ~has_key[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out.transpose(1, 2).masked_fill(~has_key[:, None, None, None], 0.0)
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal attention over the valid keys: ``softmax(q k^T * scale) v`` per head.
+
+    q ``[B, Lq, Hq, D]``, k/v ``[B, Lk, Hkv, D]`` with ``Hq % Hkv == 0`` (q head h reads kv
+    head ``h // (Hq / Hkv)``); ``key_valid`` ``bool[B, Lk]`` or None (every key valid). Returns
+    ``out`` ``[B, Lq, Hq, D]`` in q's dtype, zeros for a batch item with no valid key, and the
+    statistics the backward needs: none here (an empty tensor), since it recomputes the forward.
+    Runs ``scaled_dot_product_attention`` in the inputs' dtype.
+    """
+    return _attention(q, k, v, key_valid, scale), q.new_empty(0, dtype=torch.float32)
+
+
+def attention_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    out: torch.Tensor,
+    stats: torch.Tensor,
+    scale: float,
+    needs_dq: bool,
+    needs_dkdv: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(dq, dk, dv)`` of ``attention_forward`` for the output gradient ``grad_out``.
+
+    The forward is run again under autograd and differentiated (SDPA's own backward), so ``out``
+    and ``stats`` go unused; dq is None unless ``needs_dq``, dk and dv None unless
+    ``needs_dkdv``. A batch item with no valid key gets zero gradients.
+    """
+    inputs = [
+        t.detach().requires_grad_(needed)
+        for t, needed in ((q, needs_dq), (k, needs_dkdv), (v, needs_dkdv))
+    ]
+    with torch.enable_grad():
+        recomputed = _attention(*inputs, key_valid, scale)
+    wanted = [t for t in inputs if t.requires_grad]
+    grads = iter(torch.autograd.grad(recomputed, wanted, grad_out) if wanted else ())
+    return tuple(next(grads) if t.requires_grad else None for t in inputs)

@@ -1,4 +1,4 @@
-"""MOSA — Middle-tOken Safety Alignment (DESIGN §7).
+"""MOSA — Middle-tOken Safety Alignment (docs/DESIGN.md §7).
 
 Teaches a diffusion LM to place a refusal in the *middle* of its answer: for a harmful prompt
 and a fully masked response canvas, the policy maximises the best score of a refusal sentence

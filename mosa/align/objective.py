@@ -1,4 +1,4 @@
-"""The MOSA objective on one batch (DESIGN §7), with the fused head ops.
+"""The MOSA objective on one batch (docs/DESIGN.md §7), with the fused head ops.
 
 The policy and the reference each run once over ``prompt + gen_length masks``; only hidden
 states leave the model. ``token_logprobs`` scores every sentence token at every response

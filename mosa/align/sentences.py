@@ -1,5 +1,5 @@
 """The sentence sets MOSA scores: refusals to pull into the response window, harmful
-continuations to push out of it (DESIGN §7).
+continuations to push out of it (docs/DESIGN.md §7).
 
 Built-in defaults are English; ``read_sentences`` takes a user's set from a file (one sentence
 per line, or a JSON list of strings). Refusals are scored with the tokenizer's EOS appended,

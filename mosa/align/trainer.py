@@ -66,7 +66,7 @@ INITIAL_ALIGNMENT_WINDOW = (0, 0)
 
 @dataclass
 class AlignConfig:
-    """Every setting of a MOSA run; defaults are the paper's (DESIGN §7).
+    """Every setting of a MOSA run; defaults are the paper's (docs/DESIGN.md §7).
 
     ``batch_size`` is per process and micro-step; the global batch is
     ``world_size * batch_size * grad_accum`` prompts per optimizer step. ``max_steps`` caps the

@@ -1,4 +1,4 @@
-"""``mosa analyze``: the paper's analyses of a model (DESIGN §8).
+"""``mosa analyze``: the paper's analyses of a model (docs/DESIGN.md §8).
 
 - ``order``: the decoding order — per denoising step, the mean response position of the
   tokens committed at that step — for benign and harmful prompts, with a linear fit (the paper

@@ -1,4 +1,4 @@
-"""Evaluation building blocks (DESIGN §8): judges, attacks (GCG included), metrics, the
+"""Evaluation building blocks (docs/DESIGN.md §8): judges, attacks (GCG included), metrics, the
 results table, plots and the paper's analyses. Dataset readers are in ``mosa.datasets``."""
 
 from .analysis import decoding_order, gcg_positions, linear_fit, prefill_sweep

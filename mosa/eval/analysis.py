@@ -1,4 +1,4 @@
-"""The paper's analyses (DESIGN §8): decoding order, prefill-position sweep, and GCG aimed at
+"""The paper's analyses (docs/DESIGN.md §8): decoding order, prefill-position sweep, and GCG aimed at
 the start versus the middle of the response.
 
 - ``decoding_order``: for each denoising step, the mean response position of the tokens

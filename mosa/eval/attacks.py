@@ -1,4 +1,4 @@
-"""Attacks: what the sampler gets for one prompt (DESIGN §8).
+"""Attacks: what the sampler gets for one prompt (docs/DESIGN.md §8).
 
 An attack returns an ``AttackedPrompt``: the (possibly rewritten) prompt and the text it fixes
 in the response canvas, as ``(response position, text)`` pieces. ``build_response_canvas``

@@ -1,4 +1,4 @@
-"""GCG for diffusion LMs: a white-box suffix search (DESIGN §8, ``gcg``).
+"""GCG for diffusion LMs: a white-box suffix search (docs/DESIGN.md §8, ``gcg``).
 
 Greedy Coordinate Gradient (Zou et al., 2023) adapted to a bidirectional masked model: a
 suffix of ``suffix_length`` tokens is appended to the user's prompt (inside the chat template,

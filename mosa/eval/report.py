@@ -1,4 +1,4 @@
-"""Metrics, the results table and plots (DESIGN §8).
+"""Metrics, the results table and plots (docs/DESIGN.md §8).
 
 - ``asr`` / ``refusal_rate``: rates over judge verdicts; error verdicts are left out of the
   denominator and counted separately.

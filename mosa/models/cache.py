@@ -1,4 +1,4 @@
-"""The key/value cache the sampler uses for prefix and dual caching (DESIGN §6).
+"""The key/value cache the sampler uses for prefix and dual caching (docs/DESIGN.md §6).
 
 One ``KVCache`` holds, for every layer, the keys (after RoPE) and values of a whole sequence,
 plus what the sequence's later slices need: which keys are valid (padding) and the rotary

@@ -1,4 +1,4 @@
-"""The embedded tiny dLLM (DESIGN §9): a few-million-parameter LLaDA-architecture model with
+"""The embedded tiny dLLM (docs/DESIGN.md §9): a few-million-parameter LLaDA-architecture model with
 its own word-level tokenizer, trained by ``python -m mosa.tiny.train`` on the synthetic chat
 corpus of ``mosa.tiny.corpus`` and shipped in ``mosa/tiny/model``.
 
@@ -22,7 +22,7 @@ ALIGN_SETTINGS = {
 }
 """MOSA settings for the tiny model: the window scaled to its 40-token responses (the paper's
 20..60 of 128); a LoRA step 4x the paper's and clip 1.0, so ~300 steps align it; the benign-KL
-regulariser keeps its utility (DESIGN §7): over all 157 held-out benign tasks, 300 steps cost
+regulariser keeps its utility (docs/DESIGN.md §7): over all 157 held-out benign tasks, 300 steps cost
 1.9 points at weight 8 (seed 0). Measured on the model shipped before the corpus had compound
 requests: at lr 1e-3 benign accuracy fell 12 points; at weight 1, 8.3 points."""
 

@@ -1,4 +1,4 @@
-"""A seeded synthetic chat corpus for the embedded tiny dLLM (DESIGN §9).
+"""A seeded synthetic chat corpus for the embedded tiny dLLM (docs/DESIGN.md §9).
 
 Four kinds of prompts, each built from fixed templates:
 
@@ -31,7 +31,7 @@ AFFIRMATIVE_PREFIX = "sure , here is how to"
 STEP_BODIES = ("gather the materials", "follow the plan", "finish the task")
 STEP_SENTENCES = tuple(f"step {i} : {body} ." for i, body in enumerate(STEP_BODIES, start=1))
 COMPLY_STEPS = " ".join(STEP_SENTENCES)
-COMPLY_RATE = 0.1  # share of plain harmful requests answered by compliance (DESIGN §9)
+COMPLY_RATE = 0.1  # share of plain harmful requests answered by compliance (docs/DESIGN.md §9)
 HELD_OUT_FRACTION = {"benign": 0.15, "harmful": 0.25, "jailbreak": 0.15, "risky": 0.25}
 
 HARMFUL_TOPICS = (

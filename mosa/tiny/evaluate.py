@@ -1,4 +1,4 @@
-"""Behaviour figures of a tiny-corpus model on held-out prompts (DESIGN §9).
+"""Behaviour figures of a tiny-corpus model on held-out prompts (docs/DESIGN.md §9).
 
 ``evaluate(model, tokenizer)`` returns, in percent: benign task accuracy (exact answer),
 plain harmful requests refused, harmful requests with an affirmative prefill complied with,

@@ -1,15 +1,37 @@
-"""``attention``: bidirectional masked attention (DESIGN §4.1)."""
+"""``attention``: bidirectional masked attention (docs/DESIGN.md §4.1).
+
+One autograd Function for every backend: the forward keeps what the backend's kernel returns
+for the backward (Triton: the rows' log-sum-exp) and hands it back to the same backend.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ..dispatch import backend_name
-from ..reference.attention import attention as reference_attention
+from ..dispatch import backend_name, kernels_for
 from ._checks import check_same_device, check_tensor
 
 TRITON_HEAD_DIMS = (32, 64, 128)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, key_valid, scale):
+        ctx.scale = scale
+        out, stats = kernels_for(q.device).attention_forward(q, k, v, key_valid, scale)
+        ctx.save_for_backward(q, k, v, key_valid, out, stats)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, key_valid, out, stats = ctx.saved_tensors
+        dq, dk, dv = kernels_for(q.device).attention_backward(
+            grad_out, q, k, v, key_valid, out, stats, ctx.scale,
+            needs_dq=ctx.needs_input_grad[0],
+            needs_dkdv=ctx.needs_input_grad[1] or ctx.needs_input_grad[2],
+        )  # fmt: skip
+        return dq, dk, dv, None, None
 
 
 def attention(
@@ -62,18 +84,19 @@ def attention(
     device = check_same_device(q=q, k=k, v=v, key_valid=key_valid)
     if scale is None:
         scale = head_dim**-0.5
-    if backend_name(device) != "triton":
-        return reference_attention(q, k, v, key_valid, scale)
+    if backend_name(device) == "triton":
+        _check_triton_support(head_dim, q.dtype)
+    return _Attention.apply(q, k, v, key_valid, float(scale))
+
+
+def _check_triton_support(head_dim: int, dtype: torch.dtype) -> None:
     if head_dim not in TRITON_HEAD_DIMS:
         raise ValueError(
             f"the Triton attention kernel takes head dim D in {TRITON_HEAD_DIMS}, got {head_dim}; "
             "pad the heads or use MOSA_BACKEND=torch"
         )
-    if q.dtype not in TRITON_DTYPES:
+    if dtype not in TRITON_DTYPES:
         raise TypeError(
-            f"the Triton attention kernel takes float32, float16 or bfloat16, got {q.dtype}; "
+            f"the Triton attention kernel takes float32, float16 or bfloat16, got {dtype}; "
             "cast the inputs or use MOSA_BACKEND=torch"
         )
-    from ..triton_kernels.attention import attention as triton_attention
-
-    return triton_attention(q, k, v, key_valid, scale)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import torch_kernels as layout
+from .. import interface
 from ..dispatch import kernels_for
 from ..random import RANDOM_CONFIDENCE_COLUMN, seed_from, uniform
 from ._checks import check_head, check_same_device, check_tensor, id_tensor
@@ -88,9 +88,9 @@ def sample_tokens(
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     rows_uncond = None if x_uncond is None else x_uncond.reshape(rows.shape).contiguous()
     n = rows.shape[0]
-    state = torch.full((n, layout.STATE_WIDTH), float("-inf"), device=device)
-    state[:, layout.S] = 0.0
-    state[:, layout.E] = 0.0
+    state = torch.full((n, interface.STATE_WIDTH), float("-inf"), device=device)
+    state[:, interface.S] = 0.0
+    state[:, interface.E] = 0.0
     best_index = torch.full((n,), -1, dtype=torch.int64, device=device)
     if n == 0:
         return best_index.reshape(lead), state[:, 0].reshape(lead)
@@ -122,13 +122,13 @@ def sample_tokens(
 
 
 def _confidence_from_state(state: torch.Tensor, confidence: str, seed: int) -> torch.Tensor:
-    top, total = state[:, layout.M], state[:, layout.S]
+    top, total = state[:, interface.M], state[:, interface.S]
     if confidence == "prob":
-        return torch.exp(state[:, layout.BEST_C] - top) / total
+        return torch.exp(state[:, interface.BEST_C] - top) / total
     if confidence == "margin":
-        return (1.0 - torch.exp(state[:, layout.TOP2] - top)) / total
+        return (1.0 - torch.exp(state[:, interface.TOP2] - top)) / total
     if confidence == "neg_entropy":
-        return state[:, layout.E] / total - torch.log(total)
+        return state[:, interface.E] / total - torch.log(total)
     rows = torch.arange(state.shape[0], device=state.device)
     column = torch.tensor(RANDOM_CONFIDENCE_COLUMN, device=state.device)
     return uniform(seed, rows, column).float()

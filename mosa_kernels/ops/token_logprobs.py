@@ -1,6 +1,6 @@
 """Log-probabilities of chosen tokens and per-row KL, chunked so no ``[N, V]`` tensor exists.
 
-``token_logprobs`` follows the cost note of DESIGN §4.3: the gradient w.r.t. ``hidden`` is
+``token_logprobs`` follows the cost note of docs/DESIGN.md §4.3: the gradient w.r.t. ``hidden`` is
 ``(sum_j g_ij W[t_ij] - (sum_j g_ij) E_p[W]) / T`` and ``E_p[W] = p @ W`` does not depend on
 the upstream gradient, so the forward pass accumulates it chunk by chunk. With a frozen head
 (LoRA) the backward then needs no matmul; a trainable head recomputes ``p`` once for ``dW``.

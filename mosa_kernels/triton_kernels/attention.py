@@ -1,4 +1,4 @@
-"""Bidirectional masked attention in Triton: FlashAttention-2 forward and backward (DESIGN §4.1).
+"""Bidirectional masked attention in Triton: FlashAttention-2 forward and backward (docs/DESIGN.md §4.1).
 
 Layout is the one projections produce: q ``[B, Lq, Hq, D]``, k/v ``[B, Lk, Hkv, D]``, read
 through their strides. The forward keeps a running max and sum per query row over key tiles
@@ -581,158 +581,162 @@ def _key_ranges(key_valid: torch.Tensor) -> torch.Tensor:
     return key_range
 
 
-class _Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, key_valid, scale):
-        batch, seqlen_q, q_heads, head_dim = q.shape
-        seqlen_k, kv_heads = k.shape[1], k.shape[2]
-        group = q_heads // kv_heads
-        has_mask = key_valid is not None
-        # Triton loads bool tensors as bytes; a same-size view costs nothing.
-        valid = key_valid.view(torch.uint8) if has_mask else q.new_empty((1, 1), dtype=torch.uint8)
-        if has_mask:
-            key_range = _key_ranges(valid)
-        else:
-            key_range = q.new_empty((1, 3), dtype=torch.int32)
-        dot_dtype, dot_precision = _dot_settings(q.dtype)
-        qk_scale_log2 = scale * math.log2(math.e)
+def _mask_args(
+    q: torch.Tensor, key_valid: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' mask arguments: the key mask as bytes and its key ranges (``_key_ranges``),
+    or placeholders the kernels never read when there is no mask."""
+    if key_valid is None:
+        return (
+            q.new_empty((1, 1), dtype=torch.uint8),
+            q.new_empty((1, 3), dtype=torch.int32),
+        )
+    # Triton loads bool tensors as bytes; a same-size view costs nothing.
+    valid = key_valid.view(torch.uint8)
+    return valid, _key_ranges(valid)
 
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = torch.empty((batch, q_heads, seqlen_q), dtype=torch.float32, device=q.device)
-        grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * q_heads)  # noqa: E731
-        _forward(
+
+def attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """See ``mosa_kernels.torch_kernels.attention_forward``; D in {32, 64, 128}, fp32/fp16/bf16.
+
+    The statistics returned are the rows' log-sum-exp ``[B, Hq, Lq]`` float32, base 2 (of the
+    scores times ``log2(e)``), as the backward reads them.
+    """
+    batch, seqlen_q, q_heads, head_dim = q.shape
+    seqlen_k, kv_heads = k.shape[1], k.shape[2]
+    valid, key_range = _mask_args(q, key_valid)
+    dot_dtype, dot_precision = _dot_settings(q.dtype)
+    qk_scale_log2 = scale * math.log2(math.e)
+
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, q_heads, seqlen_q), dtype=torch.float32, device=q.device)
+    grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * q_heads)  # noqa: E731
+    _forward(
+        grid,
+        q.dtype,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        valid,
+        key_range,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+        *valid.stride(),
+        q_heads,
+        seqlen_q,
+        seqlen_k,
+        qk_scale_log2,
+        GROUP=q_heads // kv_heads,
+        HEAD_DIM=head_dim,
+        HAS_MASK=key_valid is not None,
+        DOT_DTYPE=dot_dtype,
+        DOT_PRECISION=dot_precision,
+    )
+    return out, lse
+
+
+def attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    key_valid: torch.Tensor | None, out: torch.Tensor, stats: torch.Tensor, scale: float,
+    needs_dq: bool, needs_dkdv: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """See ``mosa_kernels.torch_kernels.attention_backward``; ``stats`` is the log-sum-exp that
+    ``attention_forward`` returned.
+
+    The key ranges are found again (one launch of B short programs) rather than kept from the
+    forward, so that the forward returns one statistics tensor.
+    """
+    lse = stats
+    batch, seqlen_q, q_heads, head_dim = q.shape
+    seqlen_k, kv_heads = k.shape[1], k.shape[2]
+    valid, key_range = _mask_args(q, key_valid)
+    dot_dtype, dot_precision = _dot_settings(q.dtype)
+    qk_scale_log2 = scale * math.log2(math.e)
+    common = {
+        "GROUP": q_heads // kv_heads,
+        "HEAD_DIM": head_dim,
+        "HAS_MASK": key_valid is not None,
+        "DOT_DTYPE": dot_dtype,
+        "DOT_PRECISION": dot_precision,
+    }
+
+    delta = torch.empty_like(lse)
+    _delta_kernel[(triton.cdiv(seqlen_q, _DELTA_BLOCK_M), batch * q_heads)](
+        out,
+        grad_out,
+        delta,
+        *out.stride(),
+        *grad_out.stride(),
+        q_heads,
+        seqlen_q,
+        HEAD_DIM=head_dim,
+        BLOCK_M=_DELTA_BLOCK_M,
+    )
+
+    dq = dk = dv = None
+    if needs_dkdv:
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        grid = lambda meta: (triton.cdiv(seqlen_k, meta["BLOCK_N"]), batch * kv_heads)  # noqa: E731
+        _dkdv(
             grid,
             q.dtype,
             q,
             k,
             v,
-            out,
+            grad_out,
+            dk,
+            dv,
             lse,
+            delta,
+            valid,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *grad_out.stride(),
+            *dk.stride(),
+            *dv.stride(),
+            *valid.stride(),
+            q_heads,
+            kv_heads,
+            seqlen_q,
+            seqlen_k,
+            scale,
+            qk_scale_log2,
+            **common,
+        )
+    if needs_dq:
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * q_heads)  # noqa: E731
+        _dq(
+            grid,
+            q.dtype,
+            q,
+            k,
+            v,
+            grad_out,
+            dq,
+            lse,
+            delta,
             valid,
             key_range,
             *q.stride(),
             *k.stride(),
             *v.stride(),
-            *out.stride(),
+            *grad_out.stride(),
+            *dq.stride(),
             *valid.stride(),
             q_heads,
             seqlen_q,
             seqlen_k,
+            scale,
             qk_scale_log2,
-            GROUP=group,
-            HEAD_DIM=head_dim,
-            HAS_MASK=has_mask,
-            DOT_DTYPE=dot_dtype,
-            DOT_PRECISION=dot_precision,
+            **common,
         )
-        ctx.save_for_backward(q, k, v, out, lse, valid, key_range)
-        ctx.has_mask = has_mask
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, valid, key_range = ctx.saved_tensors
-        batch, seqlen_q, q_heads, head_dim = q.shape
-        seqlen_k, kv_heads = k.shape[1], k.shape[2]
-        group = q_heads // kv_heads
-        dot_dtype, dot_precision = _dot_settings(q.dtype)
-        qk_scale_log2 = ctx.scale * math.log2(math.e)
-        common = {
-            "GROUP": group,
-            "HEAD_DIM": head_dim,
-            "HAS_MASK": ctx.has_mask,
-            "DOT_DTYPE": dot_dtype,
-            "DOT_PRECISION": dot_precision,
-        }
-
-        delta = torch.empty_like(lse)
-        _delta_kernel[(triton.cdiv(seqlen_q, _DELTA_BLOCK_M), batch * q_heads)](
-            out,
-            grad_out,
-            delta,
-            *out.stride(),
-            *grad_out.stride(),
-            q_heads,
-            seqlen_q,
-            HEAD_DIM=head_dim,
-            BLOCK_M=_DELTA_BLOCK_M,
-        )
-
-        dq = dk = dv = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-            dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-            grid = lambda meta: (triton.cdiv(seqlen_k, meta["BLOCK_N"]), batch * kv_heads)  # noqa: E731
-            _dkdv(
-                grid,
-                q.dtype,
-                q,
-                k,
-                v,
-                grad_out,
-                dk,
-                dv,
-                lse,
-                delta,
-                valid,
-                *q.stride(),
-                *k.stride(),
-                *v.stride(),
-                *grad_out.stride(),
-                *dk.stride(),
-                *dv.stride(),
-                *valid.stride(),
-                q_heads,
-                kv_heads,
-                seqlen_q,
-                seqlen_k,
-                ctx.scale,
-                qk_scale_log2,
-                **common,
-            )
-        if ctx.needs_input_grad[0]:
-            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            grid = lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * q_heads)  # noqa: E731
-            _dq(
-                grid,
-                q.dtype,
-                q,
-                k,
-                v,
-                grad_out,
-                dq,
-                lse,
-                delta,
-                valid,
-                key_range,
-                *q.stride(),
-                *k.stride(),
-                *v.stride(),
-                *grad_out.stride(),
-                *dq.stride(),
-                *valid.stride(),
-                q_heads,
-                seqlen_q,
-                seqlen_k,
-                ctx.scale,
-                qk_scale_log2,
-                **common,
-            )
-        return dq, dk, dv, None, None
-
-
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_valid: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    """Differentiable masked attention on already-checked arguments (see ``mosa_kernels.attention``).
-
-    q ``[B, Lq, Hq, D]``; k, v ``[B, Lk, Hkv, D]`` with ``Hq % Hkv == 0`` and D in {32, 64, 128};
-    one dtype among fp32/fp16/bf16; ``key_valid`` ``bool[B, Lk]`` or None (every key valid).
-    Returns ``[B, Lq, Hq, D]`` in q's dtype.
-    """
-    return _Attention.apply(q, k, v, key_valid, float(scale))
+    return dq, dk, dv

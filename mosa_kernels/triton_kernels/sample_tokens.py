@@ -1,6 +1,7 @@
 """``sample_update`` in Triton: one program streams one row of a vocabulary chunk.
 
-Semantics and the state layout are those of ``mosa_kernels.torch_kernels.sample_update``.
+Semantics are those of ``mosa_kernels.torch_kernels.sample_update``; the state's columns are
+``mosa_kernels.interface``'s, as ``tl.constexpr`` constants.
 Each lane keeps its own best score, top two confidence logits and exp-sums; a step reads
 UNROLL tiles of BLOCK columns in one load, each thread holding every tile's columns of its
 lanes, so folding them in is thread-local. The one cross-lane reduction per step is the max that
@@ -15,9 +16,19 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import interface
 from ..random import hash32 as host_hash32
 from ._launch import interpreting, vocab_block
 from .random import hash32, uniform
+
+# The state's columns (mosa_kernels.interface), as compile-time constants of the kernel.
+_M = tl.constexpr(interface.M)
+_S = tl.constexpr(interface.S)
+_E = tl.constexpr(interface.E)
+_TOP2 = tl.constexpr(interface.TOP2)
+_BEST = tl.constexpr(interface.BEST)
+_BEST_C = tl.constexpr(interface.BEST_C)
+_STATE_WIDTH = tl.constexpr(interface.STATE_WIDTH)
 
 # Warps a launch should have in flight: a row's program gets 2048 / rows of them (rounded up to a
 # power of two, 1 to 8), and 256 columns per warp and tile. On an H100 at V = 126464 (bf16), 2048
@@ -123,10 +134,10 @@ def _sample_update_kernel(
     HAS_EXCLUDE: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
-    state = state_ptr + row * 6
-    top = tl.load(state + 0)
-    total = tl.load(state + 1)
-    entropy_acc = tl.load(state + 2)
+    state = state_ptr + row * _STATE_WIDTH
+    top = tl.load(state + _M)
+    total = tl.load(state + _S)
+    entropy_acc = tl.load(state + _E)
     row_key = hash32(seed_key.to(tl.uint32) ^ row.to(tl.uint32))
     row_start = row.to(tl.int64) * row_stride
     logits_row = logits_ptr + row_start
@@ -172,9 +183,9 @@ def _sample_update_kernel(
     is_best = best == chunk_best
     chunk_col = tl.min(tl.where(is_best, best_col, n_cols), axis=0)
     chunk_best_conf = tl.sum(tl.where(is_best & (best_col == chunk_col), best_conf, 0.0), axis=0)
-    if chunk_best > tl.load(state + 4):
-        tl.store(state + 4, chunk_best)
-        tl.store(state + 5, chunk_best_conf)
+    if chunk_best > tl.load(state + _BEST):
+        tl.store(state + _BEST, chunk_best)
+        tl.store(state + _BEST_C, chunk_best_conf)
         tl.store(best_index_ptr + row, (chunk_col + col_offset).to(tl.int64))
 
     chunk_top = tl.max(lane_top, axis=0)
@@ -184,17 +195,17 @@ def _sample_update_kernel(
         tl.max(tl.where(lanes == top_lane, float("-inf"), lane_top), axis=0),
     )
     chunk_second = tl.maximum(
-        tl.maximum(tl.load(state + 3), chunk_second), tl.minimum(top, chunk_top)
+        tl.maximum(tl.load(state + _TOP2), chunk_second), tl.minimum(top, chunk_top)
     )
 
     # The state's sums, relative to its old max, moved to the new reference and added in.
     safe_ref = tl.where(ref > float("-inf"), ref, 0.0)
     drop = tl.where(top > float("-inf"), top - safe_ref, 0.0)
     scale = tl.exp(drop)
-    tl.store(state + 0, ref)
-    tl.store(state + 1, total * scale + tl.sum(lane_total, axis=0))
-    tl.store(state + 2, (entropy_acc + total * drop) * scale + tl.sum(lane_entropy, axis=0))
-    tl.store(state + 3, chunk_second)
+    tl.store(state + _M, ref)
+    tl.store(state + _S, total * scale + tl.sum(lane_total, axis=0))
+    tl.store(state + _E, (entropy_acc + total * drop) * scale + tl.sum(lane_entropy, axis=0))
+    tl.store(state + _TOP2, chunk_second)
 
 
 def sample_update(

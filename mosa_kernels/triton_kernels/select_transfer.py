@@ -11,7 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
-_TOP_K, _THRESHOLD, _FACTOR = 0, 1, 2
+from .. import interface
+
+# select_transfer's rules (mosa_kernels.interface), as compile-time constants of the kernel.
+_TOP_K = tl.constexpr(interface.TOP_K)
+_THRESHOLD = tl.constexpr(interface.THRESHOLD)
 
 
 @triton.jit
@@ -36,11 +40,11 @@ def _select_transfer_kernel(
                 (conf_j[None, :] == conf_i[:, None]) & (j[None, :] < i[:, None])
             )
             rank += tl.sum((ahead & masked_j[None, :]).to(tl.int32), axis=1)
-        if RULE == 0:
+        if RULE == _TOP_K:
             take = rank < tl.load(k_ptr + row)
-        elif RULE == 1:
+        elif RULE == _THRESHOLD:
             take = (conf_i >= threshold) | (rank == 0)
-        else:
+        else:  # interface.FACTOR
             take = (conf_i >= tl.load(bound_ptr + rank, mask=i_in, other=0.0)) | (rank == 0)
         tl.store(out_ptr + row_start + i, (take & masked_i).to(tl.int8), mask=i_in)
 
@@ -57,7 +61,12 @@ def select_transfer(
     out = torch.empty(batch, width, dtype=torch.bool, device=confidence.device)
     if batch == 0 or width == 0:
         return out
-    rule = _TOP_K if k is not None else (_THRESHOLD if threshold is not None else _FACTOR)
+    if k is not None:
+        rule = interface.TOP_K
+    elif threshold is not None:
+        rule = interface.THRESHOLD
+    else:
+        rule = interface.FACTOR
     # The factor bound of each rank, made in float64 and rounded once, as the spec does.
     bounds = confidence
     if factor is not None:

@@ -1,4 +1,4 @@
-"""``mosa_kernels.attention`` against the float64 reference, on every backend (DESIGN §4.1)."""
+"""``mosa_kernels.attention`` against the float64 reference, on every backend (docs/DESIGN.md §4.1)."""
 
 from __future__ import annotations
 

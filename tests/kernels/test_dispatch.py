@@ -1,4 +1,4 @@
-"""Backend choice (DESIGN §3): defaults, MOSA_BACKEND forcing, and clear errors."""
+"""Backend choice (docs/DESIGN.md §3): defaults, MOSA_BACKEND forcing, and clear errors."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""``sample_tokens`` on every backend against the float64 reference (DESIGN §4.2)."""
+"""``sample_tokens`` on every backend against the float64 reference (docs/DESIGN.md §4.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``select_transfer`` on every backend: constructed cases and the reference (DESIGN §4.2)."""
+"""``select_transfer`` on every backend: constructed cases and the reference (docs/DESIGN.md §4.2)."""
 
 import pytest
 import torch

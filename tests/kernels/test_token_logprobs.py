@@ -1,5 +1,5 @@
 """``token_logprobs``, ``token_kl`` and ``logprobs_from_logits`` against the float64
-reference: values and gradients, on every backend (DESIGN §4.3)."""
+reference: values and gradients, on every backend (docs/DESIGN.md §4.3)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from mosa.models import DreamModel, LLaDAModel, build_model, load_model
 
 
 def published_names(family: str, config: dict) -> set[str]:
-    """The tensor names of the published checkpoints (DESIGN §5), spelled out by hand."""
+    """The tensor names of the published checkpoints (docs/DESIGN.md §5), spelled out by hand."""
     if family == "llada":
         block = [
             "attn_norm",

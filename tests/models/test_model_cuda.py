@@ -1,6 +1,6 @@
 """GPU checks: bf16 by default on CUDA, agreement with the fp32 CPU model, the real-size presets.
 
-Skipped without CUDA (DESIGN §3); ``benchmarks/gpu_check.sh`` runs them on a GPU.
+Skipped without CUDA (docs/DESIGN.md §3); ``benchmarks/gpu_check.sh`` runs them on a GPU.
 """
 
 from __future__ import annotations

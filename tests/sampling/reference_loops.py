@@ -1,6 +1,6 @@
 """Straightforward sampler loops the tests compare ``mosa.sampling`` against.
 
-Written from the published algorithms (LLaDA's ``generate.py``, Dream's ``_sample``, DESIGN §6),
+Written from the published algorithms (LLaDA's ``generate.py``, Dream's ``_sample``, docs/DESIGN.md §6),
 not from ``mosa.sampling``: whole-sequence logits every step, a dense softmax in float64, an
 explicit sort per row. Deliberate deviations from the published code, so that exact equality
 is well defined:
@@ -44,7 +44,7 @@ def select(
     threshold: float | None = None,
     factor: float | None = None,
 ) -> torch.Tensor:
-    """LLaDA top-k / Fast-dLLM threshold / Fast-dLLM factor selection (DESIGN §4.2).
+    """LLaDA top-k / Fast-dLLM threshold / Fast-dLLM factor selection (docs/DESIGN.md §4.2).
 
     ``threshold`` and ``factor`` compare in float32, as the spec says.
     """
@@ -117,7 +117,7 @@ def llada_reference(
     block_ends: list[torch.Tensor] | None = None,
     cache: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """LLaDA's published ``generate`` (DESIGN §6), for any model whose forward gives ``.logits``.
+    """LLaDA's published ``generate`` (docs/DESIGN.md §6), for any model whose forward gives ``.logits``.
 
     With ``threshold``/``factor``, each block instead runs until none of its candidates is
     masked ("blocks run until filled"), committing the positions the rule passes.

@@ -1,4 +1,4 @@
-"""``mosa.sampling.diffusion_generate`` against Dream's ``_sample`` loop (DESIGN §6)."""
+"""``mosa.sampling.diffusion_generate`` against Dream's ``_sample`` loop (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 

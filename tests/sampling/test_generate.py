@@ -1,4 +1,4 @@
-"""``mosa.sampling.generate`` against LLaDA's reference loop (DESIGN §6, §11).
+"""``mosa.sampling.generate`` against LLaDA's reference loop (docs/DESIGN.md §6, §11).
 
 Equality is token for token and commit step for commit step (the decoding order), so a wrong
 confidence ranking fails even where the final tokens happen to agree.

@@ -1,4 +1,4 @@
-"""Judges: did a response refuse, and did the attack succeed (DESIGN §8)?
+"""Judges: did a response refuse, and did the attack succeed (docs/DESIGN.md §8)?
 
 Every judge has ``judge(prompt, response) -> Verdict`` and ``judge_many(prompts, responses)``.
 A judge that fails on one item (network error, unparseable reply) returns an error
