@@ -11,7 +11,8 @@ the reference's output (1.0 = identical).
 The CPU model keeps LLaDA's vocabulary (126464) on a small trunk (d 512, 6 layers); its head
 weights are scaled up so that, like a trained model's, predictions are confident (random
 N(0, 0.02) weights give near-uniform softmaxes, which no real model has). On a GPU it uses the
-LLaDA-8B shapes. Usage: ``python benchmarks/sampler.py [--quick] [--batch N] [--prompt-length P]``.
+LLaDA-8B shapes; ``--smoke``: d 64, 2 layers, prompt 8, gen 32. Usage:
+``python -m benchmarks.sampler [--quick] [--smoke] [--batch N] [--prompt-length P]``.
 """
 
 from __future__ import annotations
@@ -19,31 +20,44 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import llada_reference_generate  # noqa: E402
-from common import format_table, machine_name, median_seconds, profile_call, publish  # noqa: E402
-
-from mosa.models import LLADA_8B, build_model  # noqa: E402
-from mosa.sampling import generate  # noqa: E402
+from benchmarks.baselines import llada_reference_generate
+from benchmarks.common import (
+    SMOKE_HELP,
+    format_table,
+    machine_name,
+    median_seconds,
+    profile_call,
+    publish,
+)
+from mosa.models import LLADA_8B, build_model
+from mosa.sampling import generate
 
 CPU_MODEL = dict(LLADA_8B, d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536)
+SMOKE_MODEL = dict(LLADA_8B, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128)
 HEAD_SCALE = 40.0
 
 
-def build(device: torch.device, gpu_scale: bool):
-    config = dict(LLADA_8B) if gpu_scale else CPU_MODEL
+def model_config(gpu_scale: bool, smoke: bool = False) -> dict:
+    """The benchmark model's config: LLaDA-8B's with ``gpu_scale``, else a small trunk on
+    LLaDA's vocabulary (``smoke``: a tiny one)."""
+    if smoke:
+        return SMOKE_MODEL
+    return dict(LLADA_8B) if gpu_scale else CPU_MODEL
+
+
+def build(device: torch.device, config: dict):
+    """A random-weight model of ``config`` whose head is scaled to confident predictions."""
     model = build_model(config, device=device).eval()
     with torch.no_grad():
         model.lm_head_weight.mul_(HEAD_SCALE)
     return model
 
 
-def run_modes(device, *, batch, prompt_length, gen_length, block_length, steps, repeats, gpu_scale):
-    model = build(device, gpu_scale)
+def run_modes(device, *, batch, prompt_length, gen_length, block_length, steps, repeats, config):
+    model = build(device, config)
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 126000, (batch, prompt_length), generator=generator).to(device)
     mask_id = model.mask_token_id
@@ -106,29 +120,36 @@ def measure(
     gpu_scale: bool,
     batch: int | None = None,
     prompt_length: int = 32,
+    smoke: bool = False,
 ) -> tuple[list, dict]:
     """Rows for every mode; ``gpu_scale``: the model has the LLaDA-8B shapes; ``batch``
-    prompts (default 4 on a GPU, 1 on a CPU) of ``prompt_length`` tokens."""
+    prompts (default 4 on a GPU, 1 on a CPU) of ``prompt_length`` tokens; ``smoke``: a tiny
+    model and canvas, one repeat."""
     gpu = device.type == "cuda"
     batch = batch if batch is not None else (4 if gpu else 1)
-    gen_length = 128 if quick else 256
+    gen_length = 32 if smoke else 128 if quick else 256
+    block_length = 16 if smoke else 32
+    if smoke:
+        prompt_length = 8
     rows = run_modes(
         device,
         batch=batch,
         prompt_length=prompt_length,
         gen_length=gen_length,
-        block_length=32,
+        block_length=block_length,
         steps=gen_length // 4 if not gpu else gen_length // 2,
-        repeats=1 if quick or not gpu else 3,
-        gpu_scale=gpu_scale,
+        repeats=1 if quick or smoke or not gpu else 3,
+        config=model_config(gpu_scale, smoke),
     )
     shape = "LLaDA-8B shapes" if gpu_scale else "d 512, 6 layers, vocab 126464"
+    if smoke:
+        shape = "d 64, 2 layers, vocab 126464"
     return rows, {
         "model": shape,
         "batch": batch,
         "prompt_length": prompt_length,
         "gen_length": gen_length,
-        "block_length": 32,
+        "block_length": block_length,
     }
 
 
@@ -150,6 +171,7 @@ def report(rows: list[dict], meta: dict, device: torch.device) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter generation, one repeat")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="prompts (GPU 4, CPU 1)")
     parser.add_argument("--prompt-length", type=int, default=32, help="prompt tokens")
@@ -163,8 +185,9 @@ def main(argv=None) -> int:
         gpu_scale=device.type == "cuda",
         batch=args.batch,
         prompt_length=args.prompt_length,
+        smoke=args.smoke,
     )
-    publish("sampler", device, rows, meta, report(rows, meta, device))
+    publish("sampler", device, rows, meta, report(rows, meta, device), write=not args.smoke)
     return 0
 
 

@@ -121,23 +121,13 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
         if window is not None:
             run_dir = out / variant.replace(" ", "_")
             folder = align_variant(run_dir, window, size, seed)
-            plot_if_possible(
-                plot_reward_curve, run_dir / "metrics.jsonl", out / f"reward_{run_dir.name}.png"
-            )
+            plot_reward_curve(run_dir / "metrics.jsonl", out / f"reward_{run_dir.name}.png")
         model = load_model(folder).eval()
         evaluate_variant(model, tokenizer, size, results, variant)
     results.meta["seconds"] = round(time.perf_counter() - started, 1)
     results.to_json(out / "results.json")
     write_file_atomic(out / "results.md", results.to_markdown() + "\n")
-    plot_if_possible(plot_asr, results, out / "asr.png")
+    plot_asr(results, out / "asr.png")
     print(results.to_markdown())
     print(f"\n{results.meta['seconds']} s; results, plots and training metrics in {out}")
     return results
-
-
-def plot_if_possible(plot, source, target: Path) -> None:
-    """Plots need the optional matplotlib; without it the demo still writes its tables."""
-    try:
-        plot(source, target)
-    except ImportError as err:
-        print(f"(no plot {target.name}: {err})")

@@ -5,16 +5,10 @@ Nothing here times anything: the rows are made up to sit on either side of each 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import align  # noqa: E402
-import memory_plan  # noqa: E402
-import run_all  # noqa: E402
+from benchmarks import align, memory_plan, run_all
 
 
 def _kernels(backend: str, select_speedup: float) -> dict:

@@ -302,9 +302,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         results.to_json(out / "results.json")
         write_file_atomic(out / "results.md", results.to_markdown())
         if results.attacks:
-            from mosa.demo import plot_if_possible
-
-            plot_if_possible(plot_asr, results, out / "asr.png")
+            plot_asr(results, out / "asr.png")
         print(results.to_markdown())
         print(f"wrote results.json, results.md and the responses to {out}")
     if world > 1:
