@@ -28,7 +28,7 @@ from mosa.eval import Results, plot_asr, plot_reward_curve
 from mosa.eval.runner import run_attacks
 from mosa.models import load_model
 from mosa.models.files import write_file_atomic
-from mosa.sampling.prompts import load_tokenizer
+from mosa.text.prompts import load_tokenizer
 from mosa.tiny import ALIGN_SETTINGS, align_prompts, align_sentences, corpus, path
 from mosa.tiny.evaluate import (
     SAMPLER_DEFAULTS,

@@ -61,7 +61,7 @@ def test_sample_is_the_sampler_output(checkpoint, capsys):
     """The CLI decodes exactly what generate() returns for the chat-templated prompt."""
     from mosa.models import load_model
     from mosa.sampling import generate
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     assert (
         main(["sample", str(checkpoint), "--prompt", "w7 w8", "--steps", "4", "--gen-length", "4"])

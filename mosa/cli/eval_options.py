@@ -57,7 +57,7 @@ def load_model_and_tokenizer(args: argparse.Namespace, device=None):
     tokenizer, and whether it is the tiny model (or has its vocabulary)."""
     from mosa import tiny
     from mosa.models import load_model
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     folder = Path(args.model) if args.model is not None else tiny.path()
     if not (folder / "config.json").is_file():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mosa.text.canvas import build_canvas, first_masked_position
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
-from .canvas import build_canvas, first_masked_position
 from .filters import top_k_filter, top_p_filter
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id

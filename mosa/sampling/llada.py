@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from mosa.models import DiffusionLM
+from mosa.text.canvas import build_canvas, first_masked_position
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import seed_from
 
-from .canvas import build_canvas, first_masked_position
 from .cuda_graph import GraphedCall
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id

@@ -8,9 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mosa.models import DreamModel
-
-from .dream import diffusion_generate
-from .llada import generate
+from mosa.sampling.dream import diffusion_generate
+from mosa.sampling.llada import generate
 
 LLADA_OPTIONS = (
     "steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
