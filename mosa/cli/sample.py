@@ -22,7 +22,8 @@ def _sample(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.models import load_model
     from mosa.models.files import write_file_atomic
-    from mosa.text.prompts import load_tokenizer, sample_texts
+    from mosa.sampling import sample_texts
+    from mosa.text.prompts import load_tokenizer
 
     prompts = _read_prompts(args)
     folder = args.model if args.model is not None else tiny.path()

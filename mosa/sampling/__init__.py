@@ -3,5 +3,6 @@
 from .dream import diffusion_generate
 from .llada import generate
 from .output import GenerateOutput
+from .texts import sample_texts
 
-__all__ = ["GenerateOutput", "diffusion_generate", "generate"]
+__all__ = ["GenerateOutput", "diffusion_generate", "generate", "sample_texts"]
