@@ -1,6 +1,6 @@
 """mosa: fast sampling and middle-token safety alignment (MOSA) for diffusion language models."""
 
-from .models import load_model
+from .models import from_hf, load_model
 from .sampling import GenerateOutput, diffusion_generate, generate
 
-__all__ = ["GenerateOutput", "diffusion_generate", "generate", "load_model"]
+__all__ = ["GenerateOutput", "diffusion_generate", "from_hf", "generate", "load_model"]

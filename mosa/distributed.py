@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mosa.models.loading import resolve_device
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -35,7 +37,7 @@ def join(requested: str | None = None) -> Runtime:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     else:
-        device = torch.device(requested or "cpu")
+        device = resolve_device(requested or "cpu")
     if world > 1 and not dist.is_initialized():
         # Imported after the group exists (as a meta tensor's first random op does, when a model
         # is built on the meta device), torch._dynamo keeps the group alive past

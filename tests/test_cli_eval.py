@@ -88,6 +88,36 @@ def test_eval_utility_and_over_refusal(tmp_path):
     assert all({"answer", "prediction"} <= set(r) for r in benign)
 
 
+def test_eval_refuses_or_truncates_a_prompt_too_long_for_the_model(tmp_path):
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(" ".join(["step"] * 150) + "\n")  # the tiny model holds 128 tokens
+    args = ["eval", "--dataset", str(prompts), "--attacks", "none", *SMALL]
+    with pytest.raises(SystemExit, match="max_sequence_length \\(128\\); .*--truncate-prompt left"):
+        main([*args, "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused" / "responses").exists()
+    out = tmp_path / "truncated"
+    with pytest.warns(UserWarning, match="truncated to its last 112"):
+        assert main([*args, "--out", str(out), "--truncate-prompt", "left"]) == 0
+    (row,) = responses(out, "none", dataset="long")
+    assert row["response"].strip()  # the response columns, whatever the kept prompt's length
+    assert (
+        json.loads((out / "results.json").read_text())["meta"]["runs"]["tiny/long"]["sampler"][
+            "truncate"
+        ]
+        == "left"
+    )
+
+
+def test_eval_checks_every_attack_s_prompt_lengths_before_sampling(tmp_path):
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(" ".join(["step"] * 100) + "\n")  # fits plain, not in every wrapper
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", str(prompts), "--attacks", "none", "template", *SMALL]
+    with pytest.raises(SystemExit, match=r"^--attacks template: the prompt \(113 tokens\)"):
+        main([*args, "--out", str(out)])
+    assert not (out / "responses").exists()
+
+
 def test_eval_reads_shared_datasets(tmp_path):
     folder = shared_data_dir()
     if folder is None or not (folder / "gsm8k_test.jsonl").is_file():
@@ -151,6 +181,43 @@ def test_eval_merges_an_adapter(tmp_path):
 def test_eval_bad_input(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
         main(["eval", "--out", str(tmp_path), "--gen-length", "16", *extra])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "MODEL", "--dataset", "tiny-harmful"],
+        ["analyze", "order", "MODEL"],
+        ["align", "MODEL", "--prompts", "prompts.csv"],
+        ["demo"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    import mosa.tiny
+
+    model = str(mosa.tiny.path())  # a real folder: only --out is wrong, found before loading it
+    args = [model if arg == "MODEL" else arg for arg in command]
+    with pytest.raises(SystemExit, match=r"^--out .*afile: exists and is not a folder"):
+        main([*args, "--out", str(afile)])
+
+
+def test_eval_keeps_the_responses_when_the_judge_fails(tmp_path, monkeypatch):
+    from mosa.eval import Judge, Verdict
+
+    class Unreachable(Judge):
+        def judge(self, prompt, response):
+            return Verdict.failed("connection refused")
+
+    monkeypatch.setattr("mosa.cli.evaluate.build_judge", lambda args, tiny: Unreachable())
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "tiny-harmful", "--attacks", "none", "--out", str(out), *SMALL]
+    with pytest.raises(SystemExit, match="judge errors .*; the responses are in .*none.jsonl"):
+        main(args)
+    rows = responses(out, "none")
+    assert len(rows) == 3 and all(isinstance(row["response"], str) for row in rows)
 
 
 def test_eval_names_the_data_folder_variable(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """``mosa sample`` end to end on a tiny random checkpoint with its own word-level tokenizer."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -90,7 +91,112 @@ def test_sample_rejects_bad_input(checkpoint, tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(SystemExit, match="line 1: not valid JSON"):
         main(["sample", str(checkpoint), "--prompts-file", str(bad)])
-    with pytest.raises(ValueError, match="do not apply to LLaDA"):
+    with pytest.raises(SystemExit, match="do not apply to LLaDA"):
         main(["sample", str(checkpoint), "--prompt", "w1", "--alg", "entropy"])
-    with pytest.raises(ValueError, match="cuda_graphs=True needs: prompt must be on a CUDA"):
-        main(["sample", str(checkpoint), "--prompt", "w1", "--device", "cpu", "--cuda-graphs"])
+    args = ["sample", str(checkpoint), "--prompt", "w1", "--gen-length", "8", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="cuda_graphs=True needs: prompt must be on a CUDA"):
+        main([*args, "--cuda-graphs", "on"])
+
+
+def _copy_without(checkpoint, tmp_path, names):
+    folder = tmp_path / "copy"
+    shutil.copytree(checkpoint, folder, ignore=shutil.ignore_patterns(*names))
+    return folder
+
+
+def _one_line_exit(argv) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert isinstance(exited.value.code, str) and "\n" not in exited.value.code
+    return exited.value.code
+
+
+def test_sample_names_what_is_wrong_with_the_folder(checkpoint, tmp_path):
+    """One line naming the real problem, where transformers and torch gave tracebacks about
+    sentencepiece or a shape mismatch."""
+    no_tokenizer = _copy_without(checkpoint, tmp_path, ["tokenizer*", "special_tokens_map.json"])
+    message = _one_line_exit(["sample", str(no_tokenizer), "--prompt", "w1"])
+    assert message.startswith(f"mosa sample: no tokenizer files in {no_tokenizer}")
+    config = json.loads((checkpoint / "config.json").read_text())
+    del config["d_model"]
+    (no_tokenizer / "config.json").write_text(json.dumps(config))
+    shutil.copy(checkpoint / "tokenizer.json", no_tokenizer)
+    message = _one_line_exit(["sample", str(no_tokenizer), "--prompt", "w1"])
+    assert "config.json lacks d_model (the defaults d_model=768 were taken)" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_sample_without_cuda_says_so(checkpoint):
+    message = _one_line_exit(["sample", str(checkpoint), "--prompt", "w1", "--device", "cuda"])
+    assert message == (
+        "mosa sample: device 'cuda': CUDA is not available on this machine; use the CPU "
+        "(device 'cpu', --device cpu)"
+    )
+    message = _one_line_exit(["sample", str(checkpoint), "--prompt", "w1", "--device", "gpu"])
+    assert "device 'gpu' is not a torch device" in message
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "-0.5", "nan"])
+def test_sample_refuses_a_threshold_outside_0_1_before_loading(tmp_path, threshold):
+    not_a_model = tmp_path / "not-a-model"  # the check comes before the model is read
+    args = ["sample", str(not_a_model), "--prompt", "w1", "--threshold", threshold]
+    with pytest.raises(
+        SystemExit, match=r"^--threshold: threshold must be a confidence in \(0, 1\]"
+    ):
+        main(args)
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("afile/out.jsonl", r".*/afile is a file, not a folder; give another path"),
+        ("a_folder", r"is a folder; give a file path, e.g. .*a_folder/responses.jsonl"),
+    ],
+)
+def test_sample_refuses_an_unwritable_out_before_loading(tmp_path, out, message):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    not_a_model = tmp_path / "not-a-model"  # the check comes before the model is read
+    args = ["sample", str(not_a_model), "--prompt", "w1", "--out", str(tmp_path / out)]
+    with pytest.raises(SystemExit, match=r"^--out .*: " + message):
+        main(args)
+
+
+LONG_PROMPT = " ".join(f"w{i % 100}" for i in range(70))  # 72 tokens with the chat template
+
+
+def test_sample_refuses_a_prompt_too_long_for_the_model_before_sampling(checkpoint, monkeypatch):
+    monkeypatch.setattr("mosa.sampling.texts.generate", lambda *_, **__: pytest.fail("sampled"))
+    args = [
+        "sample",
+        str(checkpoint),
+        "--prompt",
+        "w1",
+        "--prompt",
+        LONG_PROMPT,
+        "--batch-size",
+        "1",
+    ]
+    message = (
+        r"the prompt \(72 tokens\) and gen_length \(8\) need 80 positions, more than the "
+        r"model's max_sequence_length \(64\); .*--truncate-prompt left"
+    )
+    with pytest.raises(SystemExit, match=message):
+        main([*args, "--gen-length", "8"])
+
+
+def test_sample_truncate_prompt_left_keeps_the_end_of_the_prompt(checkpoint, capsys):
+    from mosa.models import load_model
+    from mosa.sampling import generate
+    from mosa.text.prompts import load_tokenizer
+
+    args = ["sample", str(checkpoint), "--prompt", LONG_PROMPT, "--gen-length", "8"]
+    with pytest.warns(UserWarning, match="prompt of 72 tokens truncated to its last 56"):
+        assert main([*args, "--truncate-prompt", "left"]) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    tokenizer = load_tokenizer(checkpoint)
+    ids = tokenizer(f"<|user|> {LONG_PROMPT} <|assistant|>", add_special_tokens=False)["input_ids"]
+    kept = torch.tensor([ids[-56:]])
+    out = generate(load_model(checkpoint), kept, steps=8, gen_length=8, block_length=8)
+    assert record["prompt"] == LONG_PROMPT
+    assert record["response"] == tokenizer.decode(out[0, 56:], skip_special_tokens=True)

@@ -7,10 +7,12 @@ objective of ``mosa.align.objective`` over the prompts for ``config.epochs`` epo
 Reproducibility: the prompt order is a seeded permutation per epoch and each prompt's sentence
 draw depends only on the seed and the prompt's place in that order, so the same global batch
 (``world size x batch_size x grad_accum``) gives the same updates on 1 process or N. A
-checkpoint (trainable weights, optimizer, RNG, step) is written atomically every
-``save_every`` steps; ``resume`` continues from it exactly.
+checkpoint (trainable weights, optimizer, RNG, step, the run's settings) is written atomically
+every ``save_every`` steps; ``resume`` continues from it exactly, under the resume rules of
+``mosa.align.run_folder``.
 
-Output folder: ``metrics.jsonl`` (one line per step), ``align_config.json``, ``checkpoint/``,
+Output folder (locked for the run: ``.lock``): ``metrics.jsonl`` (one line per step),
+``align_config.json``, ``checkpoint/``,
 and at the end ``adapter/`` (peft format; LoRA) or ``model/`` (full fine-tuning), plus
 ``merged/`` (LoRA merged into the weights) when ``export_merged``.
 """
@@ -41,13 +43,21 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 
 from mosa.distributed import Runtime, join
-from mosa.models import load_model
+from mosa.models import PRESETS, build_model, load_model
 from mosa.models.base import DEFAULT_MAX_SHARD_BYTES
 from mosa.models.files import write_checkpoint, write_folder
 from mosa.text.canvas import build_canvas
 from mosa.text.prompts import encode_prompts, load_tokenizer
 
 from .objective import IGNORE, AlignBatch, check_window, mosa_terms, response_kl
+from .run_folder import (
+    START_OVER,
+    data_fingerprint,
+    exclusive,
+    resume_step,
+    run_settings,
+    trim_metrics,
+)
 from .sentences import Sentences, encode_sentences
 
 PAPER_WINDOW = (20, 60)
@@ -62,10 +72,16 @@ class AlignConfig:
     ``world_size * batch_size * grad_accum`` prompts per optimizer step. ``max_steps`` caps the
     run (default: ``epochs`` passes over the prompts; a last partial global batch is dropped).
     ``benign_beta`` weights the utility-preserving KL on benign prompts (0 = off, the paper).
+    ``random_init``: build the model with random weights (seed ``seed``) from a preset name of
+    ``mosa.models.PRESETS`` (``"llada-8b"``) or a ``config.json`` dict, instead of loading the
+    weights of ``model``, which then supplies only the tokenizer: LLaDA-8B shapes without a
+    16 GB folder, for benchmarks. ``group_by_length``: each global batch takes prompts of
+    similar length (see ``_grouped_by_length``), so padding costs little at ``batch_size`` > 1.
     """
 
     model: str
     output_dir: str
+    random_init: str | dict | None = None
     gen_length: int = 128
     window: tuple[int, int] = PAPER_WINDOW
     beta: float = 0.05
@@ -82,6 +98,7 @@ class AlignConfig:
     max_steps: int | None = None
     batch_size: int = 1
     grad_accum: int = 1
+    group_by_length: bool = False
     seed: int = 0
     save_every: int = 0
     resume: bool = True
@@ -108,6 +125,16 @@ class AlignConfig:
             raise ValueError("fsdp=True is for full fine-tuning; set lora=False (LoRA uses DDP)")
         if len(self.window) != 2:
             raise ValueError(f"window must be (first, last) offsets, got {self.window}")
+        if isinstance(self.random_init, str) and self.random_init not in PRESETS:
+            raise ValueError(
+                f"random_init {self.random_init!r} is not a preset ({', '.join(PRESETS)}); "
+                "give one of them or a config.json dict"
+            )
+        if not isinstance(self.random_init, str | dict | None):
+            raise TypeError(
+                "random_init must be a preset name, a config.json dict or None, "
+                f"got {type(self.random_init).__name__}"
+            )
 
 
 class _Models:
@@ -115,7 +142,12 @@ class _Models:
 
     def __init__(self, config: AlignConfig, runtime: Runtime):
         dtype = torch.bfloat16 if runtime.device.type == "cuda" else torch.float32
-        base = load_model(config.model, device=runtime.device, dtype=dtype)
+        if config.random_init is None:
+            base = load_model(config.model, device=runtime.device, dtype=dtype)
+        else:
+            base = build_model(
+                config.random_init, device=runtime.device, dtype=dtype, seed=config.seed
+            )
         if config.gradient_checkpointing:
             base.gradient_checkpointing_enable()
         self.logits_shift = base.logits_shift
@@ -163,10 +195,11 @@ class _Models:
         with self.unwrapped.disable_adapter():
             return self.unwrapped(input_ids, attention_mask).hidden_states
 
-    @property
-    def head(self):
+    def gathered_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head ``(weight, bias)``; under FSDP it is gathered first, because the fused
+        head ops read it outside the forward that would gather it."""
         if self.fsdp:
-            self.base.unshard()  # the head is read before the forward that would gather it
+            self.base.unshard()
         return self.base.lm_head_weight, self.base.lm_head_bias
 
     def parameters(self):
@@ -174,6 +207,19 @@ class _Models:
 
 
 # Data ---------------------------------------------------------------------------------------
+
+
+def run_length(config: AlignConfig, world: int, n_prompts: int) -> tuple[int, int]:
+    """``(steps per epoch, steps of the run)``; ValueError when no global batch fills."""
+    global_batch = world * config.batch_size * config.grad_accum
+    steps_per_epoch = n_prompts // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{n_prompts} prompts do not fill one global batch of {global_batch} "
+            "(world size x batch_size x grad_accum); give more prompts or a smaller batch"
+        )
+    total = steps_per_epoch * config.epochs
+    return steps_per_epoch, total if config.max_steps is None else min(total, config.max_steps)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -189,9 +235,41 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
 
 
 def _canvas(tokenizer, prompts: list[str], gen_length: int, mask_id: int, device):
-    ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device=device)
+    # Built and checked on the host, then copied: the checks read values, which on the device
+    # would wait for the step's queued work.
+    ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
     canvas = build_canvas(ids, mask, gen_length, mask_id)
-    return canvas.x, canvas.attention_mask
+    mask = None if canvas.attention_mask is None else canvas.attention_mask.to(device)
+    return canvas.x.to(device), mask
+
+
+def _prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
+    """Tokens of each prompt as the canvas encodes it (chat template included)."""
+    _, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
+    return mask.sum(dim=1).tolist()
+
+
+# Prompts are sorted by length within windows of this many global batches (HF's
+# group_by_length uses 50): wide enough to find equal lengths, narrow enough to stay random.
+GROUP_WINDOW_BATCHES = 50
+
+
+def _grouped_by_length(
+    order: list[int], lengths: list[int], global_batch: int, seed: int, epoch: int
+) -> list[int]:
+    """``order`` with each global batch of similar-length prompts: the epoch's full batches are
+    sorted by length within windows of ``GROUP_WINDOW_BATCHES`` batches, and each window's
+    batches shuffled (seeded by ``seed`` and ``epoch``); the dropped tail stays last."""
+    full = len(order) // global_batch * global_batch
+    window = GROUP_WINDOW_BATCHES * global_batch
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_000)
+    grouped = []
+    for start in range(0, full, window):
+        ranked = sorted(order[start : min(start + window, full)], key=lambda i: lengths[i])
+        batches = [ranked[i : i + global_batch] for i in range(0, len(ranked), global_batch)]
+        for k in torch.randperm(len(batches), generator=generator).tolist():
+            grouped += batches[k]
+    return grouped + order[full:]
 
 
 class _Data:
@@ -203,15 +281,9 @@ class _Data:
         self.refusals, self.harmful = encode_sentences(tokenizer, sentences)
         self.mask_id = mask_id
         self.global_batch = runtime.world * config.batch_size * config.grad_accum
-        self.steps_per_epoch = len(self.prompts) // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.prompts)} prompts do not fill one global batch of {self.global_batch} "
-                "(world size x batch_size x grad_accum); give more prompts or a smaller batch"
-            )
-        total = self.steps_per_epoch * config.epochs
-        self.steps = total if config.max_steps is None else min(total, config.max_steps)
+        self.steps_per_epoch, self.steps = run_length(config, runtime.world, len(self.prompts))
         self._orders: dict[int, list[int]] = {}
+        self._lengths = _prompt_lengths(tokenizer, self.prompts) if config.group_by_length else []
 
     def longest_sentence(self) -> int:
         return max(len(s) for s in self.refusals + self.harmful)
@@ -223,11 +295,20 @@ class _Data:
         first += (micro * self.runtime.world + self.runtime.rank) * self.config.batch_size
         return epoch, list(range(first, first + self.config.batch_size))
 
+    def _order(self, epoch: int) -> list[int]:
+        """The epoch's prompt order (cached for the epoch at hand)."""
+        if epoch not in self._orders:
+            order = _epoch_order(len(self.prompts), self.config.seed, epoch)
+            if self.config.group_by_length:
+                order = _grouped_by_length(
+                    order, self._lengths, self.global_batch, self.config.seed, epoch
+                )
+            self._orders = {epoch: order}
+        return self._orders[epoch]
+
     def batch(self, step: int, micro: int) -> AlignBatch:
         epoch, places = self._positions(step, micro)
-        if epoch not in self._orders:
-            self._orders = {epoch: _epoch_order(len(self.prompts), self.config.seed, epoch)}
-        order = self._orders[epoch]
+        order = self._order(epoch)
         draws = [random.Random(f"{self.config.seed}:{epoch}:{place}") for place in places]
         ids, mask = _canvas(
             self.tokenizer,
@@ -259,7 +340,9 @@ class _Data:
 _STATE_OPTIONS = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
-def _save_checkpoint(folder: Path, models: _Models, optimizer, step: int, runtime: Runtime):
+def _save_checkpoint(
+    folder: Path, models: _Models, optimizer, step: int, settings: dict, runtime: Runtime
+):
     weights, optim = get_state_dict(models.unwrapped, optimizer, options=_STATE_OPTIONS)
     if not runtime.main:
         return
@@ -273,15 +356,25 @@ def _save_checkpoint(folder: Path, models: _Models, optimizer, step: int, runtim
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         torch.save(rng, staging / "rng.pt")
-        (staging / "state.json").write_text(json.dumps({"step": step}) + "\n")
+        state = {"step": step, "settings": settings}
+        (staging / "state.json").write_text(json.dumps(state) + "\n")
 
     write_folder(folder, fill)
 
 
-def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> int:
-    """Restores a checkpoint; returns the number of steps it had completed."""
-    weights = load_file(folder / "trainable.safetensors")
-    optim = torch.load(folder / "optimizer.pt", weights_only=True)
+def _read_checkpoint_file(path: Path, read: Callable[[Path], object]):
+    """``read(path)``; a damaged file is named, with the ways to start over."""
+    # Broad: safetensors, torch's zip reader and its unpickler each raise their own types.
+    try:
+        return read(path)
+    except Exception as err:
+        raise ValueError(f"cannot resume: {path} is unreadable ({err}); {START_OVER}") from err
+
+
+def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> None:
+    """Restores the trainable weights, the optimizer and the RNG of a checkpoint."""
+    weights = _read_checkpoint_file(folder / "trainable.safetensors", load_file)
+    optim = _read_checkpoint_file(folder / "optimizer.pt", _load_tensors)
     set_state_dict(
         models.unwrapped,
         optimizer,
@@ -289,20 +382,14 @@ def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> int:
         optim_state_dict=optim,
         options=dataclasses.replace(_STATE_OPTIONS, cpu_offload=False, strict=False),
     )
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    rng = _read_checkpoint_file(folder / "rng.pt", _load_tensors)
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"])
-    return json.loads((folder / "state.json").read_text())["step"]
 
 
-def _trim_metrics(path: Path, steps_done: int) -> None:
-    """Drops lines a killed run logged after its last checkpoint."""
-    if path.exists():
-        kept = [
-            line for line in path.read_text().splitlines() if json.loads(line)["step"] < steps_done
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
+def _load_tensors(path: Path):
+    return torch.load(path, weights_only=True)
 
 
 def _save_final(out: Path, models: _Models, config: AlignConfig, runtime: Runtime) -> None:
@@ -333,6 +420,9 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
 
 # Training -----------------------------------------------------------------------------------
 
+# What a step sums over its rows on the device, read back once per step.
+_SUMS = ("R_plus", "R_minus", "KL", "benign_KL", "loss", "tokens")
+
 
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
@@ -340,12 +430,124 @@ def _peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reduce_sums(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
-    if not runtime.distributed:
-        return values
-    packed = torch.tensor(list(values.values()), dtype=torch.float64, device=runtime.device)
-    dist.all_reduce(packed)
-    return dict(zip(values, packed.tolist(), strict=True))
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _gradient_sync(models: _Models, last_micro_step: bool):
+    """DDP all-reduces gradients on the last micro-step only."""
+    no_sync = getattr(models.trained, "no_sync", None)
+    return contextlib.nullcontext() if last_micro_step or no_sync is None else no_sync()
+
+
+def _forward_backward(
+    models: _Models, data: _Data, config: AlignConfig, step: int, micro: int
+) -> torch.Tensor:
+    """One micro-batch: the objective, its backward (scaled to the step's rows), and its sums
+    (``_SUMS``) as a float64 device tensor. Nothing here reads a device value on the host but
+    ``token_logprobs``'s range check of the sentence ids (one read per call)."""
+    batch = data.batch(step, micro)
+    head = models.gathered_head()
+    terms = mosa_terms(
+        models.policy, models.reference, head, models.logits_shift, batch, config.window
+    )
+    loss = terms.loss(config.beta).sum()
+    benign_kl = torch.zeros((), device=loss.device)
+    if config.benign_beta > 0:
+        ids, mask = data.benign(step, micro)
+        benign_kl = response_kl(
+            models.policy, models.reference, head, models.logits_shift, ids, mask,
+            config.gen_length,
+        ).sum()  # fmt: skip
+        loss = loss + config.benign_beta * benign_kl
+    (loss / (config.batch_size * config.grad_accum)).backward()
+    parts = (terms.reward_plus.sum(), terms.reward_minus.sum(), terms.kl.sum(), benign_kl, loss)
+    sums = torch.stack([part.detach().double() for part in parts])
+    return torch.cat([sums, sums.new_tensor([batch.input_ids.numel()])])
+
+
+def _train_step(
+    models: _Models, data: _Data, optimizer, config: AlignConfig, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``grad_accum`` micro-batches: this process's sums and the
+    clipped gradient norm, both left on the device."""
+    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=data.runtime.device)
+    for micro in range(config.grad_accum):
+        last = micro == config.grad_accum - 1
+        with _gradient_sync(models, last), _autocast(data.runtime.device):
+            sums += _forward_backward(models, data, config, step, micro)
+    grad_norm = torch.nn.utils.clip_grad_norm_(models.parameters(), config.clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, grad_norm
+
+
+def _step_record(
+    step: int, sums: torch.Tensor, grad_norm: torch.Tensor, began: float, optimizer, data: _Data
+) -> dict:
+    """The step's metrics line: the sums of every process, read on the host once."""
+    if data.runtime.distributed:
+        dist.all_reduce(sums)
+    *totals, norm = torch.cat([sums, grad_norm.detach().reshape(1).to(sums)]).tolist()
+    seconds = time.perf_counter() - began
+    totals = dict(zip(_SUMS, totals, strict=True))
+    rows = data.global_batch
+    record = {name: totals[name] / rows for name in _SUMS[:-1]}
+    return {
+        "step": step,
+        **record,
+        "R": record["R_plus"] - record["R_minus"],
+        "grad_norm": norm,
+        "lr": optimizer.param_groups[0]["lr"],
+        "prompts_per_s": rows / seconds,
+        "tokens_per_s": totals["tokens"] / seconds,
+        "peak_memory_bytes": _peak_memory(data.runtime.device),
+    }
+
+
+def _resume_point(config: AlignConfig, runtime: Runtime, settings: dict, n_prompts: int) -> int:
+    """The step to start from: the checkpoint's, under the resume rules, else 0."""
+    checkpoint = Path(config.output_dir) / "checkpoint"
+    if not (config.resume and checkpoint.exists()):
+        return 0
+    return resume_step(checkpoint, settings, run_length(config, runtime.world, n_prompts)[1])
+
+
+def _open_output(out: Path, config: AlignConfig, start: int, runtime: Runtime) -> None:
+    """Writes the run's settings; keeps the log of the steps before ``start``, or starting over
+    empties it and drops an earlier run's checkpoint (a later resume must not pick it up)."""
+    if not runtime.main:
+        return
+    (out / "align_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    if start:
+        trim_metrics(out / "metrics.jsonl", start)
+        print(f"resuming from step {start} ({out / 'checkpoint'})")
+    else:
+        (out / "metrics.jsonl").write_text("")
+        if (out / "checkpoint").exists():
+            shutil.rmtree(out / "checkpoint")
+
+
+def _log(record: dict, out: Path, bar, runtime: Runtime) -> None:
+    if runtime.main:
+        with open(out / "metrics.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        bar.set_postfix(R=f"{record['R']:.1f}", KL=f"{record['KL']:.2f}")
+
+
+def _progress(config: AlignConfig, runtime: Runtime, start: int, steps: int):
+    return tqdm(
+        range(start, steps),
+        initial=start,
+        total=steps,
+        desc="MOSA",
+        unit="step",
+        disable=not (config.progress and runtime.main),
+    )
 
 
 def train(
@@ -367,102 +569,35 @@ def train(
         raise ValueError("benign_beta > 0 needs benign_prompts")
     runtime = join(config.device)
     out = Path(config.output_dir)
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
-    models = _Models(config, runtime)
-    mask_id = models.base.mask_token_id
-    data = _Data(
-        config, runtime, tokenizer, prompts, benign_prompts, sentences or Sentences(), mask_id
-    )
-    check_window(config.window, config.gen_length, data.longest_sentence())
-    optimizer = torch.optim.AdamW(
-        models.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-
-    metrics_path, checkpoint = out / "metrics.jsonl", out / "checkpoint"
-    start = 0
-    if config.resume and (checkpoint / "state.json").exists():
-        start = _load_checkpoint(checkpoint, models, optimizer, runtime.device)
-    if runtime.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "align_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    sentences = sentences or Sentences()
+    texts = data_fingerprint(prompts, benign_prompts, (sentences.refusals, sentences.harmful))
+    settings = run_settings(config, runtime.world, texts)
+    with exclusive(out, runtime):
+        start = _resume_point(config, runtime, settings, len(prompts))
+        torch.manual_seed(config.seed)
+        tokenizer = load_tokenizer(config.model)
+        models = _Models(config, runtime)
+        mask_id = models.base.mask_token_id
+        data = _Data(config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id)
+        check_window(config.window, config.gen_length, data.longest_sentence())
+        optimizer = torch.optim.AdamW(
+            models.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         if start:
-            _trim_metrics(metrics_path, start)
-        else:
-            metrics_path.write_text("")
-
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if runtime.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    rows_per_step = config.batch_size * config.grad_accum
-    bar = tqdm(
-        range(start, data.steps),
-        initial=start,
-        total=data.steps,
-        desc="MOSA",
-        unit="step",
-        disable=not (config.progress and runtime.main),
-    )
-    for step in bar:
-        began = time.perf_counter()
-        sums = dict.fromkeys(("R_plus", "R_minus", "KL", "benign_KL", "loss", "tokens"), 0.0)
-        for micro in range(config.grad_accum):
-            batch = data.batch(step, micro)
-            last = micro == config.grad_accum - 1
-            no_sync = getattr(models.trained, "no_sync", None)
-            sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
-            with sync, autocast:
-                terms = mosa_terms(
-                    models.policy, models.reference, models.head, models.logits_shift,
-                    batch, config.window,
-                )  # fmt: skip
-                loss = terms.loss(config.beta).sum()
-                if config.benign_beta > 0:
-                    ids, mask = data.benign(step, micro)
-                    benign_kl = response_kl(
-                        models.policy, models.reference, models.head, models.logits_shift,
-                        ids, mask, config.gen_length,
-                    )  # fmt: skip
-                    loss = loss + config.benign_beta * benign_kl.sum()
-                    sums["benign_KL"] += benign_kl.sum().item()
-                (loss / rows_per_step).backward()
-            sums["R_plus"] += terms.reward_plus.sum().item()
-            sums["R_minus"] += terms.reward_minus.sum().item()
-            sums["KL"] += terms.kl.sum().item()
-            sums["loss"] += loss.item()
-            sums["tokens"] += batch.input_ids.numel()
-        grad_norm = torch.nn.utils.clip_grad_norm_(models.parameters(), config.clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        sums = _reduce_sums(sums, runtime)
-        rows = rows_per_step * runtime.world
-        seconds = time.perf_counter() - began
-        record = {k: sums[k] / rows for k in ("R_plus", "R_minus", "KL", "benign_KL", "loss")}
-        record = {
-            "step": step,
-            **record,
-            "R": record["R_plus"] - record["R_minus"],
-            "grad_norm": grad_norm.item(),
-            "lr": optimizer.param_groups[0]["lr"],
-            "prompts_per_s": rows / seconds,
-            "tokens_per_s": sums["tokens"] / seconds,
-            "peak_memory_bytes": _peak_memory(runtime.device),
-        }
-        if runtime.main:
-            with open(metrics_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            bar.set_postfix(R=f"{record['R']:.1f}", KL=f"{record['KL']:.2f}")
-        if on_step is not None:
-            on_step(record)
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < data.steps:
-            _save_checkpoint(checkpoint, models, optimizer, step + 1, runtime)
-    bar.close()
-    _save_final(out, models, config, runtime)
-    if runtime.distributed:
-        dist.barrier()
+            _load_checkpoint(out / "checkpoint", models, optimizer, runtime.device)
+        _open_output(out, config, start, runtime)
+        bar = _progress(config, runtime, start, data.steps)
+        for step in bar:
+            began = time.perf_counter()
+            sums, grad_norm = _train_step(models, data, optimizer, config, step)
+            record = _step_record(step, sums, grad_norm, began, optimizer, data)
+            _log(record, out, bar, runtime)
+            if on_step is not None:
+                on_step(record)
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < data.steps:
+                _save_checkpoint(out / "checkpoint", models, optimizer, step + 1, settings, runtime)
+        bar.close()
+        _save_final(out, models, config, runtime)
+        if runtime.distributed:
+            dist.barrier()
     return out

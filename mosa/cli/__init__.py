@@ -31,8 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand. Bad input (a ValueError or TypeError from the library, an OSError
+    from a file) ends it with one line on stderr naming the problem and a non-zero exit, as
+    argparse does for bad flags, instead of a traceback."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, OSError) as err:
+        raise SystemExit(f"mosa {args.command}: {' '.join(str(err).split())}") from None
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import read_prompt_file
+from .common import model_folder, prepare_output, read_prompt_file
 
 
 def _align(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.align import AlignConfig, Sentences, read_sentences, train
 
+    model_folder(args.model)  # a typo fails here, before any work
+    prepare_output("--out", args.out, folder=True)
     tiny_run = args.model is None
     settings = dict(tiny.ALIGN_SETTINGS) if tiny_run else {}
     for name in ("gen_length", "lr", "clip", "batch_size", "benign_beta"):
@@ -59,6 +61,7 @@ def _align(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             max_steps=args.max_steps,
             grad_accum=args.grad_accum,
+            group_by_length=args.group_by_length,
             seed=args.seed,
             save_every=args.save_every,
             resume=not args.no_resume,
@@ -106,6 +109,9 @@ def add_parser(commands) -> None:
     g.add_argument("--max-steps", type=int)
     g.add_argument("--batch-size", type=int, help="prompts per process and micro-step (1)")
     g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument(
+        "--group-by-length", action="store_true", help="batch prompts of similar length together"
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
     g.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")

@@ -18,6 +18,7 @@ import json
 import math
 from pathlib import Path
 
+from .common import prepare_output
 from .eval_options import (
     add_judge_flags,
     add_model_flags,
@@ -43,11 +44,11 @@ def _prompts(flag: str, name: str | None, tiny_default: str, tiny: bool, limit: 
 
 def _inputs(args: argparse.Namespace):
     """The model, its tokenizer, whether it is the tiny one, the sampler settings and the
-    harmful prompts; the output folder is created."""
+    harmful prompts; the output folder is created first."""
+    prepare_output("--out", args.out, folder=True)
     model, tokenizer, tiny = load_model_and_tokenizer(args)
     settings = sampler_settings(args, tiny)
     harmful = _prompts("--prompts", args.prompts, "tiny-harmful", tiny, args.limit)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     return model, tokenizer, tiny, settings, harmful
 
 

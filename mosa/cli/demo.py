@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 
+from .common import prepare_output
+
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from mosa.demo import run_demo
 
+    out = prepare_output("--out", args.out, folder=True)
     torch.set_num_threads(args.threads)
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(out, quick=args.quick, seed=args.seed)
     return 0
 
 

@@ -12,6 +12,8 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .common import TRUNCATE_HELP
+
 SHARED_FILES = {
     "advbench": "advbench_harmful_behaviors.csv",
     "harmbench": "harmbench_behaviors_text_all.csv",
@@ -59,9 +61,11 @@ def load_model_and_tokenizer(args: argparse.Namespace, device=None):
     from mosa.models import load_model
     from mosa.text.prompts import load_tokenizer
 
-    folder = Path(args.model) if args.model is not None else tiny.path()
-    if not (folder / "config.json").is_file():
-        raise SystemExit(f"{folder}: not a checkpoint folder (no config.json)")
+    from .common import model_folder
+
+    folder = model_folder(args.model)
+    if args.adapter:
+        _check_adapter_folder(Path(args.adapter))
     try:
         model = load_model(folder, dtype=args.dtype, device=device or args.device)
     except ValueError as err:
@@ -75,9 +79,20 @@ def load_model_and_tokenizer(args: argparse.Namespace, device=None):
     return model.eval(), tokenizer, is_tiny
 
 
-def _merge_adapter(model, adapter: Path):
+def _check_adapter_folder(adapter: Path) -> None:
+    """A peft adapter folder with its weights in safetensors: peft would unpickle
+    ``adapter_model.bin`` (it reads ``adapter_model.safetensors`` first when both exist)."""
+    from mosa.models.files import require_safetensors
+
     if not (adapter / "adapter_config.json").is_file():
         raise SystemExit(f"--adapter {adapter}: not a peft adapter folder (no adapter_config.json)")
+    try:
+        require_safetensors(adapter, ("adapter_model.safetensors",))
+    except ValueError as err:
+        raise SystemExit(f"--adapter: {err}") from None
+
+
+def _merge_adapter(model, adapter: Path):
     try:
         from peft import PeftModel
     except ImportError:
@@ -104,11 +119,13 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--steps", type=int, help="denoising steps (default: --gen-length)")
     g.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+    g.add_argument("--truncate-prompt", choices=["left"], help=TRUNCATE_HELP)
 
 
 def sampler_settings(args: argparse.Namespace, tiny: bool) -> dict:
     """The ``generate`` settings: the defaults (the tiny model's or the paper's), then the
-    flags; a lone ``--gen-length`` gets one step per token and a block that divides it."""
+    flags; a lone ``--gen-length`` gets one step per token and a block that divides it;
+    ``--truncate-prompt`` adds ``truncate``."""
     from mosa.eval.runner import SAMPLER_DEFAULTS
     from mosa.tiny.evaluate import SAMPLER_DEFAULTS as TINY_DEFAULTS
 
@@ -130,6 +147,8 @@ def sampler_settings(args: argparse.Namespace, tiny: bool) -> dict:
         )
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.truncate_prompt is not None:
+        settings["truncate"] = args.truncate_prompt
     return settings
 
 

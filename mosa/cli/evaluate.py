@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .common import model_folder, prepare_output
 from .eval_options import (
     add_judge_flags,
     add_model_flags,
@@ -134,6 +135,25 @@ def _check_attacks(names, run: _Run, prompt: str) -> None:
             raise SystemExit(f"--attacks {name}: {err}") from None
 
 
+def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
+    """Every attacked prompt fits the model with the canvas (or ``--truncate-prompt left``),
+    before anything is sampled, so a later attack cannot fail after the earlier ones ran."""
+    from mosa.eval import expand_attack
+    from mosa.sampling.texts import check_prompts_fit
+
+    for name in names:
+        if name == "gcg":
+            continue  # its suffix is searched first; respond checks the prompts it makes
+        attacked = [a.prompt for p in prompts for a in expand_attack(name, p, **run.options[name])]
+        try:
+            check_prompts_fit(
+                run.model, run.tokenizer, attacked, chat_template=True,
+                gen_length=run.settings["gen_length"], truncate=run.settings.get("truncate"),
+            )  # fmt: skip
+        except ValueError as err:
+            raise SystemExit(f"--attacks {name}: {err}") from None
+
+
 # -- distributed -----------------------------------------------------------------------------
 
 
@@ -196,7 +216,7 @@ def _attack_rows(run: _Run, name: str, prompts: list[str]) -> list[dict]:
 
 def _score(data, name, rows, judge, results, variant) -> None:
     """Judges ``rows`` (or checks their answers), adds the rate to ``results`` and the
-    verdicts to the rows."""
+    verdicts to the rows. Raises ValueError when no verdict can be counted."""
     from mosa.eval import exact_match_accuracy, gsm8k_extract, refusal_rate
     from mosa.eval.report import asr
 
@@ -218,15 +238,17 @@ def _score(data, name, rows, judge, results, variant) -> None:
             score=verdict.score,
             error=verdict.error,
         )
-    try:
-        if data.kind == "harmful":
-            results.add_asr(variant, name, asr(verdicts), n=len(verdicts))
-        else:
-            results.add(
-                variant, f"over_refusal/{data.name}", refusal_rate(verdicts), n=len(verdicts)
-            )
-    except ValueError as err:
-        raise SystemExit(f"{data.name}: {err}") from None
+    if data.kind == "harmful":
+        results.add_asr(variant, name, asr(verdicts), n=len(verdicts))
+    else:
+        results.add(variant, f"over_refusal/{data.name}", refusal_rate(verdicts), n=len(verdicts))
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    from mosa.models.files import write_file_atomic
+
+    lines = [json.dumps({k: v for k, v in row.items() if k != "index"}) for row in rows]
+    write_file_atomic(path, "\n".join(lines) + "\n")
 
 
 def _slug(text: str) -> str:
@@ -241,6 +263,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mosa.eval import Results, plot_asr
     from mosa.models.files import write_file_atomic
 
+    model_folder(args.model)  # a typo fails here, before --out is made
+    out = prepare_output("--out", args.out, folder=True)
     runtime = join(args.device)
     rank, world = runtime.rank, runtime.world
     model, tokenizer, tiny = load_model_and_tokenizer(args, runtime.device)
@@ -263,9 +287,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         world,
     )
     _check_attacks(names, run, data.prompts[0])
+    _check_lengths(names, run, data.prompts)
     judge = build_judge(args, tiny) if data.kind != "utility" else None
     variant = args.variant or model_label(args)
-    out = Path(args.out)
     try:
         results = (
             Results.from_json(out / "results.json")
@@ -284,10 +308,16 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise SystemExit(f"mosa eval: {err}") from None
         if rank != 0:
             continue
-        _score(data, name, rows, judge, results, variant)
-        folder = out / "responses" / _slug(variant) / _slug(data.name)
-        lines = [json.dumps({k: v for k, v in row.items() if k != "index"}) for row in rows]
-        write_file_atomic(folder / f"{name}.jsonl", "\n".join(lines) + "\n")
+        path = out / "responses" / _slug(variant) / _slug(data.name) / f"{name}.jsonl"
+        # Written before judging too: when the judge fails, the responses can be judged again.
+        _write_rows(path, rows)
+        try:
+            _score(data, name, rows, judge, results, variant)
+        except ValueError as err:
+            raise SystemExit(
+                f"{data.name} / {name}: {err}; the responses are in {path}, to judge again"
+            ) from None
+        _write_rows(path, rows)
     if rank == 0:
         settings_used = {
             "model": args.model or "tiny",

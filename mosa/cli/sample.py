@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import read_prompt_file
+from .common import TRUNCATE_HELP, model_folder, prepare_output, read_prompt_file
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -18,17 +18,29 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _check_threshold(threshold: float | None) -> None:
+    from mosa_kernels.ops.select_transfer import check_threshold
+
+    if threshold is not None:
+        try:
+            check_threshold(threshold)
+        except ValueError as err:
+            raise SystemExit(f"--threshold: {err}") from None
+
+
 def _sample(args: argparse.Namespace) -> int:
-    from mosa import tiny
     from mosa.models import load_model
     from mosa.models.files import write_file_atomic
     from mosa.sampling import sample_texts
     from mosa.text.prompts import load_tokenizer
 
+    _check_threshold(args.threshold)
+    if args.out:
+        prepare_output("--out", args.out, folder=False)
+    folder = model_folder(args.model)
     prompts = _read_prompts(args)
-    folder = args.model if args.model is not None else tiny.path()
-    model = load_model(folder, dtype=args.dtype, device=args.device).eval()
     tokenizer = load_tokenizer(folder)
+    model = load_model(folder, dtype=args.dtype, device=args.device).eval()
     # A short --gen-length alone should just work: one block, one step per token.
     if args.gen_length is not None:
         if args.block_length is None and args.gen_length % 128:
@@ -42,8 +54,10 @@ def _sample(args: argparse.Namespace) -> int:
             "threshold", "factor", "cache", "top_p", "top_k", "alg", "alg_temp",
         )
     }  # fmt: skip
-    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos", "cuda_graphs"):
+    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
         options[flag] = True if getattr(args, flag) else None
+    options["cuda_graphs"] = {"auto": None, "on": True, "off": False}[args.cuda_graphs]
+    options["truncate"] = args.truncate_prompt
     responses = sample_texts(
         model, tokenizer, prompts, batch_size=args.batch_size, chat_template=not args.no_chat_template,
         seed=args.seed, progress=True, **options,
@@ -83,15 +97,18 @@ def add_parser(commands) -> None:
     g.add_argument("--temperature", type=float)
     g.add_argument("--cfg-scale", type=float)
     g.add_argument("--remasking", choices=["low_confidence", "random"])
-    g.add_argument("--threshold", type=float, help="parallel decoding: commit confidence >= this")
+    g.add_argument(
+        "--threshold", type=float, help="parallel decoding: commit confidence >= this, in (0, 1]"
+    )
     g.add_argument("--factor", type=float, help="Fast-dLLM dynamic parallel decoding")
     g.add_argument("--cache", choices=["prefix", "dual"])
     g.add_argument("--stop-at-eos", action="store_true")
+    g.add_argument("--truncate-prompt", choices=["left"], help=TRUNCATE_HELP)
     g.add_argument("--logits-eos-inf", action="store_true")
     g.add_argument("--confidence-eos-eot-inf", action="store_true")
     g.add_argument(
-        "--cuda-graphs", action="store_true",
-        help="LLaDA on a GPU at temperature 0: replay each block's steps as CUDA graphs",
+        "--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+        help="LLaDA on a GPU: replay each step shape as a CUDA graph (auto: wherever supported)",
     )  # fmt: skip
     g.add_argument(
         "--alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"], help="Dream"

@@ -478,6 +478,8 @@ class ClassifierJudge(Judge):
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from mosa.models.files import require_safetensors
+
         path = Path(path)
         if not path.is_dir():
             raise ValueError(
@@ -485,9 +487,12 @@ class ClassifierJudge(Judge):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        require_safetensors(path, ("model.safetensors", "model.safetensors.index.json"))
+        # Only the folder's own files, never its code or a pickle.
+        local = {"local_files_only": True, "trust_remote_code": False}
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), **local)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), local_files_only=True
+            str(path), use_safetensors=True, **local
         ).to(device)
         self.model.eval()
         labels = {int(i): str(name) for i, name in self.model.config.id2label.items()}

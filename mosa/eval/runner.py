@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from mosa.models import DreamModel
 from mosa.sampling import generate
+from mosa.sampling.texts import check_prompts_fit
 from mosa.text.prompts import encode_prompts
 
 from .attacks import AttackedPrompt, build_response_canvas, expand_attack
@@ -47,10 +48,11 @@ def respond(
 ):
     """Greedy (by default) responses to ``attacked`` prompts, decoded without special tokens.
 
-    ``sampler`` overrides ``SAMPLER_DEFAULTS`` (LLaDA ``generate`` arguments). The fixed
-    pieces are part of the returned text. With ``return_trace`` also returns each row's
-    ``commit_step`` (``int64[G]``: the step each response position was committed, -1 for fixed
-    tokens).
+    ``sampler`` overrides ``SAMPLER_DEFAULTS`` (LLaDA ``generate`` arguments; with
+    ``truncate='left'`` a prompt too long for the model keeps its last tokens, else it is
+    refused before anything is sampled). The fixed pieces are part of the returned text. With
+    ``return_trace`` also returns each row's ``commit_step`` (``int64[G]``: the step each
+    response position was committed, -1 for fixed tokens).
     """
     if isinstance(model, DreamModel):
         raise ValueError(
@@ -60,6 +62,10 @@ def respond(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     settings = {**SAMPLER_DEFAULTS, **sampler}
+    check_prompts_fit(
+        model, tokenizer, [a.prompt for a in attacked], chat_template=True,
+        gen_length=settings["gen_length"], truncate=settings.get("truncate"),
+    )  # fmt: skip
     mask_id = model.mask_token_id
     texts: list[str] = []
     traces: list[torch.Tensor] = []
@@ -77,7 +83,9 @@ def respond(
         ).to(model.device)
         out = generate(model, ids, mask, response=canvas, return_trace=return_trace, **settings)
         sequences = out.sequences if return_trace else out
-        texts += tokenizer.batch_decode(sequences[:, ids.shape[1] :], skip_special_tokens=True)
+        # The response is the last gen_length columns (truncate='left' may shorten the prompt).
+        response = sequences[:, -settings["gen_length"] :]
+        texts += tokenizer.batch_decode(response, skip_special_tokens=True)
         if return_trace:
             traces += list(out.commit_step.cpu())
     return (texts, traces) if return_trace else texts

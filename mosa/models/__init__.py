@@ -4,9 +4,11 @@
 ``trust_remote_code``); ``model(input_ids, attention_mask)`` returns hidden states after the
 final norm, and logits on request; ``lm_head_weight`` feeds the fused ops; a ``KVCache``
 serves the sampler's prefix and dual caching. Parameter names are the checkpoints' own, so
-LoRA adapters made with ``peft`` load on the original models too.
+LoRA adapters made with ``peft`` load on the original models too, and ``from_hf(model)``
+adopts a LLaDA or Dream model already loaded with transformers without copying its tensors.
 """
 
+from .adopt import adopt_model, from_hf
 from .base import DiffusionLM, DiffusionLMOutput
 from .cache import KVCache
 from .config import DreamConfig, LLaDAConfig
@@ -26,6 +28,8 @@ __all__ = [
     "KVCache",
     "LLaDAConfig",
     "LLaDAModel",
+    "adopt_model",
     "build_model",
+    "from_hf",
     "load_model",
 ]

@@ -163,7 +163,10 @@ class DiffusionLM(nn.Module):
                 sequence: its keys/values overwrite those slots and it attends to the cache's
                 slots ``[0, max(cache.length, start + L))`` (see ``mosa.models.cache``).
             start: first position of the slice; required with ``cache`` and with ``start <=
-                cache.length`` (no gaps).
+                cache.length`` (no gaps). May be a 0-d integer tensor on the model's device
+                when the cache already holds the whole sequence (``length == capacity``): the
+                slice then moves along the sequence without a new CUDA graph or a host read,
+                and keeping ``start + L <= capacity`` is the caller's duty.
             return_cache: also return a new ``KVCache`` of the whole sequence.
             return_logits: also return the logits (HF compatibility; costs a ``[B, L, V]``
                 tensor — the fused ops take ``hidden_states`` and ``lm_head_weight`` instead).
@@ -190,9 +193,14 @@ class DiffusionLM(nn.Module):
             if attention_mask is not None:
                 raise ValueError("attention_mask is taken from the cache; pass attention_mask=None")
             self._check_slice(cache, start, batch, length)
-            positions = cache.position_ids[:, start : start + length]
+            if isinstance(start, torch.Tensor):
+                start = start + torch.arange(length, device=start.device)
+                positions = cache.position_ids.index_select(1, start)
+            else:
+                positions = cache.position_ids[:, start : start + length]
         if cache is not None:
-            cache.length = max(cache.length, start + length)
+            if not isinstance(start, torch.Tensor):
+                cache.length = max(cache.length, start + length)
             key_valid = None if cache.key_valid is None else cache.key_valid[:, : cache.length]
         cos, sin = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
         inputs = AttentionInputs(cos, sin, self.rope_in_fp32, key_valid, cache, start)
@@ -246,11 +254,28 @@ class DiffusionLM(nn.Module):
             )
         return inputs_embeds, "inputs_embeds"
 
-    def _check_slice(self, cache: KVCache, start: int | None, batch: int, length: int) -> None:
+    def _check_slice(
+        self, cache: KVCache, start: int | torch.Tensor | None, batch: int, length: int
+    ) -> None:
         if not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
         if len(cache.keys) != len(self.blocks):
             raise ValueError(f"cache has {len(cache.keys)} layers, the model {len(self.blocks)}")
+        if batch != cache.batch_size:
+            raise ValueError(f"input_ids has batch {batch}, the cache {cache.batch_size}")
+        if isinstance(start, torch.Tensor):
+            if start.dim() != 0 or start.is_floating_point() or start.device != self.device:
+                raise TypeError(
+                    f"a tensor start must be a 0-d integer tensor on {self.device}, got "
+                    f"{start.dtype} shaped {tuple(start.shape)} on {start.device}"
+                )
+            if cache.length != cache.capacity or length > cache.capacity:
+                raise ValueError(
+                    f"a tensor start needs a cache holding the whole sequence (length "
+                    f"{cache.length} of capacity {cache.capacity}) and a slice no longer than "
+                    f"it (got {length}); pass start as an int"
+                )
+            return
         if isinstance(start, bool) or not isinstance(start, int):
             raise TypeError(f"start must be an int position with cache=, got {start!r}")
         if not 0 <= start <= cache.length:
@@ -261,8 +286,6 @@ class DiffusionLM(nn.Module):
             raise ValueError(
                 f"slice [{start}, {start + length}) runs past the cache capacity {cache.capacity}"
             )
-        if batch != cache.batch_size:
-            raise ValueError(f"input_ids has batch {batch}, the cache {cache.batch_size}")
 
     # Training switches --------------------------------------------------------------------
 

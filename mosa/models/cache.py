@@ -74,10 +74,17 @@ class KVCache:
         self.length = length
 
     def store(
-        self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor
+        self, layer: int, start: int | torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Writes one layer's fresh slice at ``start`` and returns its keys/values ``[0, length)``."""
-        end = start + keys.shape[1]
-        self.keys[layer][:, start:end] = keys
-        self.values[layer][:, start:end] = values
+        """Writes one layer's fresh slice at ``start`` and returns its keys/values ``[0, length)``.
+
+        ``start`` may also be the slice's slots as an ``int64[L]`` device tensor, so a step
+        replayed as a CUDA graph can move along the sequence."""
+        if isinstance(start, torch.Tensor):
+            self.keys[layer].index_copy_(1, start, keys)
+            self.values[layer].index_copy_(1, start, values)
+        else:
+            end = start + keys.shape[1]
+            self.keys[layer][:, start:end] = keys
+            self.values[layer][:, start:end] = values
         return self.keys[layer][:, : self.length], self.values[layer][:, : self.length]

@@ -89,6 +89,9 @@ class _ConfigBase:
     architecture: ClassVar[str]
     # config.json keys that must hold one value: key -> (reference default, supported value)
     required_settings: ClassVar[dict[str, tuple[Any, Any]]]
+    # the key that counts the layers, and the keys that set parameter shapes
+    layers_key: ClassVar[str]
+    size_keys: ClassVar[tuple[str, ...]]
     extra: dict[str, Any]
 
     @classmethod
@@ -142,6 +145,10 @@ class LLaDAConfig(_ConfigBase):
         "input_emb_norm": (False, False),
         "scale_logits": (False, False),
     }
+    layers_key: ClassVar[str] = "n_layers"
+    size_keys: ClassVar[tuple[str, ...]] = (
+        "d_model", "n_heads", "n_layers", "vocab_size", "embedding_size",
+    )  # fmt: skip
 
     d_model: int = 768
     n_heads: int = 12
@@ -238,6 +245,11 @@ class DreamConfig(_ConfigBase):
         "rope_scaling": (None, None),
         "use_sliding_window": (False, False),
     }
+    layers_key: ClassVar[str] = "num_hidden_layers"
+    size_keys: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads",
+    )  # fmt: skip
 
     vocab_size: int = 151936
     hidden_size: int = 4096

@@ -9,9 +9,10 @@ and each problem is a ValueError that names it. Pickle checkpoints are never ope
 from __future__ import annotations
 
 import json
+import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from safetensors.torch import save_file
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 64 << 20
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _SHOWN = 5
 
 
@@ -67,15 +69,29 @@ def _tensor_locations(folder: Path) -> dict[str, Path]:
     if (folder / SINGLE_FILE).is_file():
         with _open(folder / SINGLE_FILE) as handle:
             return dict.fromkeys(handle.keys(), folder / SINGLE_FILE)
-    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
-        p.name for p in folder.glob("*.pt")
+    raise ValueError(f"{folder} has neither {INDEX_FILE} nor {SINGLE_FILE}{_pickle_hint(folder)}")
+
+
+def _pickle_hint(folder: Path) -> str:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        return ""
+    return (
+        f" (found {', '.join(pickles)}: pickle files are never loaded, as unpickling can run "
+        "code; convert them to safetensors)"
     )
-    hint = (
-        f" (found {', '.join(pickles)}: pickle checkpoints are not loaded; convert them to safetensors)"
-        if pickles
-        else ""
-    )
-    raise ValueError(f"{folder} has neither {INDEX_FILE} nor {SINGLE_FILE}{hint}")
+
+
+def require_safetensors(folder: Path, names: tuple[str, ...]) -> Path:
+    """The first of ``names`` (safetensors weight files) that ``folder`` holds.
+
+    Raises ValueError otherwise, saying to convert the folder's pickle files (``.bin``,
+    ``.pt``, ...) to safetensors when it has some: those are never opened.
+    """
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise ValueError(f"{folder} has no {' or '.join(names)}{_pickle_hint(folder)}")
 
 
 def _open(path: Path, device: str = "cpu"):
@@ -83,6 +99,19 @@ def _open(path: Path, device: str = "cpu"):
         return safe_open(str(path), framework="pt", device=device)
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+
+
+def stored_parameter_count(folder: Path) -> int:
+    """How many numbers the checkpoint's tensors hold, from the safetensors headers alone
+    (nothing is loaded)."""
+    locations = _tensor_locations(folder)
+    total = 0
+    for path in sorted(set(locations.values())):
+        with _open(path) as handle:
+            for name in handle.keys():
+                if locations.get(name) == path:
+                    total += math.prod(handle.get_slice(name).get_shape())
+    return total
 
 
 def read_state_dict(
@@ -137,13 +166,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], Any]):
+    """``(name, create(name))`` for a new name ``parent/prefix<random>suffix``.
+
+    Unlike ``tempfile.mkstemp`` / ``mkdtemp``, which make owner-only entries, ``create`` asks
+    for 0o666 / 0o777 and the umask decides: the temporary entry becomes the output, which
+    must get the permissions any other file the user writes gets.
+    """
+    while True:
+        name = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return name, create(name)
+        except FileExistsError:
+            continue
+
+
+def _make_unique_dir(parent: Path, prefix: str) -> Path:
+    return _create_unique(parent, prefix, "", lambda name: name.mkdir(0o777))[0]
+
+
 def write_file_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Writes ``data`` (str: UTF-8) to a temp file beside ``path``, fsyncs it and renames it over
-    ``path``, so a reader never sees a half-written file. Returns ``path``."""
+    ``path``, so a reader never sees a half-written file. The file's permissions follow the
+    umask, as ``open`` would give. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = data.encode() if isinstance(data, str) else data
-    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp, descriptor = _create_unique(
+        path.parent,
+        f".{path.name}.",
+        ".tmp",
+        lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666),
+    )
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
@@ -212,13 +266,13 @@ def write_folder(
 
     Everything is written and fsynced in a temporary sibling folder that then replaces
     ``folder``, so a reader never sees a half-written one; files already in ``folder`` whose
-    name satisfies ``keep`` are carried over.
+    name satisfies ``keep`` are carried over. The new folder's permissions follow the umask.
     """
     folder = Path(folder).absolute()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    staging = _make_unique_dir(folder.parent, f".{folder.name}.tmp-")
     try:
         fill(staging)
         for path in staging.rglob("*"):
@@ -230,7 +284,7 @@ def write_folder(
                 if keep(path.name):
                     copy = shutil.copytree if path.is_dir() else shutil.copy2
                     copy(path, staging / path.name)
-            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            retired = _make_unique_dir(folder.parent, f".{folder.name}.old-")
             os.replace(folder, retired / folder.name)
             os.replace(staging, folder)
             shutil.rmtree(retired)

@@ -74,7 +74,8 @@ class AttentionInputs:
 
     ``cos``/``sin`` are the rotary tables of the query positions; ``key_valid`` masks the keys
     attended to (all of the sequence, or the cache's ``[0, length)``); with a ``cache``, the
-    layer writes its fresh keys/values at ``start`` and attends to the cached ones.
+    layer writes its fresh keys/values at ``start`` (a position, or the slice's slots as an
+    ``int64[L]`` device tensor) and attends to the cached ones.
     """
 
     cos: torch.Tensor
@@ -82,7 +83,7 @@ class AttentionInputs:
     rope_in_fp32: bool
     key_valid: torch.Tensor | None
     cache: KVCache | None
-    start: int
+    start: int | torch.Tensor
 
 
 def self_attention(

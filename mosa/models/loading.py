@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from .base import DiffusionLM
 from .config import DreamConfig, LLaDAConfig, read_config_json
 from .dream import DreamModel
-from .files import read_state_dict
+from .files import read_state_dict, stored_parameter_count
 from .llada import LLaDAModel
 from .presets import PRESETS
 
@@ -40,14 +41,34 @@ def model_class(config: dict[str, Any], source: str = "config") -> type[Diffusio
     )
 
 
-def _config_of(cls: type[DiffusionLM], data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
+def config_of(cls: type[DiffusionLM], data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
+    """The config object of family ``cls`` parsed from a ``config.json`` dict."""
     return (LLaDAConfig if cls is LLaDAModel else DreamConfig).from_dict(data)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or the current CUDA device when there is one, else the CPU."""
+    """``device``, or the current CUDA device when there is one, else the CPU.
+
+    Raises ValueError for a name torch does not know and for a CUDA device this machine
+    does not have, before anything is read onto it.
+    """
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device {device!r} is not a torch device; give e.g. 'cpu', 'cuda' or 'cuda:1'"
+            ) from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r}: CUDA is not available on this machine; use the CPU "
+                "(device 'cpu', --device cpu)"
+            )
+        if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -71,6 +92,54 @@ def _empty_model(cls: type[DiffusionLM], config: Any) -> DiffusionLM:
         return cls(config)
 
 
+def _parameter_count(config: LLaDAConfig | DreamConfig, layers: int) -> int:
+    cls = LLaDAModel if isinstance(config, LLaDAConfig) else DreamModel
+    shrunk = dataclasses.replace(config, **{config.layers_key: layers})
+    return sum(t.numel() for t in _empty_model(cls, shrunk).state_dict().values())
+
+
+def _check_parameter_count(
+    folder: Path, config: LLaDAConfig | DreamConfig, data: dict[str, Any]
+) -> None:
+    """Refuses a config whose parameter count disagrees with the weights' headers, naming the
+    key to fix, before a model of the config's size is built (``n_layers: 1e9`` would take
+    hours just to lay out on the meta device).
+
+    A count that agrees, or that stays within twice the weights' (a model that size is
+    cheap to lay out), is left to ``read_state_dict``, which names the tensor.
+    """
+    stored = stored_parameter_count(folder)
+    layers = getattr(config, config.layers_key)
+    # Every layer has the same shapes: the count is linear in the layer count.
+    one, two = _parameter_count(config, 1), _parameter_count(config, 2)
+    per_layer, outside = two - one, 2 * one - two
+    expected = outside + per_layer * layers
+    if expected == stored:
+        return
+    source = folder / "config.json"
+    stored_layers, rest = divmod(stored - outside, per_layer)
+    if rest == 0 and stored_layers >= 1:
+        raise ValueError(
+            f"{source}: {config.layers_key} is {layers}, but the weights hold {stored:,} "
+            f"parameters, which is {stored_layers} layers; set {config.layers_key} to "
+            f"{stored_layers}"
+        )
+    missing = [key for key in config.size_keys if key not in data]
+    if missing:
+        taken = ", ".join(f"{key}={getattr(config, key)}" for key in missing)
+        raise ValueError(
+            f"{source} lacks {', '.join(missing)} (the defaults {taken} were taken), and the "
+            f"config then gives {expected:,} parameters where the weights hold {stored:,}; "
+            f"add {', '.join(missing)} to config.json"
+        )
+    if expected > 2 * stored:
+        sizes = ", ".join(f"{key}={getattr(config, key)}" for key in config.size_keys)
+        raise ValueError(
+            f"{source}: its sizes ({sizes}) give {expected:,} parameters but the weights hold "
+            f"{stored:,}; fix those keys in config.json"
+        )
+
+
 def load_model(
     path: str | Path,
     dtype: str | torch.dtype | None = None,
@@ -89,7 +158,9 @@ def load_model(
     cls = model_class(data, str(folder / "config.json"))
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    model = _empty_model(cls, _config_of(cls, data))
+    config = config_of(cls, data)
+    _check_parameter_count(folder, config, data)
+    model = _empty_model(cls, config)
     shapes = {name: t.shape for name, t in model.state_dict().items()}
     model.load_state_dict(read_state_dict(folder, shapes, dtype, device), assign=True)
     model.name_or_path = str(folder)
@@ -114,7 +185,7 @@ def build_model(
         config = PRESETS[config]
     if isinstance(config, dict):
         cls = model_class(config)
-        config = _config_of(cls, config)
+        config = config_of(cls, config)
     elif isinstance(config, LLaDAConfig | DreamConfig):
         cls = LLaDAModel if isinstance(config, LLaDAConfig) else DreamModel
     else:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from mosa.text.canvas import build_canvas, first_masked_position
+from mosa.models import adopt_model
+from mosa.text.canvas import Canvas, build_canvas, first_masked_position
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
+from .arguments import check_sampler_arguments
+from .buckets import bucket_canvas, bucket_pad_id
+from .context_window import fit_prompt
+from .cuda_graph import GraphedCall, graph_cache, use_cuda_graphs
 from .filters import top_k_filter, top_p_filter
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
@@ -43,6 +50,9 @@ def diffusion_generate(
     return_dict_in_generate: bool = False,
     generator: torch.Generator | None = None,
     response: torch.Tensor | None = None,
+    truncate: str | None = None,
+    cuda_graphs: bool | str = "auto",
+    prompt_bucket: int = 16,
 ) -> torch.Tensor | GenerateOutput:
     """Sample as Dream's ``model.diffusion_generate`` does (one block, Dream's schedule).
 
@@ -54,7 +64,8 @@ def diffusion_generate(
     masked count averaged over the batch (everything left on the last step); ``alg_temp > 0``
     draws those positions from ``softmax(confidence / alg_temp)`` instead. ``top_p`` /
     ``top_k`` filter the tempered logits first. Logits are shifted as in Dream (token i from
-    position i - 1); for a generic ``.logits`` model the shift is applied here.
+    position i - 1); for a generic ``.logits`` model the shift is applied here. A LLaDA / Dream
+    model loaded with transformers runs the fused path, adopted by ``mosa.from_hf``.
 
     Differences from Dream's code, all in edge cases: confidence ties go to the lower
     position; a row never commits more positions than it has masked (Dream would write mask
@@ -62,9 +73,19 @@ def diffusion_generate(
     1e-10 inside the log). Random draws come from ``generator`` through counter-based noise,
     so they match Dream's in distribution, not bit for bit.
 
+    ``cuda_graphs`` and ``prompt_bucket`` are ``generate``'s: by default ("auto"), on CUDA
+    with a ``mosa`` model, temperature 0 and a confidence algorithm without ``alg_temp`` or
+    filters, the step (the same shape every step) is captured once as a CUDA graph and
+    replayed, also by later calls of the same shape.
+
+    A prompt that with ``max_new_tokens`` exceeds the model's ``max_position_embeddings`` is
+    refused (ValueError), or with ``truncate='left'`` cut to its last tokens, with a warning
+    (the result then holds the kept prompt tokens only).
+
     Returns ``int64[B, P + G]``, or a ``GenerateOutput`` (with ``history`` when
     ``output_history``) when ``return_dict_in_generate``.
     """
+    model = adopt_model(model)
     if alg not in ALGORITHMS:
         raise ValueError(f"alg must be one of {tuple(ALGORITHMS)}, got {alg!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -77,6 +98,7 @@ def diffusion_generate(
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor of token ids, got {type(inputs).__name__}")
+    check_sampler_arguments(model, inputs, steps)
     prompt = inputs if inputs.dim() == 2 else inputs[None]
     if max_new_tokens is None:
         if max_length is None:
@@ -92,7 +114,21 @@ def diffusion_generate(
         if mask_token_id is None
         else mask_token_id
     )
+    prompt, attention_mask = fit_prompt(model, prompt, attention_mask, max_new_tokens, truncate)
     canvas = build_canvas(prompt, attention_mask, max_new_tokens, mask_id, response)
+    filtered = top_p is not None and top_p < 1 or top_k is not None
+    graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
+        "temperature must be 0": temperature != 0,
+        "alg must be a confidence algorithm ('origin' draws random numbers)": alg == "origin",
+        "alg_temp must be 0 or None": bool(alg_temp),
+        "top_p and top_k must be unset": filtered,
+        "output_history must be False": output_history,
+    })  # fmt: skip
+    if graphs:
+        canvas, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, mask_id))
+        out = _graphed_generation(model, canvas, mask_id, steps, eps, ALGORITHMS[alg])
+        out.sequences = out.sequences[:, added:]
+        return out if return_dict_in_generate else out.sequences
     predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
     x, prompt_length = canvas.x, canvas.prompt_length
     given = x != mask_id
@@ -100,11 +136,10 @@ def diffusion_generate(
     timesteps = dream_timesteps(steps, eps)
     commit_step = torch.full((x.shape[0], max_new_tokens), -1, dtype=torch.long, device=x.device)
     history = [] if output_history else None
-    filtered = top_p is not None and top_p < 1 or top_k is not None
 
     for i in range(steps):
         is_masked = x[:, start:end] == mask_id
-        rows, _ = predictor.rows(x, canvas.attention_mask, given, start, end, refresh=True)
+        rows, _ = predictor.rows(x, canvas.attention_mask, given, start, end - start, refresh=True)
         if filtered:
             rows = _filtered_logits(rows, predictor, temperature, top_p, top_k)
             head, bias, sample_temperature = None, None, (1.0 if temperature > 0 else 0.0)
@@ -123,10 +158,8 @@ def diffusion_generate(
                 rows, head, bias=bias, temperature=sample_temperature, confidence=ALGORITHMS[alg],
                 tempered_confidence=True, seed=seed,
             )  # fmt: skip
-            count = dream_transfer_count(x == mask_id, timesteps, i)
-            if count <= 0:
-                commit = torch.zeros_like(is_masked)
-            elif alg_temp:
+            count = dream_transfer_count(x == mask_id, timesteps, i).expand(x.shape[0])
+            if alg_temp:
                 # Gumbel-top-k: `count` masked positions drawn without replacement from
                 # softmax(confidence / alg_temp), as Dream's torch.multinomial does.
                 rows_index = torch.arange(conf.shape[0], device=conf.device)[:, None]
@@ -157,3 +190,110 @@ def _filtered_logits(rows, predictor, temperature, top_p, top_k):
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     return logits
+
+
+@dataclass
+class _ConfidenceStep:
+    """One step of a confidence algorithm at temperature 0, in place on tensors that stay put
+    (what a CUDA graph replays); the step number is read from the 0-d tensor ``step``.
+
+    The same arithmetic as ``diffusion_generate``'s eager loop: one window ``[start, L)``,
+    the head on all of it, ``dream_transfer_count`` on the device.
+    """
+
+    predictor: Predictor
+    canvas: Canvas
+    given: torch.Tensor
+    trace: torch.Tensor
+    step: torch.Tensor
+    timesteps: torch.Tensor
+    start: int
+    confidence: str
+    mask_id: int
+
+    def __call__(self) -> None:
+        x, start = self.canvas.x, self.start
+        is_masked = x[:, start:] == self.mask_id
+        rows, _ = self.predictor.rows(
+            x, self.canvas.attention_mask, self.given, start, x.shape[1] - start, refresh=True
+        )
+        token, conf = sample_tokens(
+            rows, self.predictor.weight, bias=self.predictor.bias, confidence=self.confidence,
+            tempered_confidence=True,
+        )  # fmt: skip
+        count = dream_transfer_count(x == self.mask_id, self.timesteps, self.step)
+        commit = select_transfer(conf, is_masked, k=count.expand(x.shape[0]))
+        x[:, start:] = torch.where(commit, token, x[:, start:])
+        record_commits(
+            self.trace, commit, token, self.mask_id, start, self.canvas.prompt_length, self.step
+        )
+        self.step += 1
+
+
+class _GraphedSteps:
+    """A ``_ConfidenceStep`` over tensors of one shape, run eagerly once (which compiles its
+    kernels), then captured and replayed, by this and by later calls of the same shape."""
+
+    def __init__(self, step: _ConfidenceStep):
+        self.step = step
+        self.warm = False
+        self.graphed = None
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def load(self, canvas: Canvas, mask_id: int) -> None:
+        state = self.step
+        state.canvas.x.copy_(canvas.x)
+        if canvas.attention_mask is not None:
+            state.canvas.attention_mask.copy_(canvas.attention_mask)
+        state.given.copy_(canvas.x != mask_id)
+        state.trace.fill_(-1)
+        state.step.zero_()
+
+    def run(self, cache) -> None:
+        if not self.warm:
+            self.step()
+            self.warm = True
+            return
+        if self.graphed is None:
+            self.graphed = GraphedCall(self.step, self.step.canvas.x.device, self.pool)
+            cache.captures += 1
+        self.graphed()
+
+
+def _graphed_generation(model, canvas: Canvas, mask_id, steps, eps, confidence) -> GenerateOutput:
+    x = canvas.x
+    start = first_masked_position(x, mask_id, default=x.shape[1])
+    padded = canvas.attention_mask is not None
+    key = ("dream", mask_id, steps, eps, confidence, tuple(x.shape), start, padded)
+    cache = graph_cache(model)
+
+    def make() -> _GraphedSteps:
+        predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
+        return _GraphedSteps(
+            _ConfidenceStep(
+                predictor=predictor,
+                canvas=Canvas(
+                    x.clone(),
+                    None if not padded else canvas.attention_mask.clone(),
+                    canvas.prompt_length,
+                ),
+                given=torch.empty_like(x, dtype=torch.bool),
+                trace=torch.empty(
+                    x.shape[0], x.shape[1] - canvas.prompt_length, dtype=torch.long, device=x.device
+                ),
+                step=torch.zeros((), dtype=torch.long, device=x.device),
+                timesteps=dream_timesteps(steps, eps, device=x.device),
+                start=start,
+                confidence=confidence,
+                mask_id=mask_id,
+            )
+        )
+
+    graphed = cache.get(key, make)
+    graphed.load(canvas, mask_id)
+    for _ in range(steps):
+        graphed.run(cache)
+    state = graphed.step
+    return GenerateOutput(
+        sequences=state.canvas.x.clone(), commit_step=state.trace.clone(), steps=steps
+    )

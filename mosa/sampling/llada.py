@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from mosa.models import DiffusionLM
-from mosa.text.canvas import build_canvas, first_masked_position
-from mosa_kernels import sample_tokens, select_transfer
-from mosa_kernels.random import seed_from
+from mosa.models import adopt_model
+from mosa.text.canvas import Canvas, build_canvas, first_masked_position
+from mosa_kernels import sample_tokens
+from mosa_kernels.ops.select_transfer import check_threshold
 
-from .cuda_graph import GraphedCall
-from .output import GenerateOutput, record_commits
+from .arguments import check_sampler_arguments
+from .block_step import BlockDone, StepSet, StepShape, StepState
+from .buckets import bucket_canvas, bucket_pad_id
+from .context_window import fit_prompt
+from .cuda_graph import graph_cache, use_cuda_graphs
+from .output import GenerateOutput
 from .predictor import Predictor, model_token_id
 from .schedule import llada_transfer_counts
 
@@ -45,10 +48,12 @@ def generate(
     generator: torch.Generator | None = None,
     return_trace: bool = False,
     *,
-    cuda_graphs: bool = False,
+    cuda_graphs: bool | str = "auto",
+    prompt_bucket: int = 16,
     response: torch.Tensor | None = None,
     eos_id: int | None = None,
     eot_id: int | None = None,
+    truncate: str | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Sample a response with LLaDA's semi-autoregressive, low-confidence-remasking sampler.
 
@@ -59,7 +64,9 @@ def generate(
 
     Args:
         model: a ``mosa`` model (fused path: hidden states of the active window only, fused
-            LM head and selection) or any model whose forward returns ``.logits``.
+            LM head and selection), a LLaDA / Dream model loaded with transformers (adopted by
+            ``mosa.from_hf``, so it takes the fused path too), or any other model whose
+            forward returns ``.logits``.
         prompt: ``int[B, P]``, left-padded when rows differ (give ``attention_mask``).
         steps, gen_length, block_length: ``gen_length % block_length == 0`` and
             ``steps % (gen_length // block_length) == 0``; each block gets an equal share.
@@ -73,7 +80,7 @@ def generate(
             so choosing them gives confidence 0.
         threshold / factor: Fast-dLLM parallel decoding — each step commits every masked
             position of the block whose confidence passes the rule (at least one); blocks run
-            until filled and ``steps`` is not used.
+            until filled and ``steps`` is not used. ``threshold`` lies in (0, 1].
         cache: ``None``, ``'prefix'`` or ``'dual'`` (approximate, as in Fast-dLLM): keys and
             values are recomputed for the whole sequence at each block start only.
         stop_at_eos: at block boundaries, a row whose response has a committed EOS with
@@ -81,217 +88,246 @@ def generate(
             leaves the batch.
         generator: CPU ``torch.Generator`` for temperature > 0 and random remasking.
         return_trace: return a ``GenerateOutput`` with the step each position was committed.
-        cuda_graphs: replay each block's steps as one CUDA graph, so a step costs the host one
-            launch instead of one per kernel (a block's first step, which refreshes the cache,
-            and the first step of each new shape, which compiles the kernels, run eagerly).
-            Needs CUDA, a ``mosa`` model, temperature 0, low-confidence remasking and neither
-            EOS option; the output is the eager one's up to float rounding (the head then runs
-            on every position of the window, the block and any masked prompt position left of
-            it, instead of the masked ones only). Off by default until
-            ``benchmarks/gpu_check.sh`` has confirmed it on a GPU.
+        cuda_graphs: ``"auto"`` (default): on CUDA, with a ``mosa`` model, temperature 0,
+            low-confidence remasking and neither EOS option, each step shape is captured once
+            as a CUDA graph and replayed (a step costs the host one launch instead of one per
+            kernel), across blocks and across calls of the same shape (``clear_cuda_graphs``
+            frees them); eager otherwise. ``True`` raises where graphs are unsupported,
+            ``False`` always runs eagerly. The graph path runs the head on every position of
+            the window (the eager path on its masked positions only), so near-ties may round
+            differently.
+        prompt_bucket: on the graph path, the prompt is left-padded to a multiple of this many
+            tokens so nearby prompt lengths share graphs (1: off); padding is never attended
+            to, and the returned sequences do not include it.
         response: optional ``int[G]``/``int[B, G]`` initial response; ids other than
             ``mask_id`` are fixed tokens, never remasked.
         eos_id, eot_id: default to the model config's, else LLaDA's 126081 / 126348.
+        truncate: a prompt that with ``gen_length`` exceeds the model's
+            ``max_sequence_length`` is refused (ValueError) when None; ``'left'`` keeps its
+            last tokens instead, with a warning (``context_window.fit_prompt``); the result
+            then holds the kept prompt tokens only.
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
-    mask_id = model_token_id(model, "mask_token_id", LLADA_MASK_ID) if mask_id is None else mask_id
-    eos_id = model_token_id(model, "eos_token_id", LLADA_EOS_ID) if eos_id is None else eos_id
-    eot_id = model_token_id(model, "eot_token_id", LLADA_EOT_ID) if eot_id is None else eot_id
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    for name, value in (("gen_length", gen_length), ("block_length", block_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if gen_length % block_length:
-        raise ValueError(
-            f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
-        )
-    num_blocks = gen_length // block_length
-    if threshold is not None and factor is not None:
-        raise ValueError("give threshold or factor, not both")
-    parallel = threshold is not None or factor is not None
-    if not parallel and (steps < num_blocks or steps % num_blocks):
-        raise ValueError(
-            f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})"
-        )
-    graphs = _check_cuda_graphs(
-        cuda_graphs, model, prompt, temperature, remasking, logits_eos_inf, confidence_eos_eot_inf
-    )
-    canvas = build_canvas(prompt, attention_mask, gen_length, mask_id, response)
-    predictor = Predictor(
-        model, mask_id=mask_id, cfg_scale=cfg_scale, cache=cache, shift_logits=False
-    )
-    needs_noise = temperature > 0 or remasking == "random"
-    sample = functools.partial(
-        sample_tokens, weight=predictor.weight, bias=predictor.bias, cfg_scale=cfg_scale,
-        temperature=temperature,
-        confidence="prob" if remasking == "low_confidence" else "random",
-        suppress=[eos_id] if logits_eos_inf else [],
-        exclude_from_confidence=(
-            ([eos_id, eot_id] if temperature == 0 else [eot_id]) if confidence_eos_eot_inf else []
-        ),
+    model = adopt_model(model)
+    check_sampler_arguments(model, prompt, steps)
+    settings = SamplerSettings.check(
+        model, steps=steps, gen_length=gen_length, block_length=block_length,
+        temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
+        logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
+        threshold=threshold, factor=factor, cache=cache, stop_at_eos=stop_at_eos,
+        prompt_bucket=prompt_bucket, eos_id=eos_id, eot_id=eot_id,
     )  # fmt: skip
-    check_ids = functools.partial(
-        _check_special_ids, logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf, eos_id=eos_id, eot_id=eot_id,
-    )  # fmt: skip
-
-    x, prompt_length = canvas.x, canvas.prompt_length
-    given = x != mask_id
-    batch = x.shape[0]
-    steps_per_block = steps // num_blocks
-    commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=x.device)
-    active = torch.arange(batch, device=x.device)
-    step_count = torch.zeros((), dtype=torch.long, device=x.device)
-    pool = torch.cuda.graph_pool_handle() if graphs else None
-    warm_shapes = set()
-
-    for block in range(num_blocks):
-        start = prompt_length + block * block_length
-        end = start + block_length
-        if stop_at_eos and block > 0:
-            active = _drop_finished(x, active, prompt_length, start, mask_id, eos_id)
-            if active.numel() == 0:
-                break
-        rows_x = x[active]
-        # Positions left of the block stay candidates while masked (prompt masks, or a model
-        # that predicted the mask token), as in the reference; one host read per block.
-        window = first_masked_position(rows_x[:, :start], mask_id, default=start)
-        counts = (
-            None
-            if parallel
-            else llada_transfer_counts(rows_x[:, start:end] == mask_id, steps_per_block)
-        )
-        step = BlockStep(
-            predictor=predictor,
-            sample=sample,
-            check_ids=check_ids,
-            x=rows_x,
-            attention_mask=None if canvas.attention_mask is None else canvas.attention_mask[active],
-            given=given[active],
-            trace=commit_step[active],
-            window=window,
-            end=end,
-            prompt_length=prompt_length,
-            mask_id=mask_id,
-            rule=(
-                {"threshold": threshold, "factor": factor}
-                if parallel
-                else {"k": torch.empty_like(counts[:, 0])}
-            ),
-            generator=generator if needs_noise else None,
-            count=step_count,
-        )
-        # The cache is refilled at each block start, so a block's graph is its own.
-        graphed = (
-            GraphedCall(functools.partial(step, width=None), x.device, pool) if graphs else None
-        )
-        widest = (
-            None
-            if parallel or needs_noise or graphs
-            else _widest(rows_x, window, end, counts, mask_id)
-        )
-        # Parallel decoding commits at least one masked position per row and step.
-        budget = end - window if parallel else steps_per_block
-        for i in range(budget):
-            if parallel and not bool((rows_x[:, window:end] == mask_id).any()):
-                break
-            if not parallel:
-                step.rule["k"].copy_(counts[:, i])
-            width = None if widest is None else widest[i]
-            if i == 0:
-                step(refresh=True, width=width)
-            elif graphed is None or step.shape not in warm_shapes:
-                # With graphs: compiles and tunes, for these shapes, what the graph will run.
-                step(width=width)
-                warm_shapes.add(step.shape)
-            else:
-                graphed()
-        x[active], commit_step[active] = rows_x, step.trace
-
-    if not return_trace:
-        return x
-    return GenerateOutput(sequences=x, commit_step=commit_step, steps=int(step_count))
-
-
-@dataclass
-class BlockStep:
-    """One denoising step of a block, in place on tensors that stay put for the whole block
-    (what lets a CUDA graph replay it).
-
-    ``x`` (the block's rows of the canvas) and ``trace`` (their commit steps) are updated;
-    ``rule`` is ``select_transfer``'s: a fixed-schedule step reads its counts from the tensor
-    ``rule['k']``, which the caller fills before each step; ``count`` counts the steps run.
-    """
-
-    predictor: Predictor
-    sample: Callable
-    check_ids: Callable[[int], None]
-    x: torch.Tensor
-    attention_mask: torch.Tensor | None
-    given: torch.Tensor
-    trace: torch.Tensor
-    window: int
-    end: int
-    prompt_length: int
-    mask_id: int
-    rule: dict
-    generator: torch.Generator | None
-    count: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Rows, window width and positions run: what the kernels of a step are compiled for."""
-        rows, length = self.x.shape
-        first, stop = self.predictor.cached_span(self.window, self.end, length)
-        return rows, self.end - self.window, stop - first
-
-    def __call__(self, refresh: bool = False, width: int | None = None) -> None:
-        """``refresh`` reruns the whole sequence (and refills the cache); ``width``, when
-        given, samples each row's first ``width`` masked positions only (see ``_sample_masked``)."""
-        window, end = self.window, self.end
-        is_masked = self.x[:, window:end] == self.mask_id
-        rows, rows_uncond = self.predictor.rows(
-            self.x, self.attention_mask, self.given, window, end, refresh=refresh
-        )
-        if refresh:
-            self.check_ids(self.predictor.vocab_size(rows))
-        sample = functools.partial(
-            self.sample, seed=seed_from(self.generator) if self.generator is not None else 0
-        )
-        if width is None:
-            token, conf = sample(rows, x_uncond=rows_uncond)
-        else:
-            token, conf = _sample_masked(sample, rows, rows_uncond, is_masked, width)
-        commit = select_transfer(conf, is_masked, **self.rule)
-        self.x[:, window:end] = torch.where(commit, token, self.x[:, window:end])
-        record_commits(
-            self.trace, commit, token, self.mask_id, window, self.prompt_length, self.count
-        )
-        self.count += 1
-
-
-def _check_cuda_graphs(
-    cuda_graphs, model, prompt, temperature, remasking, logits_eos_inf, confidence_eos_eot_inf
-) -> bool:
-    """Whether to replay steps as CUDA graphs; raises when asked for where they cannot be."""
-    if not cuda_graphs:
-        return False
-    unsupported = {
-        "prompt must be on a CUDA device": not (
-            isinstance(prompt, torch.Tensor) and prompt.device.type == "cuda"
-        ),
-        "the model must be a mosa model (mosa.load_model)": not isinstance(model, DiffusionLM),
+    prompt, attention_mask = fit_prompt(model, prompt, attention_mask, gen_length, truncate)
+    canvas = build_canvas(prompt, attention_mask, gen_length, settings.mask_id, response)
+    graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
         "temperature must be 0 (sampling noise is seeded per step)": temperature != 0,
         "remasking must be 'low_confidence'": remasking != "low_confidence",
-        "logits_eos_inf and confidence_eos_eot_inf must be False": logits_eos_inf
-        or confidence_eos_eot_inf,
-    }
-    reasons = [reason for reason, failed in unsupported.items() if failed]
-    if reasons:
-        raise ValueError(f"cuda_graphs=True needs: {'; '.join(reasons)}; or pass cuda_graphs=False")
-    return True
+        "logits_eos_inf and confidence_eos_eot_inf must be False": (
+            logits_eos_inf or confidence_eos_eot_inf
+        ),
+    })  # fmt: skip
+    added = 0
+    if graphs:
+        canvas, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, settings.mask_id))
+    run = _Generation(model, settings, canvas, graphs, generator)
+    for block in range(settings.num_blocks):
+        if not run.block(block):
+            break
+    sequences = run.x[:, added:]
+    if not return_trace:
+        return sequences
+    trace = run.trace[:, canvas.prompt_length :]
+    return GenerateOutput(sequences=sequences, commit_step=trace, steps=int(run.count))
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """``generate``'s options, checked, with the values that follow from them."""
+
+    mask_id: int
+    eos_id: int
+    eot_id: int
+    gen_length: int
+    block_length: int
+    num_blocks: int
+    steps_per_block: int
+    temperature: float
+    cfg_scale: float
+    remasking: str
+    logits_eos_inf: bool
+    confidence_eos_eot_inf: bool
+    threshold: float | None
+    factor: float | None
+    cache: str | None
+    stop_at_eos: bool
+    prompt_bucket: int
+
+    @classmethod
+    def check(cls, model, *, steps, mask_id, eos_id, eot_id, **options) -> SamplerSettings:
+        """Raises a ValueError naming the bad option and the fix."""
+        mask_id = (
+            model_token_id(model, "mask_token_id", LLADA_MASK_ID) if mask_id is None else mask_id
+        )
+        eos_id = model_token_id(model, "eos_token_id", LLADA_EOS_ID) if eos_id is None else eos_id
+        eot_id = model_token_id(model, "eot_token_id", LLADA_EOT_ID) if eot_id is None else eot_id
+        if options["remasking"] not in REMASKING:
+            raise ValueError(f"remasking must be one of {REMASKING}, got {options['remasking']!r}")
+        for name in ("gen_length", "block_length", "prompt_bucket"):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        gen_length, block_length = options["gen_length"], options["block_length"]
+        if gen_length % block_length:
+            raise ValueError(
+                f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
+            )
+        num_blocks = gen_length // block_length
+        if options["threshold"] is not None and options["factor"] is not None:
+            raise ValueError("give threshold or factor, not both")
+        if options["threshold"] is not None:
+            check_threshold(options["threshold"])
+        parallel = options["threshold"] is not None or options["factor"] is not None
+        if not parallel and (steps < num_blocks or steps % num_blocks):
+            raise ValueError(
+                f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})"
+            )
+        return cls(
+            mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, num_blocks=num_blocks,
+            steps_per_block=steps // num_blocks, **options,
+        )  # fmt: skip
+
+    @property
+    def parallel(self) -> bool:
+        return self.threshold is not None or self.factor is not None
+
+    @property
+    def needs_noise(self) -> bool:
+        return self.temperature > 0 or self.remasking == "random"
+
+    @property
+    def rule(self) -> dict:
+        """``select_transfer``'s rule for parallel decoding; empty for the fixed schedule."""
+        if self.threshold is not None:
+            return {"threshold": self.threshold}
+        return {} if self.factor is None else {"factor": self.factor}
+
+    @property
+    def graph_key(self) -> tuple:
+        """Everything a captured step freezes besides its shape."""
+        return (self.mask_id, self.cfg_scale, self.cache, self.threshold, self.factor,
+                None if self.parallel else self.steps_per_block)  # fmt: skip
+
+
+class _Generation:
+    """The canvas, trace and step count of one ``generate`` call, run block by block by the
+    step sets of its batch shapes (rows leave the batch with ``stop_at_eos``)."""
+
+    def __init__(self, model, settings: SamplerSettings, canvas: Canvas, graphs: bool, generator):
+        self.model, self.settings, self.graphs = model, settings, graphs
+        self.x, self.prompt_length = canvas.x, canvas.prompt_length
+        self.key_valid = canvas.attention_mask
+        self.given = self.x != settings.mask_id
+        self.trace = torch.full_like(self.x, -1)
+        self.count = torch.zeros((), dtype=torch.long, device=self.x.device)
+        self.active = torch.arange(self.x.shape[0], device=self.x.device)
+        self.sets = graph_cache(model) if graphs else None
+        self.generator = generator if settings.needs_noise else None
+
+    def block(self, block: int) -> bool:
+        """Runs block ``block``; False when every row has finished (``stop_at_eos``)."""
+        settings = self.settings
+        start = self.prompt_length + block * settings.block_length
+        end = start + settings.block_length
+        if settings.stop_at_eos and block > 0:
+            self.active = _drop_finished(
+                self.x, self.active, self.prompt_length, start, settings.mask_id, settings.eos_id
+            )
+            if self.active.numel() == 0:
+                return False
+        steps = self._load(self._step_set(self.active.numel()))
+        state = steps.state
+        # Positions left of the block stay candidates while masked (prompt masks, or a model
+        # that predicted the mask token), as in the reference; one host read per block.
+        window = first_masked_position(state.x[:, :start], settings.mask_id, default=start)
+        state.window_start.fill_(window)
+        first, stop = steps.predictor.cached_span(window, end, state.x.shape[1])
+        refresh = StepShape(True, end - window, None)
+        step = refresh if settings.cache is None else StepShape(False, end - window, stop - first)
+        if settings.parallel:
+            done = BlockDone(state.done)
+            # Each step commits at least one masked position while any is left.
+            for i in range(end - window):
+                steps.run(refresh if i == 0 else step)
+                if done.after_step(i):
+                    break
+        else:
+            counts = llada_transfer_counts(
+                state.x[:, start:end] == settings.mask_id, settings.steps_per_block
+            )
+            state.k_table.copy_(counts)
+            state.step_in_block.zero_()
+            narrow = (
+                None
+                if self.graphs or settings.needs_noise
+                else _widest(state.x, window, end, counts, settings.mask_id)
+            )
+            for i in range(settings.steps_per_block):
+                steps.run(refresh if i == 0 else step, None if narrow is None else narrow[i])
+        self._store(steps)
+        return True
+
+    def _step_set(self, rows: int) -> StepSet:
+        padded = self.key_valid is not None
+        if self.sets is None:
+            return self._make_step_set(rows, padded)
+        key = (self.settings.graph_key, rows, self.x.shape[1], padded)
+        return self.sets.get(key, lambda: self._make_step_set(rows, padded))
+
+    def _make_step_set(self, rows: int, padded: bool) -> StepSet:
+        settings = self.settings
+        state = StepState.allocate(
+            rows, self.x.shape[1], self.x.device, padded,
+            None if settings.parallel else settings.steps_per_block,
+        )  # fmt: skip
+        predictor = Predictor(
+            self.model, mask_id=settings.mask_id, cfg_scale=settings.cfg_scale,
+            cache=settings.cache, shift_logits=False,
+        )  # fmt: skip
+        options = dict(
+            sample=_sampler(settings, predictor), rule=settings.rule, mask_id=settings.mask_id,
+            check_ids=functools.partial(_check_special_ids, settings), generator=self.generator,
+        )  # fmt: skip
+        return StepSet(state, predictor, options, self.graphs, self.sets)
+
+    def _load(self, steps: StepSet) -> StepSet:
+        """Copies the active rows into the set's tensors (the ones its graphs read)."""
+        state, rows = steps.state, self.active
+        state.x.copy_(self.x[rows])
+        state.given.copy_(self.given[rows])
+        state.trace.copy_(self.trace[rows])
+        state.count.copy_(self.count)
+        if state.key_valid is not None:
+            state.key_valid.copy_(self.key_valid[rows])
+        steps.predictor.reuse(state.key_valid)
+        return steps
+
+    def _store(self, steps: StepSet) -> None:
+        state, rows = steps.state, self.active
+        self.x[rows], self.trace[rows] = state.x, state.trace
+        self.count.copy_(state.count)
+
+
+def _sampler(settings: SamplerSettings, predictor: Predictor):
+    """``sample_tokens`` with everything but the rows bound."""
+    exclude = [settings.eos_id, settings.eot_id] if settings.temperature == 0 else [settings.eot_id]
+    return functools.partial(
+        sample_tokens, weight=predictor.weight, bias=predictor.bias,
+        cfg_scale=settings.cfg_scale, temperature=settings.temperature,
+        confidence="prob" if settings.remasking == "low_confidence" else "random",
+        suppress=[settings.eos_id] if settings.logits_eos_inf else [],
+        exclude_from_confidence=exclude if settings.confidence_eos_eot_inf else [],
+    )  # fmt: skip
 
 
 def _widest(x, window, end, counts, mask_id) -> list[int]:
@@ -302,32 +338,14 @@ def _widest(x, window, end, counts, mask_id) -> list[int]:
     return left.max(dim=0).values.tolist()
 
 
-def _sample_masked(sample, rows, rows_uncond, is_masked, width: int):
-    """``sample`` on each row's masked positions only (committed ones need no logits: the head
-    is most of a cached step); unsampled positions get confidence -inf.
-
-    Deterministic choice only: sampling noise is keyed by the row's place in the window."""
-    batch, window = is_masked.shape
-    token = torch.zeros(batch, window, dtype=torch.long, device=rows.device)
-    conf = torch.full((batch, window), float("-inf"), device=rows.device)
-    if width == 0:
-        return token, conf
-    # Masked positions first, in order; rows with fewer take some committed ones as filler.
-    places = torch.argsort((~is_masked).to(torch.int8), dim=1, stable=True)[:, :width]
-
-    def take(states):
-        return states.gather(1, places[..., None].expand(-1, -1, states.shape[-1]))
-
-    picked_token, picked_conf = sample(
-        take(rows), x_uncond=None if rows_uncond is None else take(rows_uncond)
+def _check_special_ids(settings: SamplerSettings, vocab: int) -> None:
+    wanted = (
+        {"eos_id": settings.eos_id}
+        if settings.logits_eos_inf or settings.confidence_eos_eot_inf
+        else {}
     )
-    return token.scatter(1, places, picked_token), conf.scatter(1, places, picked_conf.float())
-
-
-def _check_special_ids(vocab, logits_eos_inf, confidence_eos_eot_inf, eos_id, eot_id):
-    wanted = {"eos_id": eos_id} if logits_eos_inf or confidence_eos_eot_inf else {}
-    if confidence_eos_eot_inf:
-        wanted["eot_id"] = eot_id
+    if settings.confidence_eos_eot_inf:
+        wanted["eot_id"] = settings.eot_id
     for name, value in wanted.items():
         if not 0 <= value < vocab:
             raise ValueError(

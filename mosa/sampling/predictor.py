@@ -65,13 +65,28 @@ class Predictor:
         return torch.cat([x, uncond]), both_masks
 
     def _run_full(self, x_in, attention_mask):
-        if self.fused:
-            out = self.model(x_in, attention_mask, return_cache=self.cache_mode is not None)
+        if not self.fused:
+            out = self.model(x_in, attention_mask=attention_mask)
+            return out.logits if hasattr(out, "logits") else out[0]
+        if self.cache_mode is None:
+            return self.model(x_in, attention_mask).hidden_states
+        if self._cache is None:
+            out = self.model(x_in, attention_mask, return_cache=True)
             self._cache = out.cache
             return out.hidden_states
-        out = self.model(x_in, attention_mask=attention_mask)
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        return logits
+        # Refilled in place, so a step captured as a CUDA graph keeps reading the same slots.
+        return self.model(x_in, cache=self._cache, start=0).hidden_states
+
+    def reuse(self, attention_mask: torch.Tensor | None) -> None:
+        """Readies the cache for a new batch of the same shape: its padding (and the rotary
+        positions that follow from it) are copied in place; keys and values are refilled by
+        the next refresh."""
+        if self._cache is None or attention_mask is None:
+            return
+        key_valid = attention_mask if not self.cfg else torch.cat([attention_mask] * 2)
+        self._cache.key_valid.copy_(key_valid)
+        positions = self.model.rotary_positions(key_valid, key_valid.shape[1])
+        self._cache.position_ids.copy_(positions)
 
     def cached_span(self, start: int, end: int, length: int) -> tuple[int, int]:
         """The positions ``[first, stop)`` a cached call for ``[start, end)`` runs; ``length``
@@ -85,21 +100,38 @@ class Predictor:
         """Width of the distributions ``rows`` (as ``rows(...)`` returned them) stand for."""
         return self.weight.shape[0] if self.fused else rows.shape[-1]
 
-    def rows(self, x, attention_mask, given, start, end, refresh):
-        """Rows for positions ``[start, end)`` of ``x``; ``given`` is ``x != mask_id`` at the
-        start of sampling (what classifier-free guidance hides); ``refresh`` reruns the whole
-        sequence (and refills the cache)."""
+    def rows(self, x, attention_mask, given, start, width, refresh, run_length=None):
+        """Rows for positions ``[start, start + width)`` of ``x``; ``given`` is ``x != mask_id``
+        at the start of sampling (what classifier-free guidance hides); ``refresh`` reruns the
+        whole sequence (and refills the cache).
+
+        ``start`` is an int, or a 0-d device tensor (a step replayed as a CUDA graph reads
+        where its window is); then a cached call needs ``run_length``, the number of positions
+        it runs (``stop - first`` of ``cached_span``), which the host knows.
+        """
         x_in, mask_in = self._inputs(x, attention_mask, given)
+        positions = window_positions(start, width, x.device)
         # Position p is predicted by row p - shift (Dream); position 0 keeps its own row.
-        sources = (torch.arange(start, end, device=x.device) - self.shift).clamp(min=0)
+        sources = (positions - self.shift).clamp(min=0)
         if self.cache_mode is None or refresh:
-            full = self._run_full(x_in, mask_in)
-            picked = full[:, sources]
+            picked = self._run_full(x_in, mask_in).index_select(1, sources)
         else:
-            first, stop = self.cached_span(start, end, x.shape[1])
-            out = self.model(x_in[:, first:stop], cache=self._cache, start=first)
-            picked = out.hidden_states[:, sources - first]
+            if isinstance(start, torch.Tensor):
+                first = (start - self.shift).clamp(min=0)
+            else:
+                first, stop = self.cached_span(start, start + width, x.shape[1])
+                run_length = stop - first
+            slots = window_positions(first, run_length, x.device)
+            out = self.model(x_in.index_select(1, slots), cache=self._cache, start=first)
+            picked = out.hidden_states.index_select(1, sources - first)
         if not self.cfg:
             return picked, None
         cond, uncond = picked.chunk(2)
         return cond, uncond
+
+
+def window_positions(start: int | torch.Tensor, width: int, device) -> torch.Tensor:
+    """``int64[width]``: ``start, start + 1, ...``, with ``start`` an int or a 0-d tensor."""
+    if isinstance(start, torch.Tensor):
+        return start + torch.arange(width, device=device)
+    return torch.arange(start, start + width, device=device)

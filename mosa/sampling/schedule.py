@@ -21,14 +21,19 @@ def dream_timesteps(steps: int, eps: float, device: torch.device | str = "cpu") 
     return torch.linspace(1, eps, steps + 1, device=device)
 
 
-def dream_transfer_count(masked: torch.Tensor, timesteps: torch.Tensor, step: int) -> int:
-    """Dream's count for ``step``: ``int(n_mean * (1 - s / t))``, everything on the last step.
+def dream_transfer_count(
+    masked: torch.Tensor, timesteps: torch.Tensor, step: int | torch.Tensor
+) -> torch.Tensor:
+    """Dream's count for ``step``: ``int(n_mean * (1 - s / t))``, everything on the last step,
+    as a 0-d int64 tensor on the device (no host read, so a CUDA graph can replay it with
+    ``step`` a 0-d tensor).
 
     ``n_mean`` is the masked count averaged over the batch; the arithmetic is float32 as in
-    Dream's code, so the truncation agrees with it exactly.
+    Dream's code, and ``.long()`` truncates as its ``int()`` does, so the counts agree exactly.
     """
     n_mean = masked.sum() / masked.shape[0]
-    if step == timesteps.numel() - 2:
-        return int(n_mean)
-    t, s = timesteps[step], timesteps[step + 1]
-    return int(n_mean * (1 - s / t))
+    # index_select, not timesteps[step]: indexing with a tensor reads it on the host.
+    index = torch.as_tensor(step, device=timesteps.device).view(1)
+    t, s = timesteps.index_select(0, torch.cat([index, index + 1])).to(masked.device)
+    last = (index[0] == timesteps.numel() - 2).to(masked.device)
+    return torch.where(last, n_mean, n_mean * (1 - s / t)).long()

@@ -10,15 +10,29 @@ from tqdm.auto import tqdm
 from mosa.models import DreamModel
 from mosa.text.prompts import encode_prompts
 
+from .context_window import prompt_room
 from .dream import diffusion_generate
 from .llada import generate
 
 LLADA_OPTIONS = (
     "steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
     "logits_eos_inf", "confidence_eos_eot_inf", "threshold", "factor", "cache", "stop_at_eos",
-    "cuda_graphs",
+    "cuda_graphs", "truncate",
 )  # fmt: skip
-DREAM_OPTIONS = ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps")
+DREAM_OPTIONS = ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps", "truncate")
+DEFAULT_GEN_LENGTH = 128
+
+
+def check_prompts_fit(
+    model, tokenizer, prompts: Sequence[str], *, chat_template: bool, gen_length: int, truncate
+) -> None:
+    """Before anything is sampled: the longest encoded prompt and ``gen_length`` fit the
+    model's sequence limit, or ``truncate='left'`` (``context_window.prompt_room``). The
+    samplers check each batch too; this fails a long last prompt before the first batch runs."""
+    if not prompts:
+        return
+    ids, _ = encode_prompts(tokenizer, prompts, chat_template=chat_template, device="cpu")
+    prompt_room(model, ids.shape[1], gen_length, truncate)
 
 
 def sample_texts(
@@ -36,7 +50,8 @@ def sample_texts(
 
     ``options`` are the sampler's: LLaDA's ``generate`` arguments, or for a Dream model
     ``diffusion_generate``'s (``gen_length`` is its ``max_new_tokens``). Unset ones keep the
-    sampler defaults.
+    sampler defaults (``gen_length``: 128 for both). A prompt that does not fit the model with
+    ``gen_length`` is refused before anything is sampled unless ``truncate='left'``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -47,6 +62,11 @@ def sample_texts(
         family = "Dream" if dream else "LLaDA"
         raise ValueError(f"options {unknown} do not apply to {family} models; they take {allowed}")
     chosen = {k: v for k, v in options.items() if v is not None}
+    gen_length = chosen.pop("gen_length", DEFAULT_GEN_LENGTH)
+    check_prompts_fit(
+        model, tokenizer, prompts, chat_template=chat_template, gen_length=gen_length,
+        truncate=chosen.get("truncate"),
+    )  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     responses: list[str] = []
     batches = range(0, len(prompts), batch_size)
@@ -58,17 +78,11 @@ def sample_texts(
             device=model.device,
         )
         if dream:
-            dream_options = dict(chosen)
-            max_new_tokens = dream_options.pop("gen_length", 128)
             out = diffusion_generate(
-                model,
-                ids,
-                mask,
-                max_new_tokens=max_new_tokens,
-                generator=generator,
-                **dream_options,
+                model, ids, mask, max_new_tokens=gen_length, generator=generator, **chosen
             )
         else:
-            out = generate(model, ids, mask, generator=generator, **chosen)
-        responses += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            out = generate(model, ids, mask, gen_length=gen_length, generator=generator, **chosen)
+        # The response is the last gen_length columns (truncate='left' may shorten the prompt).
+        responses += tokenizer.batch_decode(out[:, -gen_length:], skip_special_tokens=True)
     return responses

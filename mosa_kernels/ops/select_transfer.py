@@ -8,6 +8,19 @@ from ..dispatch import kernels_for
 from ._checks import check_same_device, check_tensor
 
 
+def check_threshold(threshold: float) -> None:
+    """Parallel decoding's confidence threshold must be a number in (0, 1]: at 0 or below
+    every masked position passes at the first step; above 1 none ever does, so each step
+    silently commits only its best one."""
+    # The comparison is False for NaN, so NaN is refused too.
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0 < threshold <= 1
+    ):
+        raise ValueError(f"threshold must be a confidence in (0, 1], got {threshold!r}")
+
+
 def select_transfer(
     confidence: torch.Tensor,
     is_masked: torch.Tensor,
@@ -60,6 +73,8 @@ def select_transfer(
             if int(k) != k or k < 0:
                 raise ValueError(f"k must be a non-negative int, got {k!r}")
             k_rows = torch.full((confidence.shape[0],), int(k), dtype=torch.int64, device=device)
+    if threshold is not None:
+        check_threshold(threshold)
     if factor is not None and not factor > 0:
         raise ValueError(f"factor must be > 0, got {factor}")
     return kernels_for(device).select_transfer(

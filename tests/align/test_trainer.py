@@ -40,9 +40,10 @@ class _Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, group_by_length):
     sentences = mosa.tiny.align_sentences()
-    settings = dict(batch_size=2, max_steps=5, save_every=2)
+    settings = dict(batch_size=2, max_steps=5, save_every=2, group_by_length=group_by_length)
     whole = train(_config(tmp_path / "whole", **settings), _prompts(), sentences=sentences)
 
     def kill_at_step_3(record):
@@ -108,6 +109,8 @@ def test_clear_errors(tmp_path):
         train(_config(tmp_path / "d"), _prompts())  # the English defaults
     with pytest.raises(ValueError, match="set lora=False"):
         _config(tmp_path / "e", fsdp=True)
+    with pytest.raises(ValueError, match="random_init 'llada-9b' is not a preset"):
+        _config(tmp_path / "g", random_init="llada-9b")
     with pytest.raises(SystemExit, match="no prompts"):
         empty = tmp_path / "empty.txt"
         empty.write_text("\n")
@@ -192,3 +195,53 @@ def test_benign_prompts_are_walked_in_order(monkeypatch):
     # 2 epochs x 2 steps x global batch 8 = 32 places over 20 prompts, each place taken once.
     expected = [benign[place % 20] for place in range(32)]
     assert sorted(seen) == sorted(expected)
+
+
+def test_group_by_length_batches_alike_prompts_the_same_way_on_any_split():
+    from mosa.align import trainer
+    from mosa.distributed import Runtime
+    from mosa.text.prompts import load_tokenizer
+
+    tokenizer = load_tokenizer(mosa.tiny.path())
+    harmful, _ = mosa.tiny.align_prompts()
+    prompts = harmful[:90]  # 11 global batches of 8, 2 prompts left over
+    lengths = trainer._prompt_lengths(tokenizer, prompts)
+
+    def epoch_batches(group: bool, world: int, epoch: int) -> list[list[int]]:
+        """Each step's global batch as prompt indices, ranks and micro-steps together."""
+        config = _config(Path("unused"), batch_size=8 // world // 2, grad_accum=2, epochs=2)
+        config.group_by_length = group
+        ranks = [
+            trainer._Data(
+                config,
+                Runtime(rank, world, torch.device("cpu")),
+                tokenizer,
+                prompts,
+                [],
+                mosa.tiny.align_sentences(),
+                0,
+            )  # fmt: skip
+            for rank in range(world)
+        ]
+        order = ranks[0]._order(epoch)
+        steps = []
+        for step in range(epoch * 11, epoch * 11 + 11):
+            places = [
+                place
+                for micro in range(2)
+                for data in ranks
+                for place in data._positions(step, micro)[1]
+            ]
+            steps.append(sorted(order[place] for place in places))
+        return steps
+
+    def padding(steps: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in steps)
+
+    for epoch in (0, 1):
+        grouped = epoch_batches(True, 1, epoch)
+        plain = epoch_batches(False, 1, epoch)
+        assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)
+        assert padding(grouped) < padding(plain) / 4
+        assert grouped == epoch_batches(True, 1, epoch) == epoch_batches(True, 2, epoch)
+    assert epoch_batches(True, 1, 0) != epoch_batches(True, 1, 1)

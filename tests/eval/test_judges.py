@@ -369,6 +369,22 @@ def test_classifier_judge_needs_telling_labels_apart(classifier_dirs, tmp_path):
         ClassifierJudge(tmp_path / "absent")
 
 
+def test_classifier_judge_refuses_pickled_weights(classifier_dirs, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mosa.eval import ClassifierJudge
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(classifier_dirs["unsafe"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="found pytorch_model.bin: .* convert them to safetensors"):
+        ClassifierJudge(pickled)
+
+
 def test_keyword_judge_finds_where_the_refusal_starts():
     judge = KeywordJudge()
     assert judge.refusal_word("sure , here is how . i cannot help with that request .") == 6

@@ -239,6 +239,15 @@ def test_exactly_one_rule(kw):
         ((torch.rand(3, 6), torch.rand(3, 6) > 0.5), dict(k=torch.ones(3)), ValueError, "k"),
         ((torch.rand(3, 6), torch.rand(3, 6) > 0.5), dict(factor=0.0), ValueError, "factor"),
         ((torch.rand(3, 6), torch.rand(3, 6) > 0.5), dict(factor=-1.0), ValueError, "factor"),
+        ((torch.rand(3, 6), torch.rand(3, 6) > 0.5), dict(threshold=1.5), ValueError, "threshold"),
+        ((torch.rand(3, 6), torch.rand(3, 6) > 0.5), dict(threshold=0.0), ValueError, "threshold"),
+        ((torch.rand(3, 6), torch.rand(3, 6) > 0.5), dict(threshold=-0.5), ValueError, "threshold"),
+        (
+            (torch.rand(3, 6), torch.rand(3, 6) > 0.5),
+            dict(threshold=float("nan")),
+            ValueError,
+            "threshold",
+        ),
         (
             (torch.rand(3, 6), torch.ones(3, 6, dtype=torch.int64)),
             dict(k=1),

@@ -225,7 +225,9 @@ def test_malformed_files_are_refused(tmp_path, checkpoint):
     pickled.mkdir()
     (pickled / "config.json").write_text(json.dumps(TINY_CONFIGS["llada"]))
     (pickled / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(ValueError, match="pickle checkpoints are not loaded"):
+    with pytest.raises(
+        ValueError, match="pickle files are never loaded.*convert them to safetensors"
+    ):
         load_model(pickled, device="cpu")
     (pickled / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
@@ -242,3 +244,32 @@ def test_bad_config_values_are_named(tmp_path):
         build_model(dict(TINY_CONFIGS["llada"], n_layers="2"))
     with pytest.raises(ValueError, match="mask_token_id=500 is outside the vocabulary"):
         build_model(dict(TINY_CONFIGS["llada"], mask_token_id=500))
+
+
+@pytest.mark.parametrize("layers", [3, 1_000_000_000])
+def test_layer_count_that_disagrees_with_the_weights_is_named(tmp_path, family, model, layers):
+    """Refused from the headers, before a model of the config's size is laid out (10^9 layers
+    would hang)."""
+    key = "n_layers" if family == "llada" else "num_hidden_layers"
+    config = dict(TINY_CONFIGS[family], **{key: layers})
+    folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
+    with pytest.raises(
+        ValueError, match=f"{key} is {layers}, .* which is 2 layers; set {key} to 2"
+    ):
+        load_model(folder, device="cpu")
+
+
+def test_missing_size_key_is_named(tmp_path, family, model):
+    key = "d_model" if family == "llada" else "hidden_size"
+    config = {k: v for k, v in TINY_CONFIGS[family].items() if k != key}
+    folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
+    with pytest.raises(ValueError, match=f"config.json lacks {key} \\(the defaults {key}="):
+        load_model(folder, device="cpu")
+
+
+def test_sizes_far_from_the_weights_are_named(tmp_path, family, model):
+    key = "d_model" if family == "llada" else "hidden_size"
+    config = dict(TINY_CONFIGS[family], **{key: 4096})
+    folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
+    with pytest.raises(ValueError, match=f"its sizes \\(.*{key}=4096.*\\) give .* fix those keys"):
+        load_model(folder, device="cpu")

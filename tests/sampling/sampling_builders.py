@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 
 from mosa.models import build_model  # noqa: E402
-from mosa.sampling import llada  # noqa: E402
+from mosa.sampling import block_step, dream, llada  # noqa: E402
+from mosa.sampling.cuda_graph import GraphCache  # noqa: E402
 
 MASK_ID = 126  # both tiny configs
 PAD_ID = 125  # != MASK_ID
@@ -111,8 +112,8 @@ class NoHostReads(TorchDispatchMode):
 
 class EagerReplay:
     """Stands in for ``GraphedCall``: calls the very zero-argument step a graph would capture,
-    so everything that step freezes for its block (window, slices, the count buffer the caller
-    refills) is what the run uses too; and fails where the step reads a value on the host."""
+    so everything that step freezes (window width, run length, the tensors it reads) is what
+    the run uses too; and fails where the step reads a value on the host."""
 
     def __init__(self, fn, replays: list):
         self.fn, self.replays = fn, replays
@@ -123,11 +124,33 @@ class EagerReplay:
             self.fn()
 
 
-def replay_graphs_eagerly(monkeypatch) -> list:
-    """From now on ``generate(..., cuda_graphs=True)`` runs its graph path (on any device) with
-    each would-be graph replay run eagerly; returns the list of replayed steps."""
-    replays = []
-    monkeypatch.setattr(llada, "_check_cuda_graphs", lambda cuda_graphs, *args: cuda_graphs)
+class GraphTwin:
+    """What ``replay_graphs_eagerly`` records: the replayed steps, and a graph cache per model
+    for this test alone (the tiny models are shared between tests)."""
+
+    def __init__(self):
+        self.replays: list = []
+        self.caches: dict[int, GraphCache] = {}
+
+    def cache(self, model) -> GraphCache:
+        return self.caches.setdefault(id(model), GraphCache())
+
+    @property
+    def captures(self) -> int:
+        return sum(cache.captures for cache in self.caches.values())
+
+
+def replay_graphs_eagerly(monkeypatch) -> GraphTwin:
+    """From now on ``generate`` / ``diffusion_generate`` with ``cuda_graphs=True`` run their
+    graph path (on any device) with each would-be graph replay run eagerly;
+    ``cuda_graphs="auto"`` stays eager on the CPU."""
+    twin = GraphTwin()
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    monkeypatch.setattr(llada, "GraphedCall", lambda fn, device, pool: EagerReplay(fn, replays))
-    return replays
+    for sampler in (llada, dream):
+        monkeypatch.setattr(sampler, "use_cuda_graphs", lambda requested, **kw: requested is True)
+        monkeypatch.setattr(sampler, "graph_cache", twin.cache)
+    for module in (block_step, dream):
+        monkeypatch.setattr(
+            module, "GraphedCall", lambda fn, device, pool: EagerReplay(fn, twin.replays)
+        )
+    return twin

@@ -12,6 +12,7 @@ from sampling_builders import (
     generator,
     padded_prompts,
     random_prompt,
+    replay_graphs_eagerly,
 )
 
 from mosa.sampling import GenerateOutput, diffusion_generate
@@ -295,3 +296,35 @@ def test_alg_temp_draws_positions_from_the_confidence_softmax():
     frequency = first / draws
     sigma = (expected * (1 - expected) / draws).sqrt()
     assert ((frequency - expected).abs() < 4 * sigma).all(), f"{frequency} vs {expected}"
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
+def test_graph_path_gives_the_eager_result_and_captures_once(monkeypatch, alg):
+    """The step replayed as a CUDA graph (here: eagerly, failing on host reads) reads its step
+    number and count from tensors: the eager loop's tokens, decoding order and step count,
+    and one capture serves a second call of the same shape (prompts bucketed to 16)."""
+    twin = replay_graphs_eagerly(monkeypatch)
+    kw = dict(max_new_tokens=12, steps=6, alg=alg, mask_token_id=MASK_ID)
+    kw["return_dict_in_generate"] = True
+    for seed, lengths in ((40, [4, 7, 5]), (41, [9, 3, 6])):
+        ids, mask = padded_prompts(lengths, seed=seed)
+        graphed = diffusion_generate(dream_model(), ids, mask, cuda_graphs=True, **kw)
+        eager = diffusion_generate(dream_model(), ids, mask, cuda_graphs=False, **kw)
+        assert torch.equal(graphed.sequences, eager.sequences)
+        assert torch.equal(graphed.commit_step, eager.commit_step)
+        assert graphed.steps == eager.steps
+        assert twin.captures == 1
+    assert len(twin.replays) == 2 * 6 - 1  # every step but the first call's warm-up
+
+
+def test_prompt_ids_outside_the_vocabulary_are_named():
+    with pytest.raises(
+        ValueError, match=r"token id 128, outside the model's vocabulary \[0, 128\)"
+    ):
+        diffusion_generate(
+            dream_model(),
+            torch.tensor([[1, 128]]),
+            max_new_tokens=4,
+            steps=4,
+            mask_token_id=MASK_ID,
+        )

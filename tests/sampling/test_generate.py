@@ -22,7 +22,8 @@ from sampling_builders import (
 )
 
 from mosa.models import DiffusionLM
-from mosa.sampling import GenerateOutput, generate
+from mosa.sampling import GenerateOutput, block_step, generate, llada
+from mosa.sampling.cuda_graph import use_cuda_graphs as llada_use_cuda_graphs
 
 EOS_ID, EOT_ID = 125, 124  # inside the tiny vocabulary (the defaults, LLaDA's, are not)
 SCHEDULES = [  # (gen_length, block_length, steps): 1, 2 and 4 blocks, steps = and < gen_length
@@ -422,8 +423,8 @@ def test_multi_layer_cache_agreement(cache):
 
 
 @pytest.fixture
-def graph_replays(monkeypatch):
-    """``generate(..., cuda_graphs=True)`` takes the graph path on the CPU; the replayed steps."""
+def graph_twin(monkeypatch):
+    """``generate(..., cuda_graphs=True)`` takes the graph path on the CPU (see ``GraphTwin``)."""
     return replay_graphs_eagerly(monkeypatch)
 
 
@@ -432,24 +433,83 @@ def graph_replays(monkeypatch):
 @pytest.mark.parametrize(
     "rule", [{}, {"threshold": 0.1}, {"factor": 2.0}], ids=["fixed", "threshold", "factor"]
 )
-def test_graph_path_matches_reference(graph_replays, rule, cfg_scale, cache):
-    """A block's later steps are replays of one frozen step: the tokens, the decoding order and
-    the step count stay the reference's."""
+def test_graph_path_matches_reference(graph_twin, rule, cfg_scale, cache):
+    """Steps replayed over several blocks (their window position, counts and step number read
+    from tensors) give the reference's tokens, decoding order and step count; a prompt mask
+    widens the first block's window (another step shape) and the batch is left-padded."""
     ids, mask = padded_prompts([4, 6, 5], seed=15)
     ids[2, 3] = MASK_ID
-    # Two blocks of 6 masks in 4 steps: 2, 2, 1, 1 commits, so replays read changing counts.
-    kw = dict(cfg_scale=cfg_scale, cache=cache, **rule, **schedule_kw((12, 6, 8)))
+    # Three blocks of 6 masks in 4 steps: 2, 2, 1, 1 commits, so replays read changing counts.
+    kw = dict(cfg_scale=cfg_scale, cache=cache, **rule, **schedule_kw((18, 6, 12)))
     _, reference = run_pair(llada_model(), ids, mask, **kw)
     out = generate(
         llada_model(), ids, mask, mask_id=MASK_ID, eos_id=EOS_ID, eot_id=EOT_ID,
-        return_trace=True, cuda_graphs=True, **kw,
+        return_trace=True, cuda_graphs=True, prompt_bucket=1, **kw,
     )  # fmt: skip
-    assert len({id(step) for step in graph_replays}) == 2  # one frozen step per block, replayed
+    assert graph_twin.replays
     assert_matches(out, reference)
 
 
+@pytest.mark.parametrize(
+    ("cache", "graphs"),
+    # None: one step shape. Dual: the refresh and the cached step. Prefix: the refresh, and a
+    # cached step per block (its run ends at the sequence's end, so it shrinks block by block).
+    [(None, 1), ("dual", 2), ("prefix", 1 + 3)],
+)
+def test_each_step_shape_is_captured_once_across_blocks_and_calls(graph_twin, cache, graphs):
+    kw = dict(mask_id=MASK_ID, cache=cache, cuda_graphs=True, **schedule_kw((24, 8, 12)))
+    first_ids, second_ids = random_prompt(3, 6, seed=31), random_prompt(3, 6, seed=32)
+    first = generate(llada_model(), first_ids, **kw)
+    assert graph_twin.captures == graphs
+    replays = len(graph_twin.replays)
+    second = generate(llada_model(), second_ids, **kw)
+    assert graph_twin.captures == graphs
+    assert len(graph_twin.replays) > replays
+    for ids, out in ((first_ids, first), (second_ids, second)):
+        eager = generate(
+            llada_model(), ids, mask_id=MASK_ID, cache=cache, **schedule_kw((24, 8, 12))
+        )
+        assert torch.equal(out, eager)
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5], ids=["no-cfg", "cfg"])
 @pytest.mark.parametrize("family", ["llada", "dream"])
-def test_graph_path_matches_the_default_path(graph_replays, family):
+def test_prompt_buckets_share_graphs_and_keep_the_output(graph_twin, family, cfg_scale):
+    """Prompts of 15 and 3 tokens both pad to 16: the second call captures nothing new (its
+    padding is copied into the cached tensors), and each output is the unbucketed one."""
+    model = llada_model() if family == "llada" else dream_model()
+    kw = dict(mask_id=MASK_ID, cache="dual", cfg_scale=cfg_scale, cuda_graphs=True)
+    kw["return_trace"] = True
+    kw.update(schedule_kw((16, 8, 8)))
+    prompts = [random_prompt(2, length, seed=length) for length in (15, 3)]
+    outputs = [generate(model, ids, prompt_bucket=16, **kw) for ids in prompts]
+    assert graph_twin.captures == 2
+    for ids, out in zip(prompts, outputs, strict=True):
+        unbucketed = generate(model, ids, prompt_bucket=1, **kw)
+        assert out.sequences.shape == (2, ids.shape[1] + 16)
+        assert torch.equal(out.sequences, unbucketed.sequences)
+        assert torch.equal(out.commit_step, unbucketed.commit_step)
+
+
+@pytest.mark.parametrize(
+    "rule", [{"threshold": 0.01}, {"factor": 8.0}], ids=["threshold", "factor"]
+)
+def test_a_block_done_read_one_step_late_changes_nothing(graph_twin, monkeypatch, rule):
+    """On a GPU the host learns a parallel-decoding block is full one step late: the extra
+    step must be a no-op that is not counted."""
+    ids, mask = padded_prompts([4, 6, 5], seed=35)
+    kw = dict(mask_id=MASK_ID, return_trace=True, cache="dual", **rule, **schedule_kw((16, 8, 16)))
+    on_time = generate(llada_model(), ids, mask, cuda_graphs=True, **kw)
+    assert on_time.steps < 16  # blocks fill in fewer steps than they have positions
+    monkeypatch.setattr(block_step.BlockDone, "default_lag", staticmethod(lambda flag: 1))
+    late = generate(llada_model(), ids, mask, cuda_graphs=True, **kw)
+    assert torch.equal(late.sequences, on_time.sequences)
+    assert torch.equal(late.commit_step, on_time.commit_step)
+    assert late.steps == on_time.steps
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_graph_path_matches_the_default_path(graph_twin, family):
     """Dream's shifted head, and rows leaving the batch at ``stop_at_eos`` (a new step shape
     mid-run): the graph path gives the default path's output."""
     model = llada_model() if family == "llada" else dream_model()
@@ -461,12 +521,27 @@ def test_graph_path_matches_the_default_path(graph_replays, family):
         i for i in first_block.unique().tolist() if 0 < (first_block == i).any(dim=1).sum() < 4
     )
     default = generate(model, ids, mask, eos_id=eos_id, stop_at_eos=True, **kw)
-    graphed = generate(model, ids, mask, eos_id=eos_id, stop_at_eos=True, cuda_graphs=True, **kw)
+    graphed = generate(
+        model, ids, mask, eos_id=eos_id, stop_at_eos=True, cuda_graphs=True, prompt_bucket=1, **kw
+    )
     stopped_early = (default.commit_step[:, 4:] == -1).all(dim=1)
     assert 0 < stopped_early.sum() < 4
-    assert graph_replays
+    assert graph_twin.replays
     assert torch.equal(graphed.sequences, default.sequences)
     assert torch.equal(graphed.commit_step, default.commit_step)
+
+
+def test_the_default_asks_the_decision_function(monkeypatch):
+    """``cuda_graphs`` defaults to "auto", decided by ``use_cuda_graphs`` (eager on the CPU)."""
+    asked = []
+
+    def spy(requested, **kw):
+        asked.append((requested, kw["device"].type))
+        return llada_use_cuda_graphs(requested, **kw)
+
+    monkeypatch.setattr(llada, "use_cuda_graphs", spy)
+    generate(llada_model(), random_prompt(1, 4), mask_id=MASK_ID, **schedule_kw((8, 4, 8)))
+    assert asked == [("auto", "cpu")]
 
 
 # Randomness ------------------------------------------------------------------------------------
@@ -525,6 +600,39 @@ def bad_call(**overrides):
 def test_bad_inputs_raise_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         bad_call(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"steps": 8.0}, TypeError, "steps must be an int, got 8.0"),
+        ({"steps": True}, TypeError, "steps must be an int, got True"),
+        (
+            {"prompt": torch.tensor([[1, 2, 128]])},
+            ValueError,
+            r"prompt holds token id 128, outside the model's vocabulary \[0, 128\)",
+        ),
+        ({"prompt": torch.tensor([[-1, 2]])}, ValueError, "prompt holds token id -1"),
+        (
+            {"prompt": torch.tensor([[1, 2]], device="meta")},
+            ValueError,
+            r"prompt is on meta but the model is on cpu; move it with prompt.to\(model.device\)",
+        ),
+    ],
+    ids=["float-steps", "bool-steps", "id-past-vocab", "negative-id", "other-device"],
+)
+def test_arguments_the_model_cannot_take_are_named(overrides, error, message):
+    """Named before any work, where torch used to fail inside the first forward pass."""
+    with pytest.raises(error, match=message):
+        bad_call(**overrides)
+
+
+@pytest.mark.parametrize("threshold", [1.5, 0.0, -0.5, float("nan"), float("inf")])
+def test_threshold_outside_0_1_is_refused_before_the_model_runs(threshold):
+    model = LogitsOnly(llada_model())
+    model.register_forward_pre_hook(lambda *_: pytest.fail("the model ran"))
+    with pytest.raises(ValueError, match=r"threshold must be a confidence in \(0, 1\], got"):
+        bad_call(model=model, threshold=threshold)
 
 
 def test_padding_with_the_mask_id_is_refused():

@@ -1,0 +1,178 @@
+"""``from_hf``: a mosa model over the very tensors of a model loaded with transformers.
+
+A user who loaded LLaDA or Dream with ``AutoModel.from_pretrained(..., trust_remote_code=True)``
+(optionally wrapped by peft) already holds the weights in the published layout, under the
+names ``mosa.models`` uses. Instead of loading a second copy, the mosa module tree is built on
+the meta device and each of its projections and embeddings is replaced by the user's own
+module at the same name (peft's LoRA layers included, so adapters stay live and unmerged); the
+norms take the user's parameters. Nothing is copied or moved, and no device is synchronised.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+
+import torch
+from torch import nn
+
+from .base import DiffusionLM
+from .layers import RMSNorm
+from .loading import config_of, model_class
+
+# Modules whose own forward the mosa model calls (so a LoRA wrapper around them still applies).
+_CALLED = (nn.Linear, nn.Embedding)
+
+
+def _peft_model_class():
+    # peft is only imported when the caller imported it: a PeftModel cannot exist otherwise,
+    # and importing peft costs seconds.
+    peft = sys.modules.get("peft")
+    return None if peft is None else peft.PeftModel
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a ``PeftModel`` (its LoRA layers injected in place)."""
+    peft_model = _peft_model_class()
+    if peft_model is None or not isinstance(model, peft_model):
+        return model
+    if model.active_peft_config.is_prompt_learning:
+        raise ValueError(
+            f"from_hf: the peft adapter is {model.active_peft_config.peft_type} (prompt learning), "
+            "which works through the wrapper's forward; mosa adopts layer adapters such as LoRA"
+        )
+    return model.get_base_model()
+
+
+def _config_dict(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise ValueError(
+            f"from_hf: {type(model).__name__} has no transformers config (model.config.to_dict()); "
+            "pass a LLaDA or Dream model loaded with transformers, or use mosa.load_model(path)"
+        )
+    return config.to_dict()
+
+
+def _base_layer(module: nn.Module) -> nn.Module:
+    """The layer a peft tuner layer wraps (``base_layer``), else the module itself."""
+    return getattr(module, "base_layer", module)
+
+
+def _same_shape(ours: nn.Module, theirs: nn.Module) -> bool:
+    mine = dict(ours.named_parameters())
+    found = dict(theirs.named_parameters())
+    return mine.keys() == found.keys() and all(
+        mine[name].shape == found[name].shape for name in mine
+    )
+
+
+def _adopt(skeleton: DiffusionLM, source: nn.Module) -> None:
+    """Puts ``source``'s modules and parameters in place of the skeleton's meta ones."""
+    head_and_embedding = {
+        name
+        for name, module in skeleton.named_modules()
+        if module is skeleton.get_input_embeddings()
+        or (isinstance(module, nn.Linear) and module.weight is skeleton.lm_head_weight)
+    }
+    for name, ours in list(skeleton.named_modules()):
+        if not isinstance(ours, (*_CALLED, RMSNorm)):
+            continue
+        try:
+            theirs = source.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"from_hf: the model has no module {name!r}") from None
+        if not _same_shape(ours, _base_layer(theirs)):
+            found = {n: tuple(p.shape) for n, p in _base_layer(theirs).named_parameters()}
+            expected = {n: tuple(p.shape) for n, p in ours.named_parameters()}
+            raise ValueError(f"from_hf: {name} holds {found}, the config implies {expected}")
+        if isinstance(ours, RMSNorm):
+            ours.weight = theirs.weight
+            ours.bias = getattr(theirs, "bias", None)
+            continue
+        if name in head_and_embedding and theirs is not _base_layer(theirs):
+            raise ValueError(
+                f"from_hf: {name} carries an adapter ({type(theirs).__name__}); the fused ops read "
+                "the embedding and the output head as plain weights — adapt the block projections "
+                "only, or merge the adapter (merge_and_unload) first"
+            )
+        parent, _, child = name.rpartition(".")
+        setattr(skeleton.get_submodule(parent), child, theirs)
+
+
+def from_hf(model: nn.Module) -> DiffusionLM:
+    """A mosa model whose parameters are the same tensors as ``model``'s (no copy).
+
+    ``model``: LLaDA (``LLaDAModelLM``) or Dream (``DreamModel``) as loaded with transformers'
+    remote code, or such a model wrapped by peft. The family comes from the config's
+    ``model_type`` (else ``architectures``); every module must sit at the published name with
+    the shape the config implies, and the two models must hold the same parameters. The
+    projections are the user's own modules, so peft LoRA layers on them stay active and
+    unmerged (adapters can still be switched or disabled); the embedding and output head must
+    be plain. The result runs the fused path of ``mosa.generate``; it shares ``model``'s
+    device, dtype and training mode.
+
+    Raises ValueError naming what was found when ``model`` is not such a model.
+    """
+    if isinstance(model, DiffusionLM):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"from_hf needs a torch.nn.Module, got {type(model).__name__}")
+    source = _unwrap_peft(model)
+    data = _config_dict(source)
+    cls = model_class(data, f"from_hf: {type(source).__name__}.config")
+    with torch.device("meta"):
+        skeleton = cls(config_of(cls, data))
+    skeleton.train(source.training)
+    _adopt(skeleton, source)
+    ours = dict(skeleton.named_parameters())
+    theirs = dict(source.named_parameters())
+    if ours.keys() != theirs.keys() or any(ours[n] is not theirs[n] for n in ours):
+        extra = sorted(theirs.keys() - ours.keys())[:3]
+        raise ValueError(
+            f"from_hf: {type(source).__name__} holds parameters the {cls.__name__} layout does "
+            f"not use ({', '.join(extra) or 'shared differently'}); mosa adopts the published "
+            "LLaDA / Dream layouts only"
+        )
+    skeleton.name_or_path = getattr(source, "name_or_path", None)
+    return skeleton
+
+
+def _published_family(model) -> type[DiffusionLM] | None:
+    """The mosa family a model's transformers config names, None when it names none."""
+    config = getattr(model, "config", None)
+    if not hasattr(config, "to_dict"):
+        return None
+    try:
+        return model_class(config.to_dict())
+    except ValueError:
+        return None
+
+
+def _layout(model: nn.Module) -> tuple[int, ...]:
+    """Identity of every module and parameter: changes when adapters are injected or removed."""
+    return (*map(id, model.modules()), *map(id, model.parameters()))
+
+
+# A sampler call adopts the user's model anew unless its modules are the ones adopted last time
+# (building the mosa tree costs some milliseconds at 8B, per generate call).
+_ADOPTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def adopt_model(model):
+    """What the samplers run: ``model`` itself when it is a mosa model, its base when it is a
+    mosa model wrapped by peft, ``from_hf(model)`` for a LLaDA / Dream transformers model
+    (peft-wrapped or not; kept for the next call while its modules stay the same), and any
+    other model unchanged (the ``.logits`` path)."""
+    if isinstance(model, DiffusionLM):
+        return model
+    inner = _unwrap_peft(model) if isinstance(model, nn.Module) else model
+    if isinstance(inner, DiffusionLM):
+        return inner
+    if _published_family(inner) is None:
+        return model
+    layout = _layout(model)
+    cached = _ADOPTED.get(model)
+    if cached is None or cached[0] != layout:
+        cached = _ADOPTED[model] = (layout, from_hf(model))
+    return cached[1]

@@ -1,0 +1,68 @@
+"""The ``mosa`` model type: registered with lm-eval, declared as its plugin, checked arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import mosa.tiny
+
+lm_eval_registry = pytest.importorskip("lm_eval.api.registry")
+
+from mosa.lm_eval import MosaLM  # noqa: E402
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def test_importing_mosa_lm_eval_registers_the_mosa_model_type():
+    assert lm_eval_registry.get_model("mosa") is MosaLM
+
+
+def test_the_lm_eval_entry_point_names_the_registered_class():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    entry_points = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"]
+    module, _, name = entry_points["lm_eval.models"]["mosa"].partition(":")
+    assert getattr(__import__(module, fromlist=[name]), name) is MosaLM
+
+
+def test_arguments_come_from_an_lm_eval_argument_string():
+    lm = MosaLM.create_from_arg_string(
+        f"pretrained={mosa.tiny.path()},gen_length=16,block_length=8,cache=dual,threshold=0.9",
+        {"batch_size": "4", "device": "cpu"},
+    )
+    assert lm.batch_size == 4
+    assert lm.settings["steps"] == 16 and lm.settings["cache"] == "dual"
+    assert lm.settings["threshold"] == 0.9
+    history = [{"role": "user", "content": "what is 1 plus 2 ?"}]
+    assert lm.apply_chat_template(history) == "<|user|> what is 1 plus 2 ? <|eot|> <|assistant|>"
+
+
+def test_stop_sequences_and_eos_end_a_response():
+    lm = MosaLM(pretrained=str(mosa.tiny.path()), device="cpu")
+    ids = lm.tokenizer("1 plus 2 is 3 . <|endoftext|> 4", add_special_tokens=False)["input_ids"]
+    assert lm._cut(ids, until=[]) == "1 plus 2 is 3 ."
+    assert lm._cut(ids, until=[" is", " ."]) == "1 plus 2"
+    assert lm._cut(ids, until=" .") == "1 plus 2 is 3"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"pretrained": "/no/such/folder"}, "pretrained='/no/such/folder' is not a checkpoint"),
+        ({"batch_size": "auto"}, "batch_size must be a positive integer, got 'auto'"),
+        ({"mc_num": 100}, r"mc_num \(100\) must be a multiple of mc_batch_size \(32\)"),
+        ({"cache": "full"}, "cache must be one of .* got cache='full'"),
+        ({"adapter": "/no/adapter"}, "adapter='/no/adapter' is not a peft adapter folder"),
+    ],
+)
+def test_bad_arguments_are_refused_before_loading(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        MosaLM(**{"pretrained": str(mosa.tiny.path()), **arguments})
+
+
+def test_rolling_loglikelihood_is_refused_clearly():
+    lm = MosaLM(pretrained=str(mosa.tiny.path()), device="cpu")
+    with pytest.raises(NotImplementedError, match="rolling perplexity tasks are not supported"):
+        lm.loglikelihood_rolling([SimpleNamespace(args=("a",))])
