@@ -11,7 +11,8 @@ run: 12 minutes on 2 A100s).
 
 The CPU model is the sampler benchmark's (LLaDA vocabulary 126464, d 512, 6 layers); with
 ``--gpu-scale`` on a GPU it has the LLaDA-8B shapes (random weights, bf16, gradient
-checkpointing). Usage: ``python benchmarks/align.py [--quick] [--gpu-scale] [--batch N]
+checkpointing); ``--smoke``: the sampler's tiny smoke model, 2 prompts of 8 tokens, canvas 32.
+Usage: ``python -m benchmarks.align [--quick] [--smoke] [--gpu-scale] [--batch N]
 [--prompt-length P]`` (``benchmarks/memory_plan.py`` predicts the fused row's peak memory).
 """
 
@@ -19,17 +20,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import memory_plan  # noqa: E402
-from common import format_table, machine_name, median_seconds, peak_bytes, publish  # noqa: E402
-from sampler import build  # noqa: E402
-
-from mosa.align import AlignBatch, mosa_terms, reference_terms  # noqa: E402
-from mosa.align.objective import IGNORE  # noqa: E402
+from benchmarks import memory_plan
+from benchmarks.common import (
+    SMOKE_HELP,
+    format_table,
+    machine_name,
+    median_seconds,
+    peak_bytes,
+    publish,
+)
+from benchmarks.sampler import build, model_config
+from mosa.align import AlignBatch, mosa_terms, reference_terms
+from mosa.align.objective import IGNORE
 
 PAPER_PROMPTS = 3000
 SENTENCE_TOKENS = 12
@@ -93,8 +98,8 @@ def _step_functions(model, base, batch: AlignBatch, window, beta: float, device)
     return {"straightforward objective": straightforward, "fused objective": fused}
 
 
-def run(device, *, batch, prompt_length, gen_length, window, repeats, gpu_scale):
-    base = build(device, gpu_scale)
+def run(device, *, batch, prompt_length, gen_length, window, repeats, gpu_scale, smoke=False):
+    base = build(device, model_config(gpu_scale, smoke))
     if gpu_scale:
         base.gradient_checkpointing_enable()
     model = _lora(base, r=32)
@@ -130,14 +135,23 @@ def measure(
     gpu_scale: bool = False,
     batch: int | None = None,
     prompt_length: int = 32,
+    smoke: bool = False,
 ) -> tuple[list, dict]:
-    """Both rows; ``gpu_scale``: LLaDA-8B shapes, 8 prompts a step unless ``batch`` says."""
-    batch = batch or (8 if gpu_scale else 4)
-    settings = dict(prompt_length=prompt_length, gen_length=128, window=(20, 60))
-    rows = run(device, batch=batch, repeats=1 if quick else 3, gpu_scale=gpu_scale, **settings)
+    """Both rows; ``gpu_scale``: LLaDA-8B shapes, 8 prompts a step unless ``batch`` says;
+    ``smoke``: a tiny model and batch, one repeat."""
+    if smoke:
+        gpu_scale, batch = False, 2
+        settings = dict(prompt_length=8, gen_length=32, window=(4, 12))
+    else:
+        batch = batch or (8 if gpu_scale else 4)
+        settings = dict(prompt_length=prompt_length, gen_length=128, window=(20, 60))
+    repeats = 1 if quick or smoke else 3
+    rows = run(device, batch=batch, repeats=repeats, gpu_scale=gpu_scale, smoke=smoke, **settings)
     if gpu_scale:
         planned_step_extra(rows, batch, **settings)
     shape = "LLaDA-8B shapes, bf16, LoRA r 32" if gpu_scale else "d 512, 6 layers, vocab 126464"
+    if smoke:
+        shape = "d 64, 2 layers, vocab 126464"
     return rows, {"model": shape, "batch": batch, "gpu_scale": gpu_scale, **settings}
 
 
@@ -172,6 +186,7 @@ def report(rows: list[dict], meta: dict, device: torch.device) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one timed step per row")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--gpu-scale", action="store_true", help="LLaDA-8B shapes (GPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="prompts per step")
@@ -184,8 +199,9 @@ def main(argv=None) -> int:
         gpu_scale=args.gpu_scale,
         batch=args.batch,
         prompt_length=args.prompt_length,
+        smoke=args.smoke,
     )
-    publish("align", device, rows, meta, report(rows, meta, device))
+    publish("align", device, rows, meta, report(rows, meta, device), write=not args.smoke)
     return 0
 
 

@@ -14,8 +14,9 @@ Reported: wall time of the whole ``train`` call for N prompts; prompts/s over th
 the first (warm-up); the projected time for 3,000 prompts at that rate; MFU, the model FLOPs
 counted from the shapes (``step_flops``) over the matmul peak measured in this run (bf16 on a
 GPU, fp32 on the CPU); peak memory (CUDA: the allocator's peak; CPU: the process's resident
-high-water mark). Usage: ``python benchmarks/align_end_to_end.py [--quick] [--prompts N]
-[--batch B] [--no-group-by-length] [--device cpu]``.
+high-water mark). Usage: ``python -m benchmarks.align_end_to_end [--quick] [--smoke]
+[--prompts N] [--batch B] [--no-group-by-length] [--device cpu]`` (``--smoke``: the quick model,
+4 prompts in batches of 2, nothing written).
 """
 
 from __future__ import annotations
@@ -29,18 +30,13 @@ from pathlib import Path
 
 import torch
 
-# This folder goes last on sys.path (a script's own folder comes first): a benchmark module named
-# like an installed package (kernels.py; transformers imports `kernels`) must not shadow it.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
-from common import format_table, machine_name, median_seconds, publish  # noqa: E402
-
-import mosa.tiny  # noqa: E402
-from mosa.align import AlignConfig, encode_sentences, train  # noqa: E402
-from mosa.align.objective import window_span  # noqa: E402
-from mosa.datasets import read_prompts, shared_data_dir  # noqa: E402
-from mosa.models import LLADA_8B, build_model  # noqa: E402
-from mosa.sampling.prompts import encode_prompts, load_tokenizer  # noqa: E402
+import mosa.tiny
+from benchmarks.common import SMOKE_HELP, format_table, machine_name, median_seconds, publish
+from mosa.align import AlignConfig, encode_sentences, train
+from mosa.align.objective import window_span
+from mosa.datasets import read_prompts, shared_data_dir
+from mosa.models import LLADA_8B, build_model
+from mosa.text.prompts import encode_prompts, load_tokenizer
 
 PAPER_PROMPTS = 3000
 ADVBENCH = "advbench_harmful_behaviors.csv"
@@ -188,6 +184,7 @@ def report(rows: list[dict], meta: dict, device: torch.device) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few prompts, a small model")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--prompts", type=int, help="prompts to train on (256 GPU, 32 CPU, 8)")
     parser.add_argument("--batch", type=int, help="prompts per step (8 GPU, 4 CPU)")
@@ -196,12 +193,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    args.batch = args.batch or (8 if gpu else 4)
-    args.prompts = args.prompts or (256 if gpu else 8 if args.quick else 32)
+    args.quick = args.quick or args.smoke
+    args.batch = args.batch or (2 if args.smoke else 8 if gpu else 4)
+    args.prompts = args.prompts or (4 if args.smoke else 256 if gpu else 8 if args.quick else 32)
     if args.prompts < 2 * args.batch:
         raise SystemExit(f"--prompts {args.prompts}: give at least two batches ({2 * args.batch})")
     rows, meta = run(device, args)
-    publish("align_end_to_end", device, rows, meta, report(rows, meta, device))
+    table = report(rows, meta, device)
+    publish("align_end_to_end", device, rows, meta, table, write=not args.smoke)
     return 0
 
 

@@ -11,36 +11,35 @@ per head for the forward and 3.5 times that for forward+backward (2 products for
 backward). Both columns use the same count, so their ratio is the speed ratio.
 
 On a CPU both sides run the torch reference; the script then times one small case to show
-that it works and says that the figures need a GPU.
+that it works and says that the figures need a GPU. ``--smoke``: B 1, L 32, D 16, 4/2 heads.
 
-Run: ``python benchmarks/attention.py [--quick]``.
+Run: ``python -m benchmarks.attention [--quick] [--smoke]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    SMOKE_HELP,
     format_table,
     machine_name,
     median_seconds,
     peak_bytes,
     publish,
 )
-from mosa_kernels import attention, backend_name  # noqa: E402
+from mosa_kernels import attention, backend_name
 
 GPU_SHAPE = {"batch": 8, "seqlen": 2048, "head_dim": 128}
 GPU_HEADS = [(32, 32), (28, 4)]
 CPU_SHAPE = {"batch": 2, "seqlen": 256, "head_dim": 64}
 CPU_HEADS = [(8, 2)]
+SMOKE_SHAPE = {"batch": 1, "seqlen": 32, "head_dim": 16}
+SMOKE_HEADS = [(4, 2)]
 PADDINGS = [0.0, 0.3]
 TARGETS = {0.0: "≥ 0.9× SDPA-flash", 0.3: "≥ 1.3× (H100)"}
 COLUMNS = [
@@ -143,15 +142,18 @@ def shape_rows(batch, seqlen, head_dim, heads, padding, dtype, device, repeats):
     return rows
 
 
-def measure(device: torch.device, *, quick: bool) -> tuple[list, dict]:
-    """Rows for every head layout and padding; ``quick``: 32/32 heads only, fewer repeats."""
+def measure(device: torch.device, *, quick: bool, smoke: bool = False) -> tuple[list, dict]:
+    """Rows for every head layout and padding; ``quick``: 32/32 heads only, fewer repeats;
+    ``smoke``: one tiny shape, one repeat."""
     on_gpu = device.type == "cuda"
     shape = GPU_SHAPE if on_gpu else CPU_SHAPE
     heads_list = GPU_HEADS if on_gpu else CPU_HEADS
     if quick:
         heads_list = heads_list[:1]
+    if smoke:
+        shape, heads_list = SMOKE_SHAPE, SMOKE_HEADS
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    repeats = 5 if quick or not on_gpu else 10
+    repeats = 1 if smoke else 5 if quick or not on_gpu else 10
     rows = []
     for heads in heads_list:
         for padding in PADDINGS:
@@ -190,10 +192,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="32/32 heads only, fewer repeats (under a minute)"
     )
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows, meta = measure(device, quick=args.quick)
-    publish("attention", device, rows, meta, report(rows, meta, device))
+    rows, meta = measure(device, quick=args.quick, smoke=args.smoke)
+    publish("attention", device, rows, meta, report(rows, meta, device), write=not args.smoke)
 
 
 if __name__ == "__main__":

@@ -139,10 +139,25 @@ def write_results(
     return write_file_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
-def publish(benchmark: str, device: torch.device, rows: list[dict], meta: dict, table: str) -> Path:
-    """A script's ending: writes the rows (``write_results``), prints ``table`` and the path."""
-    path = write_results(benchmark, device, rows, meta)
+SMOKE_HELP = "tiny shapes, one repeat, nothing written: only checks that the script runs (CI)"
+"""The help of every script's ``--smoke``: its figures mean nothing, so none are kept."""
+
+
+def publish(
+    benchmark: str,
+    device: torch.device,
+    rows: list[dict],
+    meta: dict,
+    table: str,
+    write: bool = True,
+) -> Path | None:
+    """A script's ending: writes the rows (``write_results``) unless ``write`` is false (a
+    ``--smoke`` run), prints ``table`` and the path."""
     print(table)
+    if not write:
+        print("smoke run: nothing written")
+        return None
+    path = write_results(benchmark, device, rows, meta)
     print(f"written to {path}")
     return path
 

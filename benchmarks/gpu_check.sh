@@ -44,8 +44,8 @@ run_tests 150 tests/models/test_model_cuda.py tests/sampling/test_generate_cuda.
 model_tests=$tests_line
 
 budget=$((total_s - SECONDS))
-echo "== benchmarks (run_all.py --quick --gpu-scale, ${budget} s)"
-python3 benchmarks/run_all.py --quick --gpu-scale --budget "$budget" 2>&1 | tee "$log" || status=1
+echo "== benchmarks (python3 -m benchmarks.run_all --quick --gpu-scale, ${budget} s)"
+python3 -m benchmarks.run_all --quick --gpu-scale --budget "$budget" 2>&1 | tee "$log" || status=1
 summary_md=$(sed -n 's/^wrote \(.*\.md\)$/\1/p' "$log" | tail -n 1)
 
 {
@@ -59,7 +59,7 @@ summary_md=$(sed -n 's/^wrote \(.*\.md\)$/\1/p' "$log" | tail -n 1)
   echo
   echo "Model, sampler and objective tests (tests/models/test_model_cuda.py, tests/sampling/test_generate_cuda.py, tests/align/test_objective.py): ${model_tests:-no summary line}"
   echo
-  echo "Benchmarks: \`benchmarks/run_all.py --quick --gpu-scale\`, ${budget} s budget"
+  echo "Benchmarks: \`python3 -m benchmarks.run_all --quick --gpu-scale\`, ${budget} s budget"
   echo
   if [[ -n "$summary_md" && -f "$summary_md" ]]; then
     tail -n +3 "$summary_md"  # run_all's report without its title

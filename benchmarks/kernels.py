@@ -4,13 +4,15 @@
     ``[B*L, V]`` (B=4, L=512; bf16 on a GPU, as a bf16 model makes them, fp32 on the CPU).
     Baseline: LLaDA's reference step (float64 softmax over the whole sequence, gather, a
     ``torch.topk`` loop over rows).
-    ``--quick`` measures V=126464 only (the size docs/DESIGN.md §10's target names).
+    ``--quick`` measures V=126464 only (the size docs/DESIGN.md §10's target names); ``--smoke``
+    B=1, L=64, V=1024.
 (b) ``token_logprobs`` forward + backward at N=4096, d=1024, V=32768 (``--gpu-scale``: docs/DESIGN.md
     §10's N=8192, d=4096, V=126464). Baseline: naive ``log_softmax(h @ W.T).gather``; once with
-    a frozen head (gradient w.r.t. hidden, MOSA's LoRA case) and once with a trainable head.
+    a frozen head (gradient w.r.t. hidden, MOSA's LoRA case) and once with a trainable head
+    (``--smoke``: N=64, d=32, V=1024).
 
 Each row gives the median time and the peak extra memory, and their ratios against the
-baseline measured in the same run. Usage: ``python benchmarks/kernels.py [--quick] [--gpu-scale]``.
+baseline measured in the same run. Usage: ``python -m benchmarks.kernels [--quick] [--gpu-scale] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import functools
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import llada_reference_step  # noqa: E402
-from common import format_table, machine_name, median_seconds, peak_bytes, publish  # noqa: E402
-
-from mosa_kernels import (  # noqa: E402
+from benchmarks.baselines import llada_reference_step
+from benchmarks.common import (
+    SMOKE_HELP,
+    format_table,
+    machine_name,
+    median_seconds,
+    peak_bytes,
+    publish,
+)
+from mosa_kernels import (
     available_backends,
     backend_name,
     sample_tokens,
@@ -40,6 +46,9 @@ SELECT_SHAPE = {"batch": 4, "length": 512}
 TARGET_VOCAB = 126464
 LOGPROB_SHAPE = {"n": 4096, "d": 1024, "vocab": 32768}
 DESIGN_LOGPROB_SHAPE = {"n": 8192, "d": 4096, "vocab": TARGET_VOCAB}
+SMOKE_SELECT_SHAPE = {"batch": 1, "length": 64}
+SMOKE_VOCAB = 1024
+SMOKE_LOGPROB_SHAPE = {"n": 64, "d": 32, "vocab": SMOKE_VOCAB}
 
 
 def select_logits_dtype(device: torch.device) -> torch.dtype:
@@ -152,20 +161,28 @@ def _row(op, case, impl, seconds, peak, base_seconds, base_peak, same=None):
     return row
 
 
-def measure(device: torch.device, *, quick: bool, gpu_scale: bool = False) -> tuple[list, dict]:
+def measure(
+    device: torch.device, *, quick: bool, gpu_scale: bool = False, smoke: bool = False
+) -> tuple[list, dict]:
     """All rows, and the shapes and default backend they were measured with.
 
-    ``gpu_scale`` times ``token_logprobs`` at docs/DESIGN.md §10's shape instead of the small one.
+    ``gpu_scale`` times ``token_logprobs`` at docs/DESIGN.md §10's shape instead of the small one;
+    ``smoke``: tiny shapes, one repeat.
     """
-    repeats = 3 if quick or device.type == "cpu" else 10
+    repeats = 1 if smoke else 3 if quick or device.type == "cpu" else 10
     vocab_sizes = [TARGET_VOCAB] if quick else [32768, TARGET_VOCAB]
-    rows = select_step_rows(device, vocab_sizes, repeats=repeats, **SELECT_SHAPE)
+    select_shape = SMOKE_SELECT_SHAPE if smoke else SELECT_SHAPE
+    if smoke:
+        vocab_sizes = [SMOKE_VOCAB]
+    rows = select_step_rows(device, vocab_sizes, repeats=repeats, **select_shape)
     shape = DESIGN_LOGPROB_SHAPE if gpu_scale else LOGPROB_SHAPE
+    if smoke:
+        shape = SMOKE_LOGPROB_SHAPE
     rows += logprob_rows(device, repeats=repeats, **shape)
     meta = {
         "backend": backend_name(device),
-        "select_rows": SELECT_SHAPE["batch"] * SELECT_SHAPE["length"],
-        "select_case": f"B={SELECT_SHAPE['batch']}, L={SELECT_SHAPE['length']}, "
+        "select_rows": select_shape["batch"] * select_shape["length"],
+        "select_case": f"B={select_shape['batch']}, L={select_shape['length']}, "
         f"{str(select_logits_dtype(device)).removeprefix('torch.')} logits",
         "logprob_case": f"N={shape['n']}, d={shape['d']}, V={shape['vocab']}",
     }
@@ -189,11 +206,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--gpu-scale", action="store_true", help="token_logprobs at N=8192, d=4096, V=126464"
     )
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    rows, meta = measure(device, quick=args.quick, gpu_scale=args.gpu_scale)
-    publish("kernels", device, rows, meta, report(rows, meta, device))
+    rows, meta = measure(device, quick=args.quick, gpu_scale=args.gpu_scale, smoke=args.smoke)
+    publish("kernels", device, rows, meta, report(rows, meta, device), write=not args.smoke)
     return 0
 
 

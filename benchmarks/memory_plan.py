@@ -29,7 +29,8 @@ the window reaches (window start to window end + longest sentence), B prompts a 
 ``peak_MiB`` measures for the fused objective (``--gpu-scale --prompt-length 64 --batch B``).
 The CUDA context (about 0.5 GB) and allocator slack come on top of ``total``.
 
-Usage: ``python benchmarks/memory_plan.py [--prompt-length 64] [--gen-length 128]``.
+Usage: ``python -m benchmarks.memory_plan [--prompt-length 64] [--gen-length 128] [--smoke]``
+(``--smoke``: print the plan, write nothing).
 """
 
 from __future__ import annotations
@@ -38,15 +39,12 @@ import argparse
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, format_table  # noqa: E402
-
-from mosa.models import LLADA_8B, build_model  # noqa: E402
-from mosa.models.files import write_file_atomic  # noqa: E402
+from benchmarks.common import RESULTS_DIR, SMOKE_HELP, format_table
+from mosa.models import LLADA_8B, build_model
+from mosa.models.files import write_file_atomic
 
 GPU_BYTES = 80e9
 GB = 1e9
@@ -217,14 +215,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt-length", type=int, default=64, help="prompt tokens")
     parser.add_argument("--gen-length", type=int, default=128, help="canvas tokens")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args(argv)
     shapes = llada_8b_shapes(prompt_length=args.prompt_length, gen_length=args.gen_length)
     text = report(shapes)
+    print(text)
+    if args.smoke:
+        print("\nsmoke run: nothing written")
+        return 0
     name = "memory-plan-llada-8b"
     if (args.prompt_length, args.gen_length) != (64, 128):
         name += f"-p{args.prompt_length}-g{args.gen_length}"
     path = write_file_atomic(RESULTS_DIR / f"{name}.md", text + "\n")
-    print(text)
     print(f"\nwritten to {path}")
     return 0
 

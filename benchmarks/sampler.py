@@ -1,17 +1,24 @@
-"""Sampler throughput: LLaDA's reference loop against ``mosa.generate`` modes, in one run.
+"""Sampler throughput against LLaDA's reference loop and against the card's roofline, in one run.
 
-Same random-weight LLaDA-architecture model, same prompts, temperature 0. Rows: the
-reference loop (full-sequence logits, float64 full-vocabulary softmax, per-row top-k; see
-``baselines.py``), then ``generate`` with no cache, the prefix cache, the dual cache, and the
-dual cache with threshold-0.9 parallel decoding; on a GPU each of these once more with its
-steps replayed as CUDA graphs (``cuda_graphs=True``). Each row gives generated tokens/s, peak
-extra memory, the speed-up over the reference, and the fraction of response tokens equal to
+Same random-weight LLaDA-architecture model, same prompts, temperature 0. For each (batch,
+gen_length) case the rows are: ``generate`` as a user first calls it (no flags: the default
+path), LLaDA's reference loop (full-sequence logits, float64 full-vocabulary softmax, per-row
+top-k; see ``baselines.py``), then ``generate`` with the prefix cache, the dual cache, and the
+dual cache with threshold-0.9 parallel decoding; on a GPU each generate mode once more with
+``cuda_graphs=True``. Each row gives generated tokens/s, the speed-up over the reference loop,
+the roofline (``roofline.py``: the card's copy bandwidth and matmul rate, measured at the start
+of the run, against the bytes and FLOPs each step of that mode needs) as tokens/s at the floor
+and the share of it reached, peak extra memory, and the fraction of response tokens equal to
 the reference's output (1.0 = identical).
 
-The CPU model keeps LLaDA's vocabulary (126464) on a small trunk (d 512, 6 layers); its head
-weights are scaled up so that, like a trained model's, predictions are confident (random
-N(0, 0.02) weights give near-uniform softmaxes, which no real model has). On a GPU it uses the
-LLaDA-8B shapes. Usage: ``python benchmarks/sampler.py [--quick] [--batch N] [--prompt-length P]``.
+Shapes: on a GPU (run_all: with ``--gpu-scale``) the LLaDA-8B shapes in bf16, prompt 128,
+block 32, steps = gen_length, at batch 1 with gen 256 and batch 8 and 32 with gen 128
+(``--quick``: batch 1 only). Elsewhere the model keeps LLaDA's vocabulary (126464) on a small
+trunk (d 512, 6 layers; ``--smoke``: d 64, 2 layers, prompt 8, gen 32) in fp32, one prompt of
+32 tokens, gen 256 (``--quick``: 128), steps = gen_length / 4. The head weights are scaled up so
+that, like a trained model's, predictions are confident (random N(0, 0.02) weights give
+near-uniform softmaxes, which no real model has). Usage: ``python -m benchmarks.sampler
+[--quick] [--smoke] [--batch N] [--gen-length G] [--prompt-length P]``.
 """
 
 from __future__ import annotations
@@ -19,84 +26,181 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import llada_reference_generate  # noqa: E402
-from common import format_table, machine_name, median_seconds, profile_call, publish  # noqa: E402
-
-from mosa.models import LLADA_8B, build_model  # noqa: E402
-from mosa.sampling import generate  # noqa: E402
+from benchmarks.baselines import llada_reference_generate
+from benchmarks.common import (
+    SMOKE_HELP,
+    format_table,
+    machine_name,
+    median_seconds,
+    profile_call,
+    publish,
+)
+from benchmarks.roofline import ModelShape, floor_seconds, generation_steps, measure_peaks
+from mosa.models import LLADA_8B, build_model
+from mosa.sampling import GenerateOutput, generate
 
 CPU_MODEL = dict(LLADA_8B, d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536)
+SMOKE_MODEL = dict(LLADA_8B, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128)
 HEAD_SCALE = 40.0
 
 
-def build(device: torch.device, gpu_scale: bool):
-    config = dict(LLADA_8B) if gpu_scale else CPU_MODEL
+def model_config(gpu_scale: bool, smoke: bool = False) -> dict:
+    """The benchmark model's config: LLaDA-8B's with ``gpu_scale``, else a small trunk on
+    LLaDA's vocabulary (``smoke``: a tiny one)."""
+    if smoke:
+        return SMOKE_MODEL
+    return dict(LLADA_8B) if gpu_scale else CPU_MODEL
+
+
+def build(device: torch.device, config: dict):
+    """A random-weight model of ``config`` whose head is scaled to confident predictions."""
     model = build_model(config, device=device).eval()
     with torch.no_grad():
         model.lm_head_weight.mul_(HEAD_SCALE)
     return model
 
 
-def run_modes(device, *, batch, prompt_length, gen_length, block_length, steps, repeats, gpu_scale):
-    model = build(device, gpu_scale)
+GPU_CASES = ((1, 256), (8, 128), (32, 128))
+"""(batch, gen_length) at LLaDA-8B shapes: one prompt's latency, then batched throughput."""
+
+MODES = (
+    ("generate", {}),  # the default path: what a user gets without flags; first in each case
+    ("generate prefix cache", {"cache": "prefix"}),
+    ("generate dual cache", {"cache": "dual"}),
+    ("generate dual + threshold 0.9", {"cache": "dual", "threshold": 0.9}),
+)
+REFERENCE = "reference loop"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run's shapes: the (batch, gen_length) cases and what they share."""
+
+    cases: tuple[tuple[int, int], ...]
+    prompt_length: int
+    block_length: int
+    steps_per_token: float  # steps = gen_length x this
+    repeats: int
+    copy_bytes: int  # the bandwidth measurement's buffer
+    matmul_size: int  # the matmul-rate measurement's square
+
+    def steps(self, gen_length: int) -> int:
+        return int(gen_length * self.steps_per_token)
+
+
+def settings_for(
+    device: torch.device,
+    *,
+    quick: bool,
+    gpu_scale: bool,
+    smoke: bool,
+    batch: int | None = None,
+    gen_length: int | None = None,
+    prompt_length: int | None = None,
+) -> Settings:
+    """The shapes of a run (module docstring); ``batch`` / ``gen_length`` / ``prompt_length``
+    replace the defaults (one case when ``batch`` is given)."""
+    if smoke:
+        cases = ((1, 32),)
+        shared = dict(prompt_length=8, block_length=16, steps_per_token=0.25, repeats=1)
+        peaks = dict(copy_bytes=16 << 20, matmul_size=256)
+    elif gpu_scale:
+        cases = GPU_CASES[:1] if quick else GPU_CASES
+        shared = dict(prompt_length=128, block_length=32, steps_per_token=1.0, repeats=1)
+        peaks = dict(copy_bytes=1 << 30, matmul_size=8192)
+    else:
+        cases = ((1, 128 if quick else 256),)
+        steps_per_token = 1.0 if device.type == "cuda" else 0.25
+        repeats = 1 if quick or device.type != "cuda" else 3
+        shared = dict(prompt_length=32, block_length=32, steps_per_token=steps_per_token,
+                      repeats=repeats)  # fmt: skip
+        peaks = dict(copy_bytes=256 << 20, matmul_size=1024)
+    if batch is not None:
+        cases = ((batch, dict(cases).get(batch, cases[-1][1])),)
+    if gen_length is not None:
+        cases = tuple((rows, gen_length) for rows, _ in cases)
+    if prompt_length is not None:
+        shared["prompt_length"] = prompt_length
+    return Settings(cases=cases, **shared, **peaks)
+
+
+def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_length: int):
+    """Rows for one (batch, gen_length): the default path, the reference loop, every mode."""
     generator = torch.Generator().manual_seed(0)
+    prompt_length = settings.prompt_length
     prompt = torch.randint(0, 126000, (batch, prompt_length), generator=generator).to(device)
-    mask_id = model.mask_token_id
-    settings = dict(steps=steps, gen_length=gen_length, block_length=block_length)
-    modes = {
-        "reference loop": functools.partial(
-            llada_reference_generate, model, prompt, mask_id=mask_id, **settings
-        ),
-        "generate": functools.partial(generate, model, prompt, **settings),
-        "generate prefix cache": functools.partial(
-            generate, model, prompt, cache="prefix", **settings
-        ),
-        "generate dual cache": functools.partial(generate, model, prompt, cache="dual", **settings),
-        "generate dual + threshold 0.9": functools.partial(
-            generate, model, prompt, cache="dual", threshold=0.9, **settings
-        ),
-    }
+    steps = settings.steps(gen_length)
+    shared = dict(steps=steps, gen_length=gen_length, block_length=settings.block_length)
+
+    def call(options: dict):
+        # Parallel decoding takes as many steps as it needs: the trace says how many.
+        trace = {"return_trace": True} if "threshold" in options else {}
+        run = functools.partial(generate, model, prompt, **shared, **options, **trace)
+        return run, options.get("cache")
+
+    reference = functools.partial(
+        llada_reference_generate, model, prompt, mask_id=model.mask_token_id, **shared
+    )
+    (default_name, default_options), *others = MODES
+    # Each run with the cache mode whose floor it has; the reference loop: no cache, unfused.
+    runs = {default_name: call(default_options), REFERENCE: (reference, None)}
+    runs.update({name: call(options) for name, options in others})
     if device.type == "cuda":
-        modes.update(
+        runs.update(
             {
-                f"{name} + CUDA graphs": functools.partial(run, cuda_graphs=True)
-                for name, run in modes.items()
-                if name != "reference loop"
+                f"{name} + CUDA graphs": (functools.partial(run, cuda_graphs=True), cache)
+                for name, (run, cache) in list(runs.items())
+                if name != REFERENCE
             }
         )
-    rows = [time_mode("reference loop", modes.pop("reference loop"), device, repeats)]
-    reference = rows[0].pop("out")
-    for name, run in modes.items():
+    dtype_bytes = model.lm_head_weight.element_size()
+    rows, outputs = [], {}
+    for name, (run, cache) in runs.items():
+        row = {"batch": batch, "gen_length": gen_length, "mode": name}
         try:
-            row = time_mode(name, run, device, repeats)
+            timed = time_mode(run, device, settings.repeats)
         except Exception as err:  # one failing mode must not cost the others their rows
-            rows.append({"mode": name, "error": f"{type(err).__name__}: {err}"[:300]})
+            rows.append({**row, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
-        out = row.pop("out")
-        same = out[:, prompt_length:] == reference[:, prompt_length:]
-        row["agreement"] = same.float().mean().item()
+        out, run_steps = timed.pop("out"), steps
+        if isinstance(out, GenerateOutput):
+            out, run_steps = out.sequences, out.steps
+        outputs[name] = out[:, prompt_length:]
+        plan = generation_steps(cache, prompt_length=prompt_length, gen_length=gen_length,
+                                block_length=settings.block_length, steps=run_steps)  # fmt: skip
+        floor = floor_seconds(shape, plan, batch=batch, dtype_bytes=dtype_bytes, peaks=peaks)
+        row.update(
+            {
+                "tokens/s": batch * gen_length / timed["seconds"],
+                "floor tok/s": batch * gen_length / floor,
+                "% roofline": 100 * floor / timed["seconds"],
+                "steps": run_steps,
+                **timed,
+            }
+        )
         rows.append(row)
+    reference_row = next((row for row in rows if row["mode"] == REFERENCE), None)
     for row in rows:
-        if "error" not in row:
-            row["tokens/s"] = batch * gen_length / row["seconds"]
-            row["speedup"] = rows[0]["seconds"] / row["seconds"]
-    rows[0]["agreement"] = 1.0
+        if "error" in row or reference_row is None or "error" in reference_row:
+            continue
+        row["speedup"] = reference_row["seconds"] / row["seconds"]
+        same = outputs[row["mode"]] == outputs[REFERENCE]
+        row["agreement"] = same.float().mean().item()
     return rows
 
 
-def time_mode(name, run, device, repeats) -> dict:
+def time_mode(run, device, repeats) -> dict:
     """One mode's output (``out``), seconds and peak extra memory."""
     if device.type == "cuda":
         run()  # Triton compiles and autotunes on the first call: keep that out of the timing
     out, seconds, peak = profile_call(run, device)
     if repeats > 1:
         seconds = median_seconds(run, device, repeats=repeats, warmup=0)
-    return {"mode": name, "out": out, "seconds": seconds, "peak_MiB": peak / 2**20}
+    return {"out": out, "seconds": seconds, "peak_MiB": peak / 2**20}
 
 
 def measure(
@@ -105,66 +209,87 @@ def measure(
     quick: bool,
     gpu_scale: bool,
     batch: int | None = None,
-    prompt_length: int = 32,
+    gen_length: int | None = None,
+    prompt_length: int | None = None,
+    smoke: bool = False,
 ) -> tuple[list, dict]:
-    """Rows for every mode; ``gpu_scale``: the model has the LLaDA-8B shapes; ``batch``
-    prompts (default 4 on a GPU, 1 on a CPU) of ``prompt_length`` tokens."""
-    gpu = device.type == "cuda"
-    batch = batch if batch is not None else (4 if gpu else 1)
-    gen_length = 128 if quick else 256
-    rows = run_modes(
-        device,
-        batch=batch,
-        prompt_length=prompt_length,
-        gen_length=gen_length,
-        block_length=32,
-        steps=gen_length // 4 if not gpu else gen_length // 2,
-        repeats=1 if quick or not gpu else 3,
-        gpu_scale=gpu_scale,
+    """Rows for every case and mode (module docstring), and the settings and peaks."""
+    settings = settings_for(
+        device, quick=quick, gpu_scale=gpu_scale, smoke=smoke, batch=batch,
+        gen_length=gen_length, prompt_length=prompt_length,
+    )  # fmt: skip
+    config = model_config(gpu_scale, smoke)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # build_model's default
+    # Before the model exists, so its weights take no room from the copy buffers.
+    peaks = measure_peaks(
+        device, dtype, copy_bytes=settings.copy_bytes, matmul_size=settings.matmul_size
     )
-    shape = "LLaDA-8B shapes" if gpu_scale else "d 512, 6 layers, vocab 126464"
+    model = build(device, config)
+    shape = ModelShape.of(model.config)
+    rows = []
+    for case_batch, case_gen in settings.cases:
+        rows += run_case(model, shape, peaks, device, settings, case_batch, case_gen)
+    model_name = (
+        "d 64, 2 layers, vocab 126464"
+        if smoke
+        else "LLaDA-8B shapes"
+        if gpu_scale
+        else "d 512, 6 layers, vocab 126464"
+    )
     return rows, {
-        "model": shape,
-        "batch": batch,
-        "prompt_length": prompt_length,
-        "gen_length": gen_length,
-        "block_length": 32,
+        "model": model_name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "prompt_length": settings.prompt_length,
+        "block_length": settings.block_length,
+        "steps": "gen_length" if settings.steps_per_token == 1 else "gen_length / 4",
+        "cases": [list(case) for case in settings.cases],
+        "copy GB/s": peaks.bandwidth / 1e9,
+        "matmul TFLOP/s": peaks.matmul_flops / 1e12,
     }
+
+
+COLUMNS = ["batch", "gen_length", "mode", "tokens/s", "speedup", "floor tok/s", "% roofline",
+           "steps", "peak_MiB", "agreement"]  # fmt: skip
 
 
 def report(rows: list[dict], meta: dict, device: torch.device) -> str:
     """The table ``main`` prints."""
     return (
-        f"## Sampler on {machine_name(device)} ({meta['model']}, batch {meta['batch']}, prompt "
-        f"{meta['prompt_length']}, gen_length {meta['gen_length']}, block "
-        f"{meta['block_length']})\n\n"
-        + format_table(
-            rows,
-            ["mode", "tokens/s", "speedup", "peak_MiB", "agreement"]
-            + (["error"] if any("error" in row for row in rows) else []),
-        )
-        + "\n\nspeedup is against the reference loop in this run"
+        f"## Sampler on {machine_name(device)} ({meta['model']}, {meta['dtype']}, prompt "
+        f"{meta['prompt_length']}, block {meta['block_length']}, steps = {meta['steps']})\n\n"
+        f"Measured in this run: copy {meta['copy GB/s']:.1f} GB/s, matmul "
+        f"{meta['matmul TFLOP/s']:.3g} TFLOP/s ({meta['dtype']}).\n\n"
+        + format_table(rows, COLUMNS + (["error"] if any("error" in r for r in rows) else []))
+        + "\n\nspeedup: against the reference loop of the same batch in this run; floor tok/s: "
+        "the bytes and FLOPs of that mode's steps at the measured copy and matmul rates "
+        "(benchmarks/roofline.py); % roofline: floor time / measured time"
     )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter generation, one repeat")
+    parser.add_argument("--quick", action="store_true", help="GPU: batch 1 only; CPU: gen 128")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="prompts (GPU 4, CPU 1)")
-    parser.add_argument("--prompt-length", type=int, default=32, help="prompt tokens")
+    parser.add_argument("--batch", type=int, default=None, help="one case: this many prompts")
+    parser.add_argument("--gen-length", type=int, default=None, help="response tokens")
+    parser.add_argument("--prompt-length", type=int, default=None, help="prompt tokens")
     args = parser.parse_args(argv)
-    if args.batch is not None and args.batch < 1:
-        parser.error(f"--batch must be >= 1, got {args.batch}")
+    for name in ("batch", "gen_length", "prompt_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     device = torch.device(args.device)
     rows, meta = measure(
         device,
         quick=args.quick,
         gpu_scale=device.type == "cuda",
         batch=args.batch,
+        gen_length=args.gen_length,
         prompt_length=args.prompt_length,
+        smoke=args.smoke,
     )
-    publish("sampler", device, rows, meta, report(rows, meta, device))
+    publish("sampler", device, rows, meta, report(rows, meta, device), write=not args.smoke)
     return 0
 
 

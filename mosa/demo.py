@@ -30,7 +30,7 @@ from mosa.eval.agreement import agreement_markdown, pairwise_agreement
 from mosa.eval.runner import run_attacks
 from mosa.models import load_model
 from mosa.models.files import write_file_atomic
-from mosa.sampling.prompts import load_tokenizer
+from mosa.text.prompts import load_tokenizer
 from mosa.tiny import ALIGN_SETTINGS, align_prompts, align_sentences, corpus, path
 from mosa.tiny.evaluate import (
     SAMPLER_DEFAULTS,
@@ -134,9 +134,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
         if window is not None:
             run_dir = out / variant.replace(" ", "_")
             folder = align_variant(run_dir, window, size, seed)
-            plot_if_possible(
-                plot_reward_curve, run_dir / "metrics.jsonl", out / f"reward_{run_dir.name}.png"
-            )
+            plot_reward_curve(run_dir / "metrics.jsonl", out / f"reward_{run_dir.name}.png")
         model = load_model(folder).eval()
         verdicts = evaluate_variant(model, tokenizer, size, results, variant)
         agreement += [f"## {variant}\n\n", agreement_markdown(pairwise_agreement(verdicts)), "\n"]
@@ -146,16 +144,8 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
     results.meta["seconds"] = round(time.perf_counter() - started, 1)
     results.to_json(out / "results.json")
     write_file_atomic(out / "results.md", results.to_markdown() + "\n")
-    plot_if_possible(plot_asr, results, out / "asr.png")
+    plot_asr(results, out / "asr.png")
     print(results.to_markdown())
     print(agreement_text)
     print(f"\n{results.meta['seconds']} s; results, plots and training metrics in {out}")
     return results
-
-
-def plot_if_possible(plot, source, target: Path) -> None:
-    """Plots need the optional matplotlib; without it the demo still writes its tables."""
-    try:
-        plot(source, target)
-    except ImportError as err:
-        print(f"(no plot {target.name}: {err})")

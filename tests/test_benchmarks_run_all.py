@@ -5,16 +5,10 @@ Nothing here times anything: the rows are made up to sit on either side of each 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import align  # noqa: E402
-import memory_plan  # noqa: E402
-import run_all  # noqa: E402
+from benchmarks import align, memory_plan, run_all
 
 
 def _kernels(backend: str, select_speedup: float) -> dict:
@@ -202,3 +196,21 @@ def test_align_puts_the_plan_beside_the_fused_rows_measured_peak(llada_8b):
         {"model": "m", "batch": 8, "prompt_length": 64, "gen_length": 128},
         torch.device("cpu"),
     )
+
+
+def test_sampler_targets_take_each_batchs_faster_row_then_the_worst_batch():
+    def rows(batch8_graphs: float | None) -> list[dict]:
+        out = [
+            {"batch": 1, "mode": "generate", "speedup": 3.5},
+            {"batch": 1, "mode": "generate + CUDA graphs", "speedup": 2.0},
+            {"batch": 8, "mode": "generate", "speedup": 2.5},
+            {"batch": 8, "mode": "generate + CUDA graphs", "error": "RuntimeError: capture"},
+        ]
+        if batch8_graphs is not None:
+            out[-1] = {"batch": 8, "mode": "generate + CUDA graphs", "speedup": batch8_graphs}
+        return out
+
+    no_cache = next(t for t in run_all.TARGETS if t.what == "sampler tokens/s, no cache")
+    meta = {"model": "test model"}
+    assert no_cache.judge(rows(3.2), meta) == ("3.2× (test model)", True)
+    assert no_cache.judge(rows(None), meta) == ("2.5× (test model)", False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -35,7 +34,4 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     for run in ("MOSA", "initial_alignment"):
         assert (tmp_path / run / "adapter" / "adapter_model.safetensors").exists()
         plots.append(tmp_path / f"reward_{run}.png")
-    if importlib.util.find_spec("matplotlib") is None:  # an optional extra
-        assert "(no plot asr.png" in printed and not any(p.exists() for p in plots)
-    else:
-        assert all(p.stat().st_size > 1000 for p in plots)
+    assert all(p.stat().st_size > 1000 for p in plots)

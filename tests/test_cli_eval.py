@@ -3,7 +3,6 @@ and a 16-token canvas, one process and two (torchrun)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,6 @@ from mosa.cli import main
 from mosa.datasets import shared_data_dir
 
 SMALL = ["--limit", "3", "--gen-length", "16", "--block-length", "8"]
-HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +70,7 @@ def test_eval_attacks_on_the_tiny_model(tmp_path, capsys):
     searched = responses(out, "gcg")
     assert all(r["attacked"] == f"{r['prompt']} {r['gcg_suffix']}" for r in searched)
     assert "| tiny |" in (out / "results.md").read_text()
-    assert (out / "asr.png").is_file() == HAS_MATPLOTLIB
+    assert (out / "asr.png").is_file()
     assert "ASR prefill (%)" in capsys.readouterr().out
 
     # A second run into the same folder adds its row to the table.
@@ -295,14 +293,14 @@ def test_analyze_order_and_prefill_sweep(tmp_path, capsys):
         assert entry["slope"] > 0 and 0 <= entry["r2"] <= 1
     printed = capsys.readouterr().out
     assert "slope" in printed and "R²" in printed
-    assert (out / "decoding_order.png").is_file() == HAS_MATPLOTLIB
+    assert (out / "decoding_order.png").is_file()
 
     sweep = ["analyze", "prefill-sweep", "--out", str(out), *SMALL]
     assert main([*sweep, "--positions", "0", "8"]) == 0
     row = json.loads((out / "prefill_sweep.json").read_text())["cells"]["tiny"]
     assert set(row) == {"asr/prefill@0", "asr/prefill@8"}
     assert "ASR prefill@8 (%)" in (out / "prefill_sweep.md").read_text()
-    assert (out / "prefill_sweep.png").is_file() == HAS_MATPLOTLIB
+    assert (out / "prefill_sweep.png").is_file()
     with pytest.raises(SystemExit, match="overflows the canvas"):
         main([*sweep, "--positions", "15"])
 

@@ -62,7 +62,7 @@ def test_sample_is_the_sampler_output(checkpoint, capsys):
     """The CLI decodes exactly what generate() returns for the chat-templated prompt."""
     from mosa.models import load_model
     from mosa.sampling import generate
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     assert (
         main(["sample", str(checkpoint), "--prompt", "w7 w8", "--steps", "4", "--gen-length", "4"])
@@ -166,7 +166,7 @@ LONG_PROMPT = " ".join(f"w{i % 100}" for i in range(70))  # 72 tokens with the c
 
 
 def test_sample_refuses_a_prompt_too_long_for_the_model_before_sampling(checkpoint, monkeypatch):
-    monkeypatch.setattr("mosa.sampling.prompts.generate", lambda *_, **__: pytest.fail("sampled"))
+    monkeypatch.setattr("mosa.sampling.texts.generate", lambda *_, **__: pytest.fail("sampled"))
     args = [
         "sample",
         str(checkpoint),
@@ -188,7 +188,7 @@ def test_sample_refuses_a_prompt_too_long_for_the_model_before_sampling(checkpoi
 def test_sample_truncate_prompt_left_keeps_the_end_of_the_prompt(checkpoint, capsys):
     from mosa.models import load_model
     from mosa.sampling import generate
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     args = ["sample", str(checkpoint), "--prompt", LONG_PROMPT, "--gen-length", "8"]
     with pytest.warns(UserWarning, match="prompt of 72 tokens truncated to its last 56"):

@@ -46,8 +46,8 @@ from mosa.distributed import Runtime, join
 from mosa.models import PRESETS, build_model, load_model
 from mosa.models.base import DEFAULT_MAX_SHARD_BYTES
 from mosa.models.files import write_checkpoint, write_folder
-from mosa.sampling.canvas import build_canvas
-from mosa.sampling.prompts import encode_prompts, load_tokenizer
+from mosa.text.canvas import build_canvas
+from mosa.text.prompts import encode_prompts, load_tokenizer
 
 from .objective import IGNORE, AlignBatch, check_window, mosa_terms, response_kl
 from .run_folder import (

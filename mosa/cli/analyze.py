@@ -61,7 +61,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _order(args: argparse.Namespace) -> int:
-    from mosa.demo import plot_if_possible
     from mosa.eval import decoding_order, linear_fit, plot_decoding_order
 
     model, tokenizer, tiny, settings, harmful = _inputs(args)
@@ -96,7 +95,7 @@ def _order(args: argparse.Namespace) -> int:
         out / "decoding_order.json",
         {"model": model_label(args), "sampler": settings, "sets": report},
     )
-    plot_if_possible(plot_decoding_order, means, out / "decoding_order.png")
+    plot_decoding_order(means, out / "decoding_order.png")
 
     labels = list(means)
     steps = max(len(v) for v in means.values())
@@ -111,7 +110,6 @@ def _order(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from mosa.demo import plot_if_possible
     from mosa.eval import Results, plot_prefill_sweep, prefill_sweep
     from mosa.eval.attacks import DEFAULT_MIDDLE_PHRASE
     from mosa.models.files import write_file_atomic
@@ -151,7 +149,7 @@ def _sweep(args: argparse.Namespace) -> int:
     results.to_json(out / "prefill_sweep.json")
     write_file_atomic(out / "prefill_sweep.md", results.to_markdown())
     curve = {variant: {p: r.rate for p, r in rates.items()}}
-    plot_if_possible(plot_prefill_sweep, curve, out / "prefill_sweep.png")
+    plot_prefill_sweep(curve, out / "prefill_sweep.png")
     print(results.to_markdown())
     print(f"wrote prefill_sweep.json, .md and .png to {out}")
     return 0

@@ -61,7 +61,7 @@ def load_model_and_tokenizer(args: argparse.Namespace, device=None):
     tokenizer, and whether it is the tiny model (or has its vocabulary)."""
     from mosa import tiny
     from mosa.models import load_model
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     from .common import model_folder
 

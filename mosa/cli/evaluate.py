@@ -143,7 +143,7 @@ def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
     """Every attacked prompt fits the model with the canvas (or ``--truncate-prompt left``),
     before anything is sampled, so a later attack cannot fail after the earlier ones ran."""
     from mosa.eval import expand_attack
-    from mosa.sampling.prompts import check_prompts_fit
+    from mosa.sampling.texts import check_prompts_fit
 
     for name in names:
         if name == "gcg":
@@ -379,9 +379,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         results.to_json(out / "results.json")
         write_file_atomic(out / "results.md", results.to_markdown())
         if results.attacks:
-            from mosa.demo import plot_if_possible
-
-            plot_if_possible(plot_asr, results, out / "asr.png")
+            plot_asr(results, out / "asr.png")
         print(results.to_markdown())
         print(f"wrote results.json, results.md and the responses to {out}")
     if world > 1:

@@ -31,7 +31,8 @@ def _check_threshold(threshold: float | None) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from mosa.models import load_model
     from mosa.models.files import write_file_atomic
-    from mosa.sampling.prompts import load_tokenizer, sample_texts
+    from mosa.sampling import sample_texts
+    from mosa.text.prompts import load_tokenizer
 
     _check_threshold(args.threshold)
     if args.out:

@@ -6,7 +6,7 @@
 - ``Results``: rows are model variants (original, MOSA, initial alignment, ...), columns are
   ASR per attack, utility and over-refusal; written as JSON (atomically) and Markdown.
 - ``plot_asr``, ``plot_reward_curve``, ``plot_decoding_order``, ``plot_prefill_sweep``: PNGs, with matplotlib's Agg
-  renderer; matplotlib is optional (``pip install 'mosa[plot]'``).
+  renderer.
 """
 
 from __future__ import annotations
@@ -359,13 +359,10 @@ def _rolling_line(axes, points, label: str, window: int) -> None:
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            "plots need matplotlib: pip install 'mosa[plot]' (or pip install matplotlib)"
-        ) from None
+    # Imported on the first plot: about half a second that commands which never plot need not pay.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     # A bare Figure on the Agg canvas: no pyplot, so the caller's backend is left alone.
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from mosa.models import DreamModel
 from mosa.sampling import generate
-from mosa.sampling.prompts import check_prompts_fit, encode_prompts
+from mosa.sampling.texts import check_prompts_fit
+from mosa.text.prompts import encode_prompts
 
 from .attacks import AttackedPrompt, build_response_canvas, expand_attack
 from .judges import Judge, Verdict

@@ -21,7 +21,7 @@ from mosa.models import load_model
 from mosa.sampling import generate
 from mosa.sampling.llada import REMASKING
 from mosa.sampling.predictor import CACHE_MODES
-from mosa.sampling.prompts import encode_prompts, load_tokenizer
+from mosa.text.prompts import encode_prompts, load_tokenizer
 
 from .likelihood import masked_loglikelihood
 

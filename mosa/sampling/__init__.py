@@ -4,5 +4,6 @@ from .cuda_graph import clear_cuda_graphs
 from .dream import diffusion_generate
 from .llada import generate
 from .output import GenerateOutput
+from .texts import sample_texts
 
-__all__ = ["GenerateOutput", "clear_cuda_graphs", "diffusion_generate", "generate"]
+__all__ = ["GenerateOutput", "clear_cuda_graphs", "diffusion_generate", "generate", "sample_texts"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .canvas import Canvas
+from mosa.text.canvas import Canvas
+
 from .predictor import model_token_id
 
 

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from mosa.models import adopt_model
+from mosa.text.canvas import Canvas, build_canvas, first_masked_position
 from mosa_kernels import sample_tokens, select_transfer
 from mosa_kernels.random import gumbel, seed_from
 
 from .arguments import check_sampler_arguments
 from .buckets import bucket_canvas, bucket_pad_id
-from .canvas import Canvas, build_canvas, first_masked_position
 from .context_window import fit_prompt
 from .cuda_graph import GraphedCall, graph_cache, use_cuda_graphs
 from .filters import top_k_filter, top_p_filter

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from mosa.models import adopt_model
+from mosa.text.canvas import Canvas, build_canvas, first_masked_position
 from mosa_kernels import sample_tokens
 from mosa_kernels.ops.select_transfer import check_threshold
 
 from .arguments import check_sampler_arguments
 from .block_step import BlockDone, StepSet, StepShape, StepState
 from .buckets import bucket_canvas, bucket_pad_id
-from .canvas import Canvas, build_canvas, first_masked_position
 from .context_window import fit_prompt
 from .cuda_graph import graph_cache, use_cuda_graphs
 from .output import GenerateOutput

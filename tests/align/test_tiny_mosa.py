@@ -12,7 +12,7 @@ import mosa
 import mosa.tiny
 from mosa.align import AlignConfig, train
 from mosa.eval import KeywordJudge
-from mosa.sampling.prompts import load_tokenizer
+from mosa.text.prompts import load_tokenizer
 from mosa.tiny import corpus
 from mosa.tiny.evaluate import benign_accuracy, is_compliance, respond
 

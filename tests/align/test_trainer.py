@@ -177,7 +177,7 @@ def test_two_process_fsdp2_full_finetune_equals_one_process(tmp_path):
 def test_benign_prompts_are_walked_in_order(monkeypatch):
     from mosa.align import trainer
     from mosa.distributed import Runtime
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     harmful, benign = mosa.tiny.align_prompts()
     config = _config(Path("unused"), batch_size=2, grad_accum=2, epochs=2, benign_beta=1.0)
@@ -200,7 +200,7 @@ def test_benign_prompts_are_walked_in_order(monkeypatch):
 def test_group_by_length_batches_alike_prompts_the_same_way_on_any_split():
     from mosa.align import trainer
     from mosa.distributed import Runtime
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     tokenizer = load_tokenizer(mosa.tiny.path())
     harmful, _ = mosa.tiny.align_prompts()

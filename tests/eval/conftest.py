@@ -7,7 +7,7 @@ import pytest
 
 import mosa
 import mosa.tiny
-from mosa.sampling.prompts import load_tokenizer
+from mosa.text.prompts import load_tokenizer
 from mosa.tiny import corpus
 
 

@@ -16,7 +16,7 @@ from mosa.eval import (
     build_response_canvas,
     expand_attack,
 )
-from mosa.sampling.prompts import load_tokenizer
+from mosa.text.prompts import load_tokenizer
 from mosa.tiny import corpus
 
 G = 40
@@ -147,7 +147,7 @@ def test_canvas_errors(tokenizer):
 def test_sampler_keeps_the_fixed_tokens(tokenizer):
     """The canvas is the sampler's ``response``: its fixed tokens come back unchanged."""
     from mosa.sampling import generate
-    from mosa.sampling.prompts import encode_prompts
+    from mosa.text.prompts import encode_prompts
 
     model = mosa.load_model(mosa.tiny.path())
     attacked = apply_attack("mask_interleave", PROMPT, skeleton=TINY_SKELETON, spacing=12)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mosa.eval import GCGResult, gcg_search
-from mosa.sampling.prompts import encode_prompts
+from mosa.text.prompts import encode_prompts
 from mosa.tiny import corpus
 
 G = 40

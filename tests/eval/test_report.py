@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
@@ -138,7 +137,6 @@ def assert_png(path):
 
 
 def test_plot_asr(tmp_path):
-    pytest.importorskip("matplotlib")
     path = tmp_path / "asr.png"
     plot_asr(sample_results(), path)
     assert_png(path)
@@ -151,7 +149,6 @@ def test_plot_asr(tmp_path):
 
 
 def test_plot_reward_curve(tmp_path):
-    pytest.importorskip("matplotlib")
     log = tmp_path / "metrics.jsonl"
     records = [
         {"step": s, "R": s / 10 - 5, "R_plus": s / 20, "R_minus": 5 - s / 20, "KL": 0.01 * s}
@@ -172,7 +169,6 @@ def test_plot_reward_curve(tmp_path):
 
 
 def test_plot_decoding_order(tmp_path):
-    pytest.importorskip("matplotlib")
     path = tmp_path / "order.png"
     plot_decoding_order({"benign": [1.0, 4.5, 9.0, 14.0], "harmful": [2.0, 5.0, 8.5, 13.0]}, path)
     assert_png(path)
@@ -181,16 +177,8 @@ def test_plot_decoding_order(tmp_path):
 
 
 def test_plot_prefill_sweep(tmp_path):
-    pytest.importorskip("matplotlib")
     path = tmp_path / "sweep.png"
     plot_prefill_sweep({"original": {0: 0.2, 10: 1.0, 20: 0.9}, "MOSA": {0: 0.0, 10: 0.1}}, path)
     assert_png(path)
     with pytest.raises(ValueError, match="non-empty"):
         plot_prefill_sweep({"original": {}}, path)
-
-
-def test_plots_without_matplotlib(tmp_path, monkeypatch):
-    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
-        monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(ImportError, match=r"pip install 'mosa\[plot\]'"):
-        plot_decoding_order({"benign": [1.0]}, tmp_path / "order.png")

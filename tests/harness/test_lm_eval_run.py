@@ -61,7 +61,7 @@ def _chat(tokenizer, prompt: str) -> str:
 
 
 def _write_tasks(folder: Path) -> None:
-    from mosa.sampling.prompts import load_tokenizer
+    from mosa.text.prompts import load_tokenizer
 
     tokenizer = load_tokenizer(mosa.tiny.path())
     _, held_out = corpus.splits(seed=0)

@@ -10,7 +10,7 @@ import pytest
 
 import mosa
 import mosa.tiny
-from mosa.sampling.prompts import load_tokenizer
+from mosa.text.prompts import load_tokenizer
 from mosa.tiny import corpus
 from mosa.tiny.evaluate import evaluate
 from mosa.tiny.tokenizer import EOS, EOT, MASK, PAD

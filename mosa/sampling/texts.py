@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from mosa.models import DreamModel
+from mosa.text.prompts import encode_prompts
 
 from .context_window import prompt_room
 from .dream import diffusion_generate
@@ -22,63 +21,6 @@ LLADA_OPTIONS = (
 )  # fmt: skip
 DREAM_OPTIONS = ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps", "truncate")
 DEFAULT_GEN_LENGTH = 128
-
-
-# Files that hold a tokenizer's vocabulary (fast tokenizers, sentencepiece, BPE, WordPiece).
-VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
-
-
-def load_tokenizer(folder):
-    """The checkpoint folder's tokenizer (``AutoTokenizer``), read from that folder only.
-
-    Never runs code from the folder (``trust_remote_code=False``: a ``tokenizer_config.json``
-    whose ``auto_map`` names custom tokenizer code is refused) and never asks a model hub
-    (``local_files_only=True``). Raises ValueError for a folder without tokenizer files. The
-    warning transformers prints because it does not know the model types of ``config.json``
-    is silenced.
-    """
-    from transformers import AutoTokenizer
-    from transformers.utils import logging
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder; give a local checkpoint folder")
-    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
-        raise ValueError(
-            f"no tokenizer files in {folder} (none of {', '.join(VOCABULARY_FILES)}); "
-            "copy the model's tokenizer files into it"
-        )
-    settings = folder / "tokenizer_config.json"
-    if settings.is_file() and "auto_map" in json.loads(settings.read_text(encoding="utf-8")):
-        raise ValueError(
-            f"{settings} names custom tokenizer code (auto_map), and mosa never runs code from "
-            "a model folder; remove auto_map and set tokenizer_class to a transformers class "
-            "(e.g. PreTrainedTokenizerFast with tokenizer.json)"
-        )
-    previous = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    finally:
-        logging.set_verbosity(previous)
-
-
-def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool, device) -> tuple:
-    """Token ids ``[B, P]`` (left-padded) and their attention mask."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            for p in prompts
-        ]
-    else:
-        texts = list(prompts)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
 
 def check_prompts_fit(

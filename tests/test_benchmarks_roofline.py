@@ -1,0 +1,136 @@
+"""The sampler benchmark's roofline: bytes and FLOPs counted from a config, checked against a
+count by hand for a tiny LLaDA (d 8, 2 heads of 4, 1 key/value head, MLP 16, 2 layers, V 32);
+and how the benchmark lays out its cases and rows (a fake ``generate``: nothing is timed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from benchmarks import sampler
+from benchmarks.roofline import (
+    ModelShape,
+    Peaks,
+    Step,
+    floor_seconds,
+    generation_steps,
+    step_bytes,
+    step_flops,
+)
+from mosa.models import LLADA_8B, build_model
+from mosa.sampling import GenerateOutput
+
+TINY = dict(
+    LLADA_8B, d_model=8, n_heads=2, n_kv_heads=1, n_layers=2, mlp_hidden_size=16,
+    vocab_size=32, embedding_size=32, mask_token_id=31, eos_token_id=30, pad_token_id=29,
+)  # fmt: skip
+# One block: q 8x8, k 8x4, v 8x4, out 8x8, gate/up 8x16, down 16x8 = 576; two norms of 8.
+LAYER_MATMUL = 64 + 32 + 32 + 64 + 3 * 128
+TRUNK = 2 * (LAYER_MATMUL + 16) + 8  # and the final norm
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_model(TINY, device="meta")
+
+
+def test_shape_counts_the_tiny_model_by_hand_and_as_built(tiny):
+    shape = ModelShape.of(tiny.config)
+    assert shape == ModelShape(layers=2, d=8, q_width=8, kv_width=4, mlp_hidden=16, vocab=32)
+    assert shape.layer_matmul_parameters == LAYER_MATMUL == 576
+    assert shape.trunk_parameters == TRUNK == 1192
+    # The built model: the trunk, the embedding and the (untied) head.
+    assert sum(p.numel() for p in tiny.parameters()) == TRUNK + 2 * 32 * 8
+
+
+def test_a_dual_cache_step_by_hand(tiny):
+    shape = ModelShape.of(tiny.config)
+    # Batch 2, bf16: a step over the 4 block positions of a 12-token canvas, 8 keys cached.
+    step = Step(queries=4, keys=12, cached=8, headed=2)
+    weights = TRUNK + 32 * 8  # the head; the embedding only at the looked-up rows
+    embedding_rows = 2 * 4 * 8
+    cache = 2 * 8 * 2 * 2 * 4  # rows x cached positions x layers x (K, V) x kv width
+    assert step_bytes(shape, step, batch=2, dtype_bytes=2) == 2 * (weights + embedding_rows + cache)
+    projections = 2 * 4 * 2 * 576
+    attention = 4 * 4 * 12 * 8 * 2  # QK^T and PV: 2 x 2 FLOPs a query, key and q channel
+    head = 2 * 2 * 8 * 32
+    assert step_flops(shape, step, batch=2) == 2 * (projections + attention + head)
+
+
+def test_generation_steps_per_cache_mode():
+    settings = dict(prompt_length=4, gen_length=8, block_length=4, steps=4)
+    full = [Step(12, 12, 0, 4), Step(12, 12, 0, 2)]  # 2 blocks of 2 steps, 2 commits a step
+    assert generation_steps(None, **settings) == full * 2
+    assert generation_steps("dual", **settings) == [full[0], Step(4, 12, 8, 2)] * 2
+    assert generation_steps("prefix", **settings) == [
+        full[0], Step(8, 12, 4, 2),  # block 0: itself and block 1, the prompt cached
+        full[0], Step(4, 12, 8, 2),  # block 1: itself, prompt and block 0 cached
+    ]  # fmt: skip
+    # A threshold run that took 5 steps: 3 in the first block, 2 in the second.
+    uneven = generation_steps(None, **dict(settings, steps=5))
+    assert [step.headed for step in uneven] == pytest.approx([4, 4 - 4 / 3, 4 - 8 / 3, 4, 2])
+    with pytest.raises(ValueError, match="cache"):
+        generation_steps("suffix", **settings)
+    with pytest.raises(ValueError, match="at least the number of blocks"):
+        generation_steps(None, **dict(settings, steps=1))
+
+
+def test_floor_takes_the_slower_of_bytes_and_flops_each_step(tiny):
+    shape = ModelShape.of(tiny.config)
+    peaks = Peaks(bandwidth=1000.0, matmul_flops=10000.0)
+    full, cached = Step(12, 12, 0, 4), Step(4, 12, 8, 2)
+    # full: 3,280 bytes (3.28 s), 77,824 FLOPs (7.78 s); cached: 3,536 bytes (3.54 s), 26,624
+    # FLOPs (2.66 s).
+    assert step_bytes(shape, full, 2, 2) == 3280 and step_flops(shape, full, 2) == 77824
+    floor = floor_seconds(shape, [full, cached], batch=2, dtype_bytes=2, peaks=peaks)
+    assert floor == pytest.approx(7.7824 + 3.536)
+
+
+def test_the_gpu_run_has_issue_20s_settings():
+    settings = sampler.settings_for(torch.device("cuda"), quick=False, gpu_scale=True, smoke=False)
+    assert settings.cases == ((1, 256), (8, 128), (32, 128))
+    assert (settings.prompt_length, settings.block_length) == (128, 32)
+    assert [settings.steps(gen) for _, gen in settings.cases] == [256, 128, 128]
+    one = sampler.settings_for(torch.device("cuda"), quick=False, gpu_scale=True, smoke=False,
+                               batch=8)  # fmt: skip
+    assert one.cases == ((8, 128),)
+
+
+def test_each_case_starts_with_the_default_call_and_reads_the_roofline(tiny, monkeypatch):
+    calls = []
+
+    def fake_generate(model, prompt, **options):
+        calls.append(options)
+        out = torch.cat([prompt, torch.zeros(prompt.shape[0], options["gen_length"], dtype=torch.long)], 1)  # fmt: skip
+        return GenerateOutput(out, out, steps=3) if options.get("return_trace") else out
+
+    def fake_reference(model, prompt, *, mask_id, **settings):
+        return fake_generate(model, prompt, **settings)
+
+    monkeypatch.setattr(sampler, "generate", fake_generate)
+    monkeypatch.setattr(sampler, "llada_reference_generate", fake_reference)
+    model = SimpleNamespace(mask_token_id=31, lm_head_weight=torch.zeros(1, dtype=torch.bfloat16))
+    settings = sampler.Settings(cases=((2, 8),), prompt_length=4, block_length=4,
+                                steps_per_token=0.5, repeats=1, copy_bytes=0, matmul_size=0)  # fmt: skip
+    peaks = Peaks(bandwidth=1000.0, matmul_flops=10000.0)
+    shape = ModelShape.of(tiny.config)
+    rows = sampler.run_case(model, shape, peaks, torch.device("cpu"), settings, 2, 8)
+
+    assert [row["mode"] for row in rows[:2]] == ["generate", "reference loop"]
+    assert calls[0] == {"steps": 4, "gen_length": 8, "block_length": 4}  # no flags
+    assert calls[-1]["threshold"] == 0.9 and calls[-1]["return_trace"]
+    by_mode = {row["mode"]: row for row in rows}
+    assert (
+        by_mode["generate"]["steps"] == 4 and by_mode["generate dual + threshold 0.9"]["steps"] == 3
+    )
+    # No cache, 2 rows, 4 steps of 12 positions: 2 steps as in the floor test, twice over.
+    floor = 2 * (7.7824 + floor_seconds(shape, [Step(12, 12, 0, 2)], batch=2, dtype_bytes=2,
+                                         peaks=peaks))  # fmt: skip
+    for mode in ("generate", "reference loop"):
+        row = by_mode[mode]
+        assert row["floor tok/s"] == pytest.approx(16 / floor)
+        assert row["% roofline"] == pytest.approx(100 * floor / row["seconds"])
+        assert row["agreement"] == 1.0
+    assert by_mode["reference loop"]["speedup"] == 1.0

@@ -1,0 +1,19 @@
+"""What a fresh install from ``pyproject.toml`` brings: the README's main command
+(``pip install torch==2.13.0 -e . && mosa demo``) must give the plots the README promises."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_matplotlib_is_a_dependency_not_an_extra():
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    names = {re.split(r"[<>=!~;\s\[]", requirement)[0] for requirement in project["dependencies"]}
+    assert "matplotlib" in names
