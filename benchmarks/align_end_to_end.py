@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 import mosa.tiny
-from benchmarks.common import SMOKE_HELP, format_table, machine_name, median_seconds, publish
+from benchmarks.common import SMOKE_HELP, format_table, machine_name, publish
+from benchmarks.roofline import matmul_flops
 from mosa.align import AlignConfig, encode_sentences, train
 from mosa.align.objective import window_span
 from mosa.datasets import read_prompts, shared_data_dir
@@ -67,11 +68,9 @@ def prompt_file(folder: Path, n: int) -> tuple[Path, str]:
 
 def matmul_peak_flops(device: torch.device, quick: bool) -> float:
     """FLOP/s of one square matmul in this run: bf16 on CUDA, fp32 on the CPU."""
-    n = (4096 if quick else 8192) if device.type == "cuda" else (512 if quick else 1024)
+    size = (4096 if quick else 8192) if device.type == "cuda" else (512 if quick else 1024)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    seconds = median_seconds(lambda: a @ b, device, repeats=3 if quick else 10)
-    return 2 * n**3 / seconds
+    return matmul_flops(device, dtype, size=size, repeats=3 if quick else 10)
 
 
 def trunk_matmul_params(shape: dict) -> int:

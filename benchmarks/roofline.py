@@ -165,6 +165,13 @@ def measure_peaks(
     target = torch.empty_like(source)
     copy_s = median_seconds(functools.partial(target.copy_, source), device, repeats)
     del source, target
-    a = torch.randn(matmul_size, matmul_size, device=device).to(dtype)
-    matmul_s = median_seconds(functools.partial(torch.mm, a, a.T), device, repeats)
-    return Peaks(bandwidth=2 * copy_bytes / copy_s, matmul_flops=2 * matmul_size**3 / matmul_s)
+    return Peaks(
+        bandwidth=2 * copy_bytes / copy_s,
+        matmul_flops=matmul_flops(device, dtype, size=matmul_size, repeats=repeats),
+    )
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, *, size: int, repeats: int) -> float:
+    """FLOP/s of a square ``size`` matmul in ``dtype`` on ``device``, median of ``repeats``."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    return 2 * size**3 / median_seconds(functools.partial(torch.mm, a, a.T), device, repeats)
