@@ -86,18 +86,23 @@ class StepShape:
 
 @dataclass
 class BlockStep:
-    """One step of the shape ``shape`` over ``state``; ``rule`` is ``select_transfer``'s
-    ``threshold`` or ``factor`` (parallel decoding), or empty for the fixed schedule, whose
-    counts come from ``state.k_table``."""
+    """One step of the shape ``shape`` over ``state``. Parallel decoding commits by
+    ``threshold`` or ``factor`` (``select_transfer``'s rules); with neither, the fixed
+    schedule commits ``state.k_table``'s count for the step."""
 
     state: StepState
     shape: StepShape
     predictor: Predictor
     sample: Callable
-    rule: dict
+    threshold: float | None
+    factor: float | None
     mask_id: int
     check_ids: Callable[[int], None]
     generator: torch.Generator | None
+
+    @property
+    def parallel(self) -> bool:
+        return self.threshold is not None or self.factor is not None
 
     def __call__(self, narrow: int | None = None) -> None:
         """``narrow``, when given, samples each row's first ``narrow`` masked positions only
@@ -120,8 +125,8 @@ class BlockStep:
             token, conf = sample(rows, x_uncond=rows_uncond)
         else:
             token, conf = _sample_masked(sample, rows, rows_uncond, is_masked, narrow)
-        if self.rule:
-            commit = select_transfer(conf, is_masked, **self.rule)
+        if self.parallel:
+            commit = select_transfer(conf, is_masked, threshold=self.threshold, factor=self.factor)
         else:
             column = state.step_in_block.view(1, 1).expand(state.x.shape[0], 1)
             commit = select_transfer(conf, is_masked, k=state.k_table.gather(1, column)[:, 0])
@@ -130,7 +135,7 @@ class BlockStep:
         state.trace.scatter_(
             1, index, torch.where(filled, state.count, state.trace.gather(1, index))
         )
-        if self.rule:
+        if self.parallel:
             # A step that finds its window full is a no-op and not counted: the host learns
             # that a block is done a step late (``BlockDone``) rather than waiting every step.
             state.count += is_masked.any()

@@ -206,13 +206,6 @@ class SamplerSettings:
         return self.temperature > 0 or self.remasking == "random"
 
     @property
-    def rule(self) -> dict:
-        """``select_transfer``'s rule for parallel decoding; empty for the fixed schedule."""
-        if self.threshold is not None:
-            return {"threshold": self.threshold}
-        return {} if self.factor is None else {"factor": self.factor}
-
-    @property
     def graph_key(self) -> tuple:
         """Everything a captured step freezes besides its shape."""
         return (self.mask_id, self.cfg_scale, self.cache, self.threshold, self.factor,
@@ -295,7 +288,8 @@ class _Generation:
             cache=settings.cache, shift_logits=False,
         )  # fmt: skip
         options = dict(
-            sample=_sampler(settings, predictor), rule=settings.rule, mask_id=settings.mask_id,
+            sample=_sampler(settings, predictor), threshold=settings.threshold,
+            factor=settings.factor, mask_id=settings.mask_id,
             check_ids=functools.partial(_check_special_ids, settings), generator=self.generator,
         )  # fmt: skip
         return StepSet(state, predictor, options, self.graphs, self.sets)
