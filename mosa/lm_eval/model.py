@@ -18,6 +18,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from mosa.models import load_model
+from mosa.models.files import require_safetensors
 from mosa.sampling import generate
 from mosa.sampling.llada import REMASKING
 from mosa.sampling.predictor import CACHE_MODES
@@ -126,7 +127,10 @@ class MosaLM(LM):
         if adapter is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            # Safetensors only, from the folder alone (README "Security").
+            require_safetensors(Path(adapter), ("adapter_model.safetensors",))
+            model = PeftModel.from_pretrained(model, str(adapter), local_files_only=True)
+            model = model.merge_and_unload()
         self.model = model.eval()
         self.tokenizer = load_tokenizer(pretrained)
         self.seed = seed

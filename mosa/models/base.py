@@ -147,7 +147,7 @@ class DiffusionLM(nn.Module):
         *,
         inputs_embeds: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        start: int | None = None,
+        start: int | torch.Tensor | None = None,
         return_cache: bool = False,
         return_logits: bool = False,
     ) -> DiffusionLMOutput:
@@ -216,7 +216,7 @@ class DiffusionLM(nn.Module):
 
         logits = None
         if return_logits:
-            if self.logits_shift and start:
+            if self.logits_shift and (isinstance(start, torch.Tensor) or start):
                 raise ValueError(
                     f"{type(self).__name__} predicts token i from hidden state i - 1, which a slice "
                     "starting at start > 0 lacks; run the slice from start - 1 and drop its first "

@@ -221,7 +221,8 @@ class BlockDone:
         slot = i % 2
         self.copies[slot].copy_(self.flag, non_blocking=True)
         if self.events[slot] is not None:
-            self.events[slot].record()
+            # The copy runs on the flag's device's stream, which need not be the current one.
+            self.events[slot].record(torch.cuda.current_stream(self.flag.device))
         if i == 0:
             return False
         previous = (i - 1) % 2

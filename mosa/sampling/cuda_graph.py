@@ -106,6 +106,17 @@ class GraphCache:
         self.max_sets = max_sets
         self.sets: OrderedDict[Hashable, object] = OrderedDict()
         self.captures = 0
+        self.fingerprint: tuple | None = None
+
+    def follow(self, model) -> GraphCache:
+        """Drops every set when ``model``'s parameters are other tensors (moved, cast,
+        replaced, new adapter weights) or its adapters were switched, merged or disabled since
+        the last call: a graph replays the tensors and branches it was captured with."""
+        fingerprint = _fingerprint(model)
+        if fingerprint != self.fingerprint:
+            self.clear()
+            self.fingerprint = fingerprint
+        return self
 
     def get(self, key: Hashable, make: Callable[[], object]):
         """The set stored under ``key``, made by ``make()`` when there is none."""
@@ -127,11 +138,27 @@ class GraphCache:
 
 
 def graph_cache(model) -> GraphCache:
-    """The ``GraphCache`` kept on ``model`` (made on first use)."""
+    """The ``GraphCache`` kept on ``model`` (made on first use), emptied if the model's
+    tensors or adapters changed since it was last used."""
     cache = model.__dict__.get("_sampler_graphs")
     if cache is None:
         cache = model.__dict__["_sampler_graphs"] = GraphCache()
-    return cache
+    return cache.follow(model)
+
+
+def _fingerprint(model) -> tuple:
+    tensors = tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
+    # peft's LoRA layers branch in Python on these: a graph keeps the branch it was captured in.
+    adapters = tuple(
+        (
+            bool(getattr(module, "disable_adapters", False)),
+            bool(getattr(module, "merged", False)),
+            tuple(getattr(module, "active_adapters", ())),
+        )
+        for module in model.modules()
+        if hasattr(module, "active_adapters")
+    )
+    return tensors, adapters
 
 
 def clear_cuda_graphs(model) -> None:

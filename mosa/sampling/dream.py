@@ -96,6 +96,8 @@ def diffusion_generate(
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if isinstance(prompt_bucket, bool) or not isinstance(prompt_bucket, int) or prompt_bucket < 1:
+        raise ValueError(f"prompt_bucket must be a positive int, got {prompt_bucket!r}")
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor of token ids, got {type(inputs).__name__}")
     check_sampler_arguments(model, inputs, steps)
@@ -264,7 +266,10 @@ def _graphed_generation(model, canvas: Canvas, mask_id, steps, eps, confidence) 
     x = canvas.x
     start = first_masked_position(x, mask_id, default=x.shape[1])
     padded = canvas.attention_mask is not None
-    key = ("dream", mask_id, steps, eps, confidence, tuple(x.shape), start, padded)
+    key = (
+        "dream", mask_id, steps, eps, confidence, tuple(x.shape), start, canvas.prompt_length,
+        padded,
+    )  # fmt: skip
     cache = graph_cache(model)
 
     def make() -> _GraphedSteps:
@@ -282,7 +287,8 @@ def _graphed_generation(model, canvas: Canvas, mask_id, steps, eps, confidence) 
                     x.shape[0], x.shape[1] - canvas.prompt_length, dtype=torch.long, device=x.device
                 ),
                 step=torch.zeros((), dtype=torch.long, device=x.device),
-                timesteps=dream_timesteps(steps, eps, device=x.device),
+                # Made on the CPU as the eager loop makes them, so both truncate alike.
+                timesteps=dream_timesteps(steps, eps).to(x.device),
                 start=start,
                 confidence=confidence,
                 mask_id=mask_id,

@@ -233,11 +233,15 @@ class _Generation:
         start = self.prompt_length + block * settings.block_length
         end = start + settings.block_length
         if settings.stop_at_eos and block > 0:
-            self.active = _drop_finished(
+            running = _drop_finished(
                 self.x, self.active, self.prompt_length, start, settings.mask_id, settings.eos_id
             )
-            if self.active.numel() == 0:
+            if running.numel() == 0:
                 return False
+            # Eager, finished rows leave the batch. With graphs they stay (all committed, their
+            # steps commit nothing): a smaller batch would be a new shape to capture and keep.
+            if not self.graphs:
+                self.active = running
         steps = self._load(self._step_set(self.active.numel()))
         state = steps.state
         # Positions left of the block stay candidates while masked (prompt masks, or a model

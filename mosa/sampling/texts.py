@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mosa.models import DreamModel
+from mosa.models import DreamModel, adopt_model
 from mosa.text.prompts import encode_prompts
 
 from .context_window import prompt_room
@@ -19,7 +19,9 @@ LLADA_OPTIONS = (
     "logits_eos_inf", "confidence_eos_eot_inf", "threshold", "factor", "cache", "stop_at_eos",
     "cuda_graphs", "truncate",
 )  # fmt: skip
-DREAM_OPTIONS = ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps", "truncate")
+DREAM_OPTIONS = (
+    "steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps", "truncate", "cuda_graphs",
+)  # fmt: skip
 DEFAULT_GEN_LENGTH = 128
 
 
@@ -55,7 +57,7 @@ def sample_texts(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dream = isinstance(model, DreamModel)
+    dream = isinstance(adopt_model(model), DreamModel)
     allowed = DREAM_OPTIONS + ("gen_length",) if dream else LLADA_OPTIONS
     unknown = sorted(k for k, v in options.items() if v is not None and k not in allowed)
     if unknown:

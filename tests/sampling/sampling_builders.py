@@ -133,7 +133,7 @@ class GraphTwin:
         self.caches: dict[int, GraphCache] = {}
 
     def cache(self, model) -> GraphCache:
-        return self.caches.setdefault(id(model), GraphCache())
+        return self.caches.setdefault(id(model), GraphCache()).follow(model)
 
     @property
     def captures(self) -> int:

@@ -236,6 +236,7 @@ def test_max_length_counts_the_prompt():
         ({"eps": 0.0}, "eps"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": 0}, "top_k"),
+        ({"prompt_bucket": 0}, "prompt_bucket"),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
@@ -328,3 +329,22 @@ def test_prompt_ids_outside_the_vocabulary_are_named():
             steps=4,
             mask_token_id=MASK_ID,
         )
+
+
+def test_graph_sets_differ_by_prompt_length(monkeypatch):
+    """Same sequence length and first masked position, other prompt lengths (a fixed response
+    prefix makes up the difference): the trace each call returns is its own width."""
+    replay_graphs_eagerly(monkeypatch)
+    kw = dict(steps=4, alg="entropy", mask_token_id=MASK_ID, return_dict_in_generate=True)
+    fixed = torch.full((32,), MASK_ID)
+    fixed[:16] = torch.randint(0, 100, (16,), generator=generator(42))
+    calls = [
+        (random_prompt(1, 16, seed=43), dict(max_new_tokens=32, response=fixed)),
+        (random_prompt(1, 32, seed=44), dict(max_new_tokens=16)),
+    ]
+    for ids, extra in calls:
+        graphed = diffusion_generate(dream_model(), ids, cuda_graphs=True, **kw, **extra)
+        eager = diffusion_generate(dream_model(), ids, cuda_graphs=False, **kw, **extra)
+        assert graphed.commit_step.shape == (1, extra["max_new_tokens"])
+        assert torch.equal(graphed.commit_step, eager.commit_step)
+        assert torch.equal(graphed.sequences, eager.sequences)

@@ -6,6 +6,8 @@ confidence ranking fails even where the final tokens happen to agree.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from reference_loops import llada_num_transfer_tokens, llada_reference
@@ -672,3 +674,27 @@ def test_the_graph_decision_follows_the_options():
             llada_use_cuda_graphs(True, **options)
     with pytest.raises(ValueError, match="cuda_graphs must be 'auto', True or False"):
         llada_use_cuda_graphs("yes", **supported)
+
+
+def test_graphs_are_dropped_when_the_model_changes(graph_twin):
+    """A graph replays the tensors it was captured with: new parameter tensors (a cast, a
+    move, a replaced weight, injected adapters) must capture anew, never replay stale ones."""
+    model = copy.deepcopy(llada_model())
+    kw = dict(mask_id=MASK_ID, cache="dual", cuda_graphs=True, **schedule_kw((16, 8, 8)))
+    ids = random_prompt(2, 5, seed=36)
+    generate(model, ids, **kw)
+    assert graph_twin.captures == 2
+    generate(model, ids, **kw)
+    assert graph_twin.captures == 2
+    head = model.model.transformer.ff_out
+    noise = torch.randn(head.weight.shape, generator=generator(37))
+    head.weight = torch.nn.Parameter(head.weight.detach() + noise)
+    changed = generate(model, ids, **kw)
+    assert graph_twin.captures == 4
+    model.__dict__.pop("_sampler_graphs", None)
+    assert torch.equal(
+        changed,
+        generate(
+            model, ids, cuda_graphs=False, **{k: v for k, v in kw.items() if k != "cuda_graphs"}
+        ),
+    )
