@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 # Files that hold a tokenizer's vocabulary (fast tokenizers, sentencepiece, BPE, WordPiece).
 VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
@@ -61,3 +63,15 @@ def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool, de
         tokenizer.pad_token = tokenizer.eos_token
     encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+
+def left_pad(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of different lengths (lists or 1-D tensors) left-padded to the longest:
+    ``(ids, attention_mask)``, both int64 ``[B, P]``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.as_tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mosa.models import LLADA_8B, build_model
+from mosa.text.prompts import left_pad
 
 from . import corpus
 from .tokenizer import build_tokenizer, save_tokenizer
@@ -64,17 +65,6 @@ def encode_examples(tokenizer, examples) -> tuple[list[list[int]], torch.Tensor]
             raise ValueError(f"response longer than {RESPONSE_LENGTH - 1} tokens: {ids}")
         responses[row, : len(ids)] = torch.tensor(ids)
     return prompts, responses
-
-
-def collate(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pads ``prompts`` to their longest: ids and attention mask ``[B, P]``."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    return ids, mask
 
 
 def sft_loss(model, prompt, prompt_mask, response, mask_id: int, generator) -> torch.Tensor:
@@ -126,7 +116,7 @@ def train(
     bar = tqdm(range(steps), desc="tiny SFT", unit="step", disable=not progress)
     for step in bar:
         rows = slice(step * batch_size, (step + 1) * batch_size)
-        prompt, prompt_mask = collate(prompts[rows], tokenizer.pad_token_id)
+        prompt, prompt_mask = left_pad(prompts[rows], tokenizer.pad_token_id)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup=min(100, steps // 10 + 1))
         loss = sft_loss(
