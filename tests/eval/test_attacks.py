@@ -70,7 +70,10 @@ def test_attack_canvas_has_fixed_tokens_at_their_positions(tokenizer, name, opti
 
 
 def test_default_phrases_and_positions():
-    assert set(ATTACKS) == {"none", "prefill", "middle_prefill", "template", "mask_interleave"}
+    assert set(ATTACKS) == {
+        "none", "prefill", "middle_prefill", "template", "mask_interleave", "pad", "dija",
+        "trajhijack",
+    }  # fmt: skip
     assert apply_attack("none", PROMPT) == AttackedPrompt(PROMPT, [])
     assert apply_attack("prefill", PROMPT).fixed == [(0, "Sure, here is")]
     assert apply_attack("middle_prefill", PROMPT).fixed == [(40, "Step 1:")]
