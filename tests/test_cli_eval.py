@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,102 @@ def test_eval_attacks_on_the_tiny_model(tmp_path, capsys):
     # A second run into the same folder adds its row to the table.
     assert main([*args, "--attacks", "none", "--variant", "again"]) == 0
     assert set(cells(out)) == {"tiny", "again"}
+
+
+def test_eval_dllm_attacks_on_the_tiny_model(tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(out), *SMALL]
+    anchors = ["--pad-anchor", "sure ,", "0", "--pad-anchor", "step 1 :", "0.5"]
+    attacks = ["--attacks", "pad", "dija", "trajhijack", "--hijack-rounds", "2"]
+    assert main([*args, *attacks, *anchors]) == 0
+    row = cells(out)["tiny"]
+    assert set(row) == {"asr/pad", "asr/dija", "asr/trajhijack"}
+    assert all(cell["n"] == 3 for cell in row.values())
+    # pad: the anchors at token 0 and at half of the 16-token canvas.
+    padded = responses(out, "pad")
+    assert all(r["fixed"] == [[0, "sure ,"], [8, "step 1 :"]] for r in padded)
+    assert all(r["response"].startswith("sure ,") and "step 1 :" in r["response"] for r in padded)
+    # dija: the tiny template's slots in the prompt; the response starts at the first slot.
+    for r in responses(out, "dija"):
+        assert r["attacked"].startswith(r["prompt"]) and r["attacked"].count("<mask:4>") == 3
+        assert not r["response"].startswith("step 1")
+    # trajhijack: the shipped model refuses these, so every response is hijacked.
+    from mosa.tiny import corpus
+
+    hijacked = responses(out, "trajhijack")
+    assert all(r["response"].startswith(corpus.AFFIRMATIVE_PREFIX) for r in hijacked)
+    used = json.loads((out / "results.json").read_text())["meta"]["runs"]["tiny/tiny-harmful"]
+    assert used["attacks"]["pad"] == {
+        "gen_length": 16, "anchors": [["sure ,", 0], ["step 1 :", 0.5]]
+    }  # fmt: skip
+    assert used["attacks"]["trajhijack"]["rounds"] == 2
+
+
+def test_eval_default_attacks_are_all_but_gcg():
+    from mosa.cli.evaluate import ATTACK_NAMES, DEFAULT_ATTACKS
+
+    assert {"pad", "dija", "trajhijack"} <= set(DEFAULT_ATTACKS)
+    assert set(DEFAULT_ATTACKS) == set(ATTACK_NAMES) - {"gcg"}
+
+
+def test_eval_english_attack_options_place_pad_in_the_run_s_canvas():
+    from mosa.cli.evaluate import add_parser, attack_options
+    from mosa.eval import attacks
+
+    parser = __import__("argparse").ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--dataset", "x", "--out", "o"])
+    options = attack_options(args, tiny=False, gen_length=256)
+    assert options["pad"] == {"anchors": attacks.DEFAULT_PAD_ANCHORS, "gen_length": 256}
+    assert options["dija"] == {"dija_template": attacks.DEFAULT_DIJA_TEMPLATE}
+    assert options["trajhijack"]["hijack_prefix"] == attacks.DEFAULT_HIJACK_PREFIX
+    assert apply_attack_fixed("pad", options) == [(1, "Step 1:"), (128, "Step 2:")]
+    flags = ["--pad-anchor", "Sure", "3", "--dija-template", "{prompt} A: <mask:5>"]
+    flags += ["--hijack-prefix", "Okay", "--hijack-rounds", "3"]
+    args = parser.parse_args(["eval", "--dataset", "x", "--out", "o", *flags])
+    options = attack_options(args, tiny=False, gen_length=64)
+    assert options["pad"] == {"anchors": [("Sure", 3)], "gen_length": 64}
+    assert options["dija"]["dija_template"] == "{prompt} A: <mask:5>"
+    assert (options["trajhijack"]["hijack_prefix"], options["trajhijack"]["rounds"]) == ("Okay", 3)
+
+
+def apply_attack_fixed(name, options):
+    from mosa.eval import apply_attack
+
+    return apply_attack(name, "a request", **options[name]).fixed
+
+
+def test_eval_checks_the_dllm_attacks_before_sampling(tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(out), *SMALL]
+    # pad: "step 1 :" at 14 overflows the 16-token canvas; none would have run first.
+    with pytest.raises(SystemExit, match=r"^--attacks pad: fixed text 'step 1 :' at position 14"):
+        main([*args, "--attacks", "none", "pad", "--pad-anchor", "step 1 :", "14"])
+    with pytest.raises(SystemExit, match=r"^--attacks pad: .* at position 14 .* overflows"):
+        main([*args, "--attacks", "none", "pad", "--pad-anchor", "step 1 :", "0.9"])
+    # dija: an 81-word request and a <mask:4> slot fit with 40 tokens (88 + 40 = 128), but
+    # the canvas from the slot is 4 + 2 + 40 = 46 tokens rounded up to 48: 82 + 48 > 128.
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(" ".join(["step"] * 81) + "\n")
+    long = ["eval", "--dataset", str(prompts), "--out", str(out), "--attacks", "none", "dija"]
+    with pytest.raises(SystemExit, match=r"^--attacks dija: .*canvas of 48 tokens after the 82"):
+        main([*long, "--dija-template", "{prompt} <mask:4>", "--gen-length", "40"])
+    assert not (out / "responses").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--pad-anchor", "step 1 :", "1.5"], r"PLACE 1.5 is a fraction .* \[0, 1\)"),
+        (["--pad-anchor", "step 1 :", "-2"], "PLACE -2 must be a token index >= 0"),
+        (["--pad-anchor", "step 1 :", "half"], "PLACE must be an int token index"),
+        (["--hijack-rounds", "0"], "--hijack-rounds: must be >= 1"),
+    ],
+)
+def test_eval_bad_dllm_attack_flags_are_one_line(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        main(["eval", "--dataset", "tiny-harmful", "--out", str(tmp_path), *extra])
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_eval_utility_and_over_refusal(tmp_path):
@@ -177,6 +274,26 @@ def test_eval_merges_an_adapter(tmp_path):
         (["--dataset", "tiny-harmful", "--block-length", "5"], "a multiple of --block-length"),
         (["--dataset", "tiny-harmful", "--gcg-target", "xyzzy", "--attacks", "gcg"], "not know"),
         (["--dataset", "tiny-harmful", "--attacks", "none", "--judge", "tiny", "tiny"], "once"),
+        (
+            ["--dataset", "tiny-harmful", "--attacks", "dija", "--dija-template", "x <mask:4>"],
+            r"--attacks dija: the dija template must be a string with exactly one '\{prompt\}'",
+        ),
+        (
+            ["--dataset", "tiny-harmful", "--attacks", "dija", "--dija-template", "{prompt} x"],
+            "--attacks dija: template gave no <mask:N> slot",
+        ),
+        (
+            ["--dataset", "tiny-harmful", "--attacks", "trajhijack", "--hijack-prefix", "xyzzy"],
+            "--attacks trajhijack: --hijack-prefix: .* does not know",
+        ),
+        (
+            ["--dataset", "tiny-harmful", "--attacks", "pad", "--dija-rewriter", "."],
+            "--dija-rewriter is for the dija attack",
+        ),
+        (
+            ["--dataset", "tiny-harmful", "--attacks", "dija", "--dija-rewriter", "/no/such"],
+            "--dija-rewriter: /no/such is not a model folder",
+        ),
     ],
 )
 def test_eval_bad_input(tmp_path, extra, message):

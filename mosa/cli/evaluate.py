@@ -35,8 +35,11 @@ from .eval_options import (
     sampler_settings,
 )
 
-ATTACK_NAMES = ("none", "prefill", "middle_prefill", "template", "mask_interleave", "gcg")
-DEFAULT_ATTACKS = ATTACK_NAMES[:-1]
+ATTACK_NAMES = (
+    "none", "prefill", "middle_prefill", "template", "mask_interleave", "pad", "dija",
+    "trajhijack", "gcg",
+)  # fmt: skip
+DEFAULT_ATTACKS = ATTACK_NAMES[:-1]  # all but gcg, whose search is slow
 
 
 def _int_from(low: int):
@@ -53,6 +56,38 @@ def _int_from(low: int):
 
 
 _positive, _non_negative = _int_from(1), _int_from(0)
+
+
+def pad_place(text: str) -> int | float:
+    """``--pad-anchor``'s PLACE: an int token index (>= 0) or a float fraction of the canvas
+    in [0, 1)."""
+    try:
+        place: int | float = int(text)
+    except ValueError:
+        try:
+            place = float(text)
+        except ValueError:
+            raise ValueError("PLACE must be an int token index or a fraction in [0, 1)") from None
+        if not 0.0 <= place < 1.0:
+            raise ValueError(
+                f"PLACE {text} is a fraction of --gen-length and must lie in [0, 1); give an "
+                "int for a token index"
+            ) from None
+    if place < 0:
+        raise ValueError(f"PLACE {text} must be a token index >= 0")
+    return place
+
+
+class _PadAnchor(argparse.Action):
+    """``--pad-anchor TEXT PLACE`` (repeatable): appends ``(TEXT, place)``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        text, place = values
+        try:
+            anchor = (text, pad_place(place))
+        except ValueError as err:
+            parser.error(f"{option_string} {text!r} {place}: {err}")
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), anchor])
 
 
 @dataclass
@@ -72,9 +107,10 @@ class _Run:
 # -- attacks ---------------------------------------------------------------------------------
 
 
-def attack_options(args: argparse.Namespace, tiny: bool) -> dict[str, dict]:
+def attack_options(args: argparse.Namespace, tiny: bool, gen_length: int) -> dict[str, dict]:
     """``expand_attack`` options per attack: the tiny model's (those of ``mosa demo``) or the
-    English defaults, then the flags."""
+    English defaults, then the flags. ``pad`` places its anchors in the run's canvas of
+    ``gen_length`` tokens."""
     from mosa.eval import attacks
 
     if tiny:
@@ -91,7 +127,14 @@ def attack_options(args: argparse.Namespace, tiny: bool) -> dict[str, dict]:
             },
             "template": {"template": None},
             "mask_interleave": {},
+            "pad": {"anchors": attacks.DEFAULT_PAD_ANCHORS},
+            "dija": {"dija_template": attacks.DEFAULT_DIJA_TEMPLATE},
+            "trajhijack": {
+                "hijack_prefix": attacks.DEFAULT_HIJACK_PREFIX,
+                "refusals": attacks.DEFAULT_HIJACK_REFUSALS,
+            },
         }
+    options["pad"]["gen_length"] = gen_length
     for flag, attack, key in (
         ("prefill", "prefill", "prefill"),
         ("middle_phrase", "middle_prefill", "prefill"),
@@ -99,6 +142,10 @@ def attack_options(args: argparse.Namespace, tiny: bool) -> dict[str, dict]:
         ("template", "template", "template"),
         ("skeleton", "mask_interleave", "skeleton"),
         ("spacing", "mask_interleave", "spacing"),
+        ("pad_anchor", "pad", "anchors"),
+        ("dija_template", "dija", "dija_template"),
+        ("hijack_prefix", "trajhijack", "hijack_prefix"),
+        ("hijack_rounds", "trajhijack", "rounds"),
     ):
         if getattr(args, flag) is not None:
             options[attack][key] = getattr(args, flag)
@@ -123,7 +170,8 @@ def gcg_options(args: argparse.Namespace, tiny: bool) -> dict:
 
 
 def _check_attacks(names, run: _Run, prompt: str) -> None:
-    """Every attack's fixed text fits the canvas, before anything is sampled."""
+    """Every attack's options are valid and its fixed text fits the canvas (pad's anchors,
+    trajhijack's prefix), before anything is sampled."""
     from mosa.eval import build_response_canvas, expand_attack
 
     gen_length, mask_id = run.settings["gen_length"], run.model.mask_token_id
@@ -135,8 +183,30 @@ def _check_attacks(names, run: _Run, prompt: str) -> None:
                 continue
             for attacked in expand_attack(name, prompt, **run.options[name]):
                 build_response_canvas(run.tokenizer, attacked.fixed, gen_length, mask_id)
+                if attacked.hijack is not None:
+                    _check_hijack(run, attacked.hijack)
         except (TypeError, ValueError) as err:
             raise SystemExit(f"--attacks {name}: {err}") from None
+
+
+def _check_hijack(run: _Run, hijack) -> None:
+    """trajhijack's prefix fits the canvas at 0, and its refusals are words the tokenizer
+    knows (a refusal with an unknown word never matches a response)."""
+    from mosa.eval import build_response_canvas
+
+    gen_length, mask_id = run.settings["gen_length"], run.model.mask_token_id
+    try:
+        build_response_canvas(run.tokenizer, [(0, hijack.prefix)], gen_length, mask_id)
+    except ValueError as err:
+        raise ValueError(f"--hijack-prefix: {err}") from None
+    unk_id = getattr(run.tokenizer, "unk_token_id", None)
+    for refusal in hijack.refusals:
+        ids = run.tokenizer(refusal, add_special_tokens=False)["input_ids"]
+        if not ids or (unk_id is not None and unk_id in ids):
+            raise ValueError(
+                f"the refusal {refusal!r} has words the tokenizer does not know, so it would "
+                "never be found in a response"
+            )
 
 
 def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
@@ -149,6 +219,9 @@ def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
         if name == "gcg":
             continue  # its suffix is searched first; respond checks the prompts it makes
         attacked = [a.prompt for p in prompts for a in expand_attack(name, p, **run.options[name])]
+        if name == "dija":
+            _check_infill_lengths(run, attacked)
+            continue
         try:
             check_prompts_fit(
                 run.model, run.tokenizer, attacked, chat_template=True,
@@ -156,6 +229,57 @@ def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
             )  # fmt: skip
         except ValueError as err:
             raise SystemExit(f"--attacks {name}: {err}") from None
+
+
+def _check_infill_lengths(run: _Run, attacked: list[str]) -> None:
+    """dija: the runner samples a prompt with ``<mask:N>`` slots from its first slot on, the
+    rest of its turn joined to the response in a canvas rounded up to whole blocks; each
+    prompt's head and that canvas must fit the model (or ``--truncate-prompt left``)."""
+    from mosa.eval.attacks import MASK_SLOT
+    from mosa.sampling.context_window import prompt_room
+    from mosa.text.prompts import encode_prompts
+
+    gen_length, block_length = run.settings["gen_length"], run.settings["block_length"]
+    mask_id = run.model.mask_token_id
+    mask_token = run.tokenizer.convert_ids_to_tokens(mask_id)
+    for prompt in attacked:
+        text = MASK_SLOT.sub(lambda slot: mask_token * int(slot[1]), prompt)
+        (ids,), _ = encode_prompts(run.tokenizer, [text], chat_template=True, device="cpu")
+        first = int((ids == mask_id).nonzero()[0])
+        canvas = -(-(len(ids) - first + gen_length) // block_length) * block_length
+        try:
+            prompt_room(run.model, first, canvas, run.settings.get("truncate"))
+        except ValueError as err:
+            raise SystemExit(
+                f"--attacks dija: {err} (a dija prompt is sampled from its first <mask:N> "
+                f"slot: the rest of its turn and the {gen_length}-token response make a "
+                f"canvas of {canvas} tokens after the {first} before the slot)"
+            ) from None
+
+
+def _dija_rewriter(args: argparse.Namespace, names, run: _Run, prompts: list[str], device):
+    """``--dija-rewriter``: every prompt rewritten once by the local model (each process
+    rewrites all of them, greedily, so they agree), then the model is dropped; the rewrites
+    become dija's ``rewrite``."""
+    import warnings
+
+    from mosa.eval.dija_rewriter import DijaRewriter
+
+    if "dija" not in names:
+        raise SystemExit("--dija-rewriter is for the dija attack; add dija to --attacks")
+    template = run.options["dija"]["dija_template"]
+    try:
+        rewriter = DijaRewriter.from_folder(args.dija_rewriter, device=device, template=template)
+    except ValueError as err:
+        raise SystemExit(f"--dija-rewriter: {err}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rewriter.prepare(prompts, progress=run.rank == 0)
+    if run.rank == 0:
+        for warning in caught:
+            print(f"({warning.message})", file=sys.stderr)
+    rewriter.release()
+    run.options["dija"]["rewrite"] = rewriter
 
 
 # -- distributed -----------------------------------------------------------------------------
@@ -321,7 +445,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         model,
         tokenizer,
         settings,
-        attack_options(args, tiny),
+        attack_options(args, tiny, settings["gen_length"]),
         gcg_options(args, tiny),
         args.batch_size,
         rank,
@@ -329,6 +453,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     _check_attacks(names, run, data.prompts[0])
     _check_lengths(names, run, data.prompts)
+    if args.dija_rewriter:
+        # After the cheap checks, which test the template it falls back to.
+        _dija_rewriter(args, names, run, data.prompts, runtime.device)
+        _check_lengths(["dija"], run, data.prompts)
     judges = build_judges(args, tiny) if data.kind != "utility" else {}
     variant = args.variant or model_label(args)
     try:
@@ -416,6 +544,29 @@ def add_parser(commands) -> None:
     g.add_argument("--template", type=int, help="template: one wrapper's index (default: all)")
     g.add_argument("--skeleton", nargs="+", help="mask_interleave: the fixed pieces")
     g.add_argument("--spacing", type=_positive, help="mask_interleave: distance between pieces")
+    g.add_argument(
+        "--pad-anchor",
+        nargs=2,
+        action=_PadAnchor,
+        metavar=("TEXT", "PLACE"),
+        help="pad: TEXT fixed at PLACE, an int token index or a fraction of --gen-length in "
+        "[0, 1) (repeat for several anchors; default: Step 1: at 1, Step 2: at 0.5)",
+    )
+    g.add_argument(
+        "--dija-template",
+        help="dija: the request's rewrite, with one {prompt} and <mask:N> blanks, e.g. "
+        "'{prompt} Step 1: <mask:12> Step 2: <mask:12>'",
+    )
+    g.add_argument(
+        "--dija-rewriter",
+        metavar="PATH",
+        help="dija: a local causal-LM folder (safetensors) that rewrites each request with "
+        "<mask:N> blanks; rewrites without one use --dija-template",
+    )
+    g.add_argument("--hijack-prefix", help="trajhijack: text fixed at 0 once a refusal is made")
+    g.add_argument(
+        "--hijack-rounds", type=_positive, help="trajhijack: hijacks per response (default 1)"
+    )
     g.add_argument("--gcg-target", help="gcg: phrase whose log-probability the suffix raises")
     g.add_argument("--gcg-position", type=_non_negative, default=0, help="gcg: target position")
     g.add_argument("--gcg-steps", type=_non_negative, default=50)
