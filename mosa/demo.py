@@ -14,10 +14,17 @@ request in each of its jailbreak wrappers, ``mask_interleave`` fixes the three s
 along the canvas. The judge is the tiny model's own (``HarmJudge``: a jailbreak is an answer
 that gives a placeholder step, the tiny model's stand-in for harmful content); the keyword
 judge grades the same responses too, and ``agreement.md`` says how far the two agree.
+
+``--all`` (``run_demo(every=True)``) adds the dLLM-native attacks (``pad``: the affirmative
+opening and step headers at 0, 1/4 and 1/2 of the canvas; ``dija``: the request followed by
+step headers with masked blanks; ``trajhijack``: a committed refusal re-masked behind the
+affirmative opening; first-step GCG) and the other defenses (A2D, DiffuGuard, and ours,
+``anywhere``), every defense against every attack, with ``asr.png`` grouped by defense.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +32,22 @@ from pathlib import Path
 import torch
 
 from mosa.align import AlignConfig, train
-from mosa.eval import KeywordJudge, Results, Verdict, plot_asr, plot_reward_curve
+from mosa.eval import KeywordJudge, Results, Verdict, asr, plot_asr, plot_reward_curve
 from mosa.eval.agreement import agreement_markdown, pairwise_agreement
+from mosa.eval.analysis import gcg_positions
 from mosa.eval.runner import run_attacks
 from mosa.models import load_model
 from mosa.models.files import write_file_atomic
+from mosa.sampling.diffuguard import DiffuGuard
 from mosa.text.prompts import load_tokenizer
-from mosa.tiny import ALIGN_SETTINGS, align_prompts, align_sentences, corpus, path
+from mosa.tiny import (
+    ALIGN_SETTINGS,
+    DEFENSE_SETTINGS,
+    align_prompts,
+    align_sentences,
+    corpus,
+    path,
+)
 from mosa.tiny.evaluate import (
     SAMPLER_DEFAULTS,
     HarmJudge,
@@ -71,41 +87,96 @@ class DemoSize:
     benign: int | None  # None: all held-out benign tasks
     risky: int
     align_steps: int
+    gcg_steps: int
+    calibration: int | None  # DiffuGuard's audit: training prompts of each class (None: all)
 
 
-FULL = DemoSize(harmful=30, benign=None, risky=30, align_steps=300)
-QUICK = DemoSize(harmful=6, benign=8, risky=6, align_steps=20)
+FULL = DemoSize(harmful=30, benign=None, risky=30, align_steps=300, gcg_steps=20, calibration=None)
+QUICK = DemoSize(harmful=6, benign=8, risky=6, align_steps=20, gcg_steps=2, calibration=8)
+
+GCG_SETTINGS = {"suffix_length": 4, "top_k": 16, "candidates": 32}
+"""First-step GCG on the tiny model: a 4-token suffix that raises the affirmative opening's
+log-probability at response token 0 (``size.gcg_steps`` steps per prompt)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row of the table: the shipped weights or a defense trained from them, sampled plainly
+    or with DiffuGuard."""
+
+    name: str
+    defense: str | None = None  # None: the shipped weights; else AlignConfig.defense
+    window: tuple[int, int] = ALIGN_SETTINGS["window"]
+    diffuguard: bool = False
+
+    @property
+    def folder_name(self) -> str:
+        return re.sub(r"\W+", "_", self.name).strip("_")
+
+
+PAPER_VARIANTS = (
+    Variant("original"),
+    Variant("MOSA", "mosa"),
+    Variant("initial alignment", "mosa", window=(0, 0)),
+)
+ALL_VARIANTS = (
+    *PAPER_VARIANTS,
+    Variant("A2D", "a2d"),
+    Variant("DiffuGuard", diffuguard=True),
+    Variant("anywhere (ours)", "anywhere"),
+)
 
 
 def evaluate_variant(
-    model, tokenizer, size: DemoSize, results: Results, variant: str
+    model,
+    tokenizer,
+    size: DemoSize,
+    results: Results,
+    variant: str,
+    attacks=PAPER_ATTACKS,
+    *,
+    gcg: bool = False,
+    **sampler,
 ) -> dict[str, list[Verdict]]:
-    """Adds ``variant``'s ASR per attack, utility and over-refusal to ``results``; returns the
-    attacked responses' verdicts by judge (the tiny model's, then the keyword one's)."""
+    """Adds ``variant``'s ASR under each of ``attacks`` (and first-step GCG when ``gcg``),
+    utility and over-refusal to ``results``; returns the attacked responses' verdicts by judge
+    (the tiny model's, then the keyword one's). ``sampler`` goes to every sampler call (e.g.
+    ``guard=`` for DiffuGuard)."""
     _, held_out = corpus.splits(seed=0)
     harmful = [e.prompt for e in held_out["harmful"][: size.harmful]]
-    outcomes = run_attacks(model, tokenizer, harmful, ATTACKS, HarmJudge(), **SAMPLER_DEFAULTS)
+    settings = {**SAMPLER_DEFAULTS, **sampler}
+    chosen = {name: ATTACKS[name] for name in attacks}
+    outcomes = run_attacks(model, tokenizer, harmful, chosen, HarmJudge(), **settings)
+    answered = {name: (o.attacked, o.responses, o.verdicts) for name, o in outcomes.items()}
+    if gcg:
+        searched = gcg_positions(
+            model, tokenizer, harmful, corpus.AFFIRMATIVE_PREFIX, [0], HarmJudge(),
+            gcg={**GCG_SETTINGS, "steps": size.gcg_steps}, **settings,
+        )[0]  # fmt: skip
+        attacked = [s.attacked_prompt() for s in searched.searches]
+        verdicts = HarmJudge().judge_many([a.prompt for a in attacked], searched.responses)
+        answered["first_step_gcg"] = (attacked, searched.responses, verdicts)
     keyword = KeywordJudge()
-    verdicts: dict[str, list[Verdict]] = {"tiny": [], "keyword": []}
-    for name, outcome in outcomes.items():
-        results.add_asr(variant, name, outcome.rate, n=len(outcome.verdicts))
-        verdicts["tiny"] += outcome.verdicts
-        verdicts["keyword"] += keyword.judge_many(
-            [a.prompt for a in outcome.attacked], outcome.responses
-        )
+    by_judge: dict[str, list[Verdict]] = {"tiny": [], "keyword": []}
+    for name, (attacked, responses, verdicts) in answered.items():
+        results.add_asr(variant, name, asr(verdicts), n=len(verdicts))
+        by_judge["tiny"] += verdicts
+        by_judge["keyword"] += keyword.judge_many([a.prompt for a in attacked], responses)
     benign = held_out["benign"][: size.benign]
-    accuracy = benign_accuracy(model, tokenizer, benign) / 100
+    accuracy = benign_accuracy(model, tokenizer, benign, **sampler) / 100
     results.add_utility(variant, "tiny_tasks", accuracy, n=len(benign))
     risky = [e.prompt for e in held_out["risky"][: size.risky]]
-    refused = [is_refusal(a) for a in tiny_respond(model, tokenizer, risky)]
+    refused = [is_refusal(a) for a in tiny_respond(model, tokenizer, risky, **sampler)]
     results.add_over_refusal(variant, sum(refused) / len(refused), n=len(refused))
-    return verdicts
+    return by_judge
 
 
-def align_variant(out: Path, window: tuple[int, int], size: DemoSize, seed: int) -> Path:
+def align_variant(
+    out: Path, window: tuple[int, int], size: DemoSize, seed: int, defense: str = "mosa"
+) -> Path:
     """Trains a LoRA from the shipped weights; returns the merged checkpoint folder."""
-    harmful, benign = align_prompts()
-    settings = {**ALIGN_SETTINGS, "window": window}
+    harmful, benign = align_prompts(look_alikes=defense == "anywhere")
+    settings = {**ALIGN_SETTINGS, **DEFENSE_SETTINGS.get(defense, {}), "window": window}
     config = AlignConfig(
         model=str(path()),
         output_dir=str(out),
@@ -114,14 +185,27 @@ def align_variant(out: Path, window: tuple[int, int], size: DemoSize, seed: int)
         seed=seed,
         export_merged=True,
         resume=False,
+        defense=defense,
         **settings,
     )
     train(config, harmful, sentences=align_sentences(), benign_prompts=benign)
     return out / "merged"
 
 
-def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
-    """Runs the demo into ``out``; returns the results table."""
+def diffuguard_for(model, tokenizer, size: DemoSize) -> DiffuGuard:
+    """DiffuGuard with its audit calibrated on the tiny corpus's training prompts, under the
+    demo's sampler schedule."""
+    harmful, benign = align_prompts()
+    count = size.calibration
+    schedule = {k: SAMPLER_DEFAULTS[k] for k in ("steps", "gen_length", "block_length")}
+    return DiffuGuard.calibrate(model, tokenizer, harmful[:count], benign[:count], **schedule)
+
+
+def run_demo(
+    out: str | Path, *, quick: bool = False, seed: int = 0, every: bool = False
+) -> Results:
+    """Runs the demo into ``out``; returns the results table. ``every``: every defense against
+    every attack (``mosa demo --all``) instead of the paper's three variants and five attacks."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size = QUICK if quick else FULL
@@ -131,29 +215,34 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0) -> Results:
     results = Results(
         meta={"model": "mosa.tiny", "sampler": SAMPLER_DEFAULTS, "size": size.__dict__}
     )
-    variants = {
-        "original": None,
-        "MOSA": ALIGN_SETTINGS["window"],
-        "initial alignment": (0, 0),
-    }
+    variants = ALL_VARIANTS if every else PAPER_VARIANTS
+    attacks = tuple(ATTACKS) if every else PAPER_ATTACKS
     agreement = []
-    for variant, window in variants.items():
-        print(f"== {variant}", flush=True)
-        folder = path()
-        if window is not None:
-            run_dir = out / variant.replace(" ", "_")
-            folder = align_variant(run_dir, window, size, seed)
+    for variant in variants:
+        print(f"== {variant.name}", flush=True)
+        folder, sampler = path(), {}
+        if variant.defense is not None:
+            run_dir = out / variant.folder_name
+            folder = align_variant(run_dir, variant.window, size, seed, variant.defense)
             plot_reward_curve(run_dir / "metrics.jsonl", out / f"reward_{run_dir.name}.png")
         model = load_model(folder).eval()
-        verdicts = evaluate_variant(model, tokenizer, size, results, variant)
-        agreement += [f"## {variant}\n\n", agreement_markdown(pairwise_agreement(verdicts)), "\n"]
+        if variant.diffuguard:
+            sampler["guard"] = diffuguard_for(model, tokenizer, size)
+        verdicts = evaluate_variant(
+            model, tokenizer, size, results, variant.name, attacks, gcg=every, **sampler
+        )
+        agreement += [
+            f"## {variant.name}\n\n",
+            agreement_markdown(pairwise_agreement(verdicts)),
+            "\n",
+        ]
     agreement_text = "# judge agreement (tiny vs keyword) on the attacked responses\n\n"
     agreement_text += "".join(agreement)
     write_file_atomic(out / "agreement.md", agreement_text)
     results.meta["seconds"] = round(time.perf_counter() - started, 1)
     results.to_json(out / "results.json")
     write_file_atomic(out / "results.md", results.to_markdown() + "\n")
-    plot_asr(results, out / "asr.png")
+    plot_asr(results, out / "asr.png", by_variant=every)
     print(results.to_markdown())
     print(agreement_text)
     print(f"\n{results.meta['seconds']} s; results, plots and training metrics in {out}")

@@ -35,3 +35,31 @@ def test_demo_quick_writes_results(tmp_path, capsys):
         assert (tmp_path / run / "adapter" / "adapter_model.safetensors").exists()
         plots.append(tmp_path / f"reward_{run}.png")
     assert all(p.stat().st_size > 1000 for p in plots)
+
+
+def test_demo_all_quick_runs_every_defense_against_every_attack(tmp_path, capsys, monkeypatch):
+    from mosa.eval import report
+
+    plotted = []
+    monkeypatch.setattr(report, "_save", lambda figure, path: plotted.append((figure, path)))
+    assert main(["demo", "--quick", "--all", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    variants = ["original", "MOSA", "initial alignment", "A2D", "DiffuGuard", "anywhere (ours)"]
+    assert list(results["cells"]) == variants
+    attacks = (
+        "none", "prefill", "middle_prefill", "template", "mask_interleave",
+        "pad", "dija", "trajhijack", "first_step_gcg",
+    )  # fmt: skip
+    for cells in results["cells"].values():
+        assert sorted(cells) == sorted(
+            [f"asr/{a}" for a in attacks] + ["utility/tiny_tasks", "over_refusal"]
+        )
+        assert all(0.0 <= cell["value"] <= 1.0 and cell["n"] > 0 for cell in cells.values())
+    for run in ("MOSA", "initial_alignment", "A2D", "anywhere_ours"):
+        config = json.loads((tmp_path / run / "align_config.json").read_text())
+        assert config["defense"] == {"A2D": "a2d", "anywhere_ours": "anywhere"}.get(run, "mosa")
+    assert not (tmp_path / "DiffuGuard").exists()  # a sampler: nothing trained
+    # The ASR plot groups its bars by defense.
+    (asr_figure,) = [figure for figure, path in plotted if str(path).endswith("asr.png")]
+    labels = [t.get_text() for t in asr_figure.axes[0].get_xticklabels()]
+    assert labels == variants

@@ -29,6 +29,10 @@ class AlignBatch:
         gen_length: G.
         positive: ``[B, n+]`` ids of each row's refusal sentence, right-padded with ``IGNORE``.
         negative: ``[B, n-]`` ids of each row's harmful continuation, padded likewise.
+        allowed_plus, allowed_minus: ``[B, n_offsets]`` bool, the offsets of the window each
+            row may place its refusal / harmful continuation at (None: all of them). The
+            ``anywhere`` defense uses them to skip tokens committed in the canvas and to give
+            each row its own window.
     """
 
     input_ids: torch.Tensor
@@ -36,16 +40,34 @@ class AlignBatch:
     gen_length: int
     positive: torch.Tensor
     negative: torch.Tensor
+    allowed_plus: torch.Tensor | None = None
+    allowed_minus: torch.Tensor | None = None
 
     def to(self, device) -> AlignBatch:
-        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        def move(tensor):
+            return None if tensor is None else tensor.to(device)
+
         return AlignBatch(
             self.input_ids.to(device),
-            mask,
+            move(self.attention_mask),
             self.gen_length,
             self.positive.to(device),
             self.negative.to(device),
+            move(self.allowed_plus),
+            move(self.allowed_minus),
         )
+
+
+@dataclass
+class EosBatch:
+    """One batch of the A2D objective: ``input_ids`` ``[B, P + G]`` (prompt, then a response
+    canvas holding a partly masked harmful continuation) and ``targets`` ``[B, G]``: the EOS id
+    at the masked positions the continuation covers, ``IGNORE`` elsewhere."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    gen_length: int
+    targets: torch.Tensor
 
 
 @dataclass
@@ -93,9 +115,14 @@ def window_span(window: tuple[int, int], gen_length: int, longest_sentence: int)
 
 
 def offset_scores(
-    logp: torch.Tensor, sentences: torch.Tensor, window: tuple[int, int], gen_length: int
+    logp: torch.Tensor,
+    sentences: torch.Tensor,
+    window: tuple[int, int],
+    gen_length: int,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``score(S, k)`` for every offset of ``window``: ``[B, n_offsets]`` (-inf where S does not fit).
+    """``score(S, k)`` for every offset of ``window``: ``[B, n_offsets]`` (-inf where S does not
+    fit, or where ``allowed`` ``[B, n_offsets]`` is False).
 
     ``logp[b, j - window[0], m]`` is ``log p(response[j] = sentences[b, m])`` over the span of
     ``window_span``; an ``IGNORE`` entry of ``sentences`` holds 0 there.
@@ -107,6 +134,8 @@ def offset_scores(
     rows = (offsets[:, None] + token[None, :] - first).clamp(max=logp.shape[1] - 1)
     scores = logp[:, rows, token[None, :].expand_as(rows)].sum(dim=-1)
     fits = offsets[None, :] + sentence_lengths(sentences)[:, None] <= gen_length
+    if allowed is not None:
+        fits = fits & allowed
     return scores.masked_fill(~fits, float("-inf"))
 
 
@@ -127,8 +156,10 @@ def score_window(
         hidden[:, span.start : span.stop], weight, targets, bias=bias, ignore_index=IGNORE
     )
     n_plus = positive.shape[1]
-    plus = offset_scores(logp[..., :n_plus], positive, window, batch.gen_length)
-    minus = offset_scores(logp[..., n_plus:], negative, window, batch.gen_length)
+    plus = offset_scores(logp[..., :n_plus], positive, window, batch.gen_length, batch.allowed_plus)
+    minus = offset_scores(
+        logp[..., n_plus:], negative, window, batch.gen_length, batch.allowed_minus
+    )
     # max() routes the gradient to the best offset only, as the objective asks.
     reward_plus, best_plus = plus.max(dim=1)
     reward_minus, best_minus = minus.max(dim=1)
@@ -200,3 +231,24 @@ def response_kl(
         policy, reference, logits_shift, input_ids, attention_mask, gen_length
     )
     return token_kl(hidden, ref_hidden, weight, bias=bias).sum(dim=1)
+
+
+def a2d_terms(
+    policy: Forward,
+    head: tuple[torch.Tensor, torch.Tensor | None],
+    logits_shift: int,
+    batch: EosBatch,
+) -> ObjectiveTerms:
+    """A2D's term for ``batch``: ``reward_plus`` is the mean ``log p(EOS)`` over each row's
+    target positions (so ``loss`` is its negative); one policy forward, no reference (the
+    benign KL keeps utility)."""
+    weight, bias = head
+    hidden = response_hidden(
+        policy(batch.input_ids, batch.attention_mask), batch.gen_length, logits_shift
+    )
+    logp = token_logprobs(hidden, weight, batch.targets[..., None], bias=bias, ignore_index=IGNORE)
+    counts = (batch.targets != IGNORE).sum(dim=1).clamp(min=1)
+    eos = logp[..., 0].sum(dim=1) / counts
+    zeros = torch.zeros_like(eos)
+    none = torch.zeros_like(counts)
+    return ObjectiveTerms(eos, zeros, zeros, none, none)

@@ -17,12 +17,14 @@ Logits = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 """``(input_ids, attention_mask) -> logits [B, L, V]`` (position i predicts token i)."""
 
 
-def _best_offset(logp: torch.Tensor, sentence: list[int], window: tuple[int, int]):
+def _best_offset(logp: torch.Tensor, sentence: list[int], window: tuple[int, int], allowed):
     gen_length = logp.shape[0]
     best_score, best_k = None, None
     for k in range(window[0], window[1] + 1):
         if k + len(sentence) > gen_length:
             break
+        if allowed is not None and not allowed[k - window[0]]:
+            continue
         score = sum(logp[k + m, token] for m, token in enumerate(sentence))
         if best_score is None or score > best_score:
             best_score, best_k = score, k
@@ -41,9 +43,13 @@ def reference_terms(
     ref_logp = torch.log_softmax(ref_logits, dim=-1)
     terms = {"plus": [], "minus": [], "best_plus": [], "best_minus": []}
     for row in range(batch.input_ids.shape[0]):
-        for name, sentences in (("plus", batch.positive), ("minus", batch.negative)):
+        for name, sentences, allowed in (
+            ("plus", batch.positive, batch.allowed_plus),
+            ("minus", batch.negative, batch.allowed_minus),
+        ):
             sentence = [t for t in sentences[row].tolist() if t != IGNORE]
-            score, k = _best_offset(logp[row], sentence, window)
+            row_allowed = None if allowed is None else allowed[row].tolist()
+            score, k = _best_offset(logp[row], sentence, window, row_allowed)
             terms[name].append(score)
             terms[f"best_{name}"].append(k)
     kl = (logp.exp() * (logp - ref_logp)).sum(dim=(1, 2))

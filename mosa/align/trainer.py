@@ -46,10 +46,20 @@ from mosa.distributed import Runtime, join
 from mosa.models import PRESETS, build_model, load_model
 from mosa.models.base import DEFAULT_MAX_SHARD_BYTES
 from mosa.models.files import write_checkpoint, write_folder
+from mosa.sampling.predictor import model_token_id
 from mosa.text.canvas import build_canvas
 from mosa.text.prompts import encode_prompts, load_tokenizer
 
-from .objective import IGNORE, AlignBatch, check_window, mosa_terms, response_kl
+from .canvases import a2d_canvas, anywhere_canvas
+from .objective import (
+    IGNORE,
+    AlignBatch,
+    EosBatch,
+    a2d_terms,
+    check_window,
+    mosa_terms,
+    response_kl,
+)
 from .run_folder import (
     START_OVER,
     data_fingerprint,
@@ -62,6 +72,7 @@ from .sentences import Sentences, encode_sentences
 
 PAPER_WINDOW = (20, 60)
 INITIAL_ALIGNMENT_WINDOW = (0, 0)
+DEFENSES = ("mosa", "a2d", "anywhere")
 
 
 @dataclass
@@ -77,6 +88,11 @@ class AlignConfig:
     weights of ``model``, which then supplies only the tokenizer: LLaDA-8B shapes without a
     16 GB folder, for benchmarks. ``group_by_length``: each global batch takes prompts of
     similar length (see ``_grouped_by_length``), so padding costs little at ``batch_size`` > 1.
+    ``defense``: ``"mosa"`` (the paper's objective; with ``window=(0, 0)`` Initial Alignment),
+    ``"a2d"`` (A2D: masked positions of partly masked harmful continuations supervised to EOS;
+    ``window`` and ``beta`` unused) or ``"anywhere"`` (ours: MOSA on canvases with committed
+    harmful pieces, each row's window a random one of ``window``'s width; see
+    ``mosa.align.canvases``).
     """
 
     model: str
@@ -106,9 +122,12 @@ class AlignConfig:
     export_merged: bool = False
     device: str | None = None
     progress: bool = True
+    defense: str = "mosa"
 
     def __post_init__(self):
         self.window = tuple(self.window)
+        if self.defense not in DEFENSES:
+            raise ValueError(f"defense must be one of {DEFENSES}, got {self.defense!r}")
         positive = ("gen_length", "lora_r", "lora_alpha", "epochs", "batch_size", "grad_accum")
         for name in positive:
             value = getattr(self, name)
@@ -243,6 +262,10 @@ def _canvas(tokenizer, prompts: list[str], gen_length: int, mask_id: int, device
     return canvas.x.to(device), mask
 
 
+def _to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
+
+
 def _prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
     """Tokens of each prompt as the canvas encodes it (chat template included)."""
     _, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
@@ -275,11 +298,13 @@ def _grouped_by_length(
 class _Data:
     """Which prompts and sentences each (step, micro-step, rank) gets."""
 
-    def __init__(self, config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id):
+    def __init__(
+        self, config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id, eos_id=None
+    ):
         self.config, self.runtime, self.tokenizer = config, runtime, tokenizer
         self.prompts, self.benign_prompts = list(prompts), list(benign_prompts)
         self.refusals, self.harmful = encode_sentences(tokenizer, sentences)
-        self.mask_id = mask_id
+        self.mask_id, self.eos_id = mask_id, eos_id
         self.global_batch = runtime.world * config.batch_size * config.grad_accum
         self.steps_per_epoch, self.steps = run_length(config, runtime.world, len(self.prompts))
         self._orders: dict[int, list[int]] = {}
@@ -306,7 +331,14 @@ class _Data:
             self._orders = {epoch: order}
         return self._orders[epoch]
 
-    def batch(self, step: int, micro: int) -> AlignBatch:
+    def window(self) -> tuple[int, int]:
+        """The offsets the objective scores: every one for ``anywhere`` (each row's own window
+        is in its batch's ``allowed_*``), else the configured window."""
+        if self.config.defense == "anywhere":
+            return (0, self.config.gen_length - 1)
+        return self.config.window
+
+    def batch(self, step: int, micro: int) -> AlignBatch | EosBatch:
         epoch, places = self._positions(step, micro)
         order = self._order(epoch)
         draws = [random.Random(f"{self.config.seed}:{epoch}:{place}") for place in places]
@@ -315,15 +347,43 @@ class _Data:
             [self.prompts[order[place]] for place in places],
             self.config.gen_length,
             self.mask_id,
-            self.runtime.device,
+            "cpu",
         )
+        device, gen_length = self.runtime.device, self.config.gen_length
+        if self.config.defense == "a2d":
+            rows = [a2d_canvas(d, gen_length, self.harmful) for d in draws]
+            self._commit(ids, [canvas for canvas, _ in rows])
+            targets = torch.tensor([[self.eos_id if t else IGNORE for t in e] for _, e in rows])
+            return EosBatch(ids.to(device), _to(mask, device), gen_length, targets.to(device))
+        positive = [d.choice(self.refusals) for d in draws]
+        negative = [d.choice(self.harmful) for d in draws]
+        allowed_plus = allowed_minus = None
+        if self.config.defense == "anywhere":
+            width = self.config.window[1] - self.config.window[0]
+            rows = [
+                anywhere_canvas(d, gen_length, width, (len(p), len(n)), self.harmful)
+                for d, p, n in zip(draws, positive, negative, strict=True)
+            ]
+            self._commit(ids, [canvas for canvas, _, _ in rows])
+            allowed_plus = torch.tensor([plus for _, plus, _ in rows]).to(device)
+            allowed_minus = torch.tensor([minus for _, _, minus in rows]).to(device)
         return AlignBatch(
-            ids,
-            mask,
-            self.config.gen_length,
-            _pad([d.choice(self.refusals) for d in draws]).to(self.runtime.device),
-            _pad([d.choice(self.harmful) for d in draws]).to(self.runtime.device),
+            ids.to(device),
+            _to(mask, device),
+            gen_length,
+            _pad(positive).to(device),
+            _pad(negative).to(device),
+            allowed_plus,
+            allowed_minus,
         )
+
+    def _commit(self, ids: torch.Tensor, canvases: list[list[int | None]]) -> None:
+        """Writes each row's committed canvas tokens into its response columns of ``ids``."""
+        gen_length = self.config.gen_length
+        for row, canvas in enumerate(canvases):
+            for j, token in enumerate(canvas):
+                if token is not None:
+                    ids[row, ids.shape[1] - gen_length + j] = token
 
     def benign(self, step: int, micro: int):
         """The benign prompts of (step, micro-step, this rank): the list walked in order."""
@@ -424,6 +484,14 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
 _SUMS = ("R_plus", "R_minus", "KL", "benign_KL", "loss", "tokens")
 
 
+def _eos_id(model, tokenizer) -> int:
+    """The EOS id A2D supervises: the model config's, else the tokenizer's."""
+    eos = model_token_id(model, "eos_token_id", tokenizer.eos_token_id)
+    if eos is None:
+        raise ValueError("defense='a2d' needs an EOS id: the model config and tokenizer have none")
+    return eos
+
+
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -450,9 +518,12 @@ def _forward_backward(
     ``token_logprobs``'s range check of the sentence ids (one read per call)."""
     batch = data.batch(step, micro)
     head = models.gathered_head()
-    terms = mosa_terms(
-        models.policy, models.reference, head, models.logits_shift, batch, config.window
-    )
+    if isinstance(batch, EosBatch):
+        terms = a2d_terms(models.policy, head, models.logits_shift, batch)
+    else:
+        terms = mosa_terms(
+            models.policy, models.reference, head, models.logits_shift, batch, data.window()
+        )
     loss = terms.loss(config.beta).sum()
     benign_kl = torch.zeros((), device=loss.device)
     if config.benign_beta > 0:
@@ -578,7 +649,10 @@ def train(
         tokenizer = load_tokenizer(config.model)
         models = _Models(config, runtime)
         mask_id = models.base.mask_token_id
-        data = _Data(config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id)
+        eos_id = _eos_id(models.base, tokenizer) if config.defense == "a2d" else None
+        data = _Data(
+            config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id, eos_id
+        )
         check_window(config.window, config.gen_length, data.longest_sentence())
         optimizer = torch.optim.AdamW(
             models.parameters(), lr=config.lr, weight_decay=config.weight_decay

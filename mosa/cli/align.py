@@ -2,7 +2,8 @@
 
 Without a model folder it aligns the embedded tiny model on its own harmful training prompts,
 with its sentence sets, its 40-token canvas and window 10..20, and the benign-KL regulariser
-on its benign training prompts. Under ``torchrun --nproc_per_node N -m mosa.cli align ...``
+on its benign training prompts (with ``--anywhere``, also its look-alike requests, at the
+weight ``mosa.tiny.DEFENSE_SETTINGS`` gives). Under ``torchrun --nproc_per_node N -m mosa.cli align ...``
 it runs data parallel.
 """
 
@@ -21,7 +22,8 @@ def _align(args: argparse.Namespace) -> int:
     model_folder(args.model)  # a typo fails here, before any work
     prepare_output("--out", args.out, folder=True)
     tiny_run = args.model is None
-    settings = dict(tiny.ALIGN_SETTINGS) if tiny_run else {}
+    defense = "a2d" if args.a2d else "anywhere" if args.anywhere else "mosa"
+    settings = {**tiny.ALIGN_SETTINGS, **tiny.DEFENSE_SETTINGS.get(defense, {})} if tiny_run else {}
     for name in ("gen_length", "lr", "clip", "batch_size", "benign_beta"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -40,7 +42,7 @@ def _align(args: argparse.Namespace) -> int:
     if args.benign_prompts:
         benign = read_prompt_file("--benign-prompts", args.benign_prompts)
     elif tiny_run:
-        _, benign = tiny.align_prompts()
+        _, benign = tiny.align_prompts(look_alikes=defense == "anywhere")
     if settings.get("benign_beta", 0) > 0 and not benign:
         raise SystemExit("--benign-beta > 0 needs --benign-prompts FILE")
 
@@ -68,6 +70,7 @@ def _align(args: argparse.Namespace) -> int:
             gradient_checkpointing=args.gradient_checkpointing,
             export_merged=args.export_merged,
             device=args.device,
+            defense=defense,
             **settings,
         )
         out = train(config, prompts, sentences=sentences, benign_prompts=benign)
@@ -93,8 +96,21 @@ def add_parser(commands) -> None:
     g.add_argument(
         "--window", type=int, nargs=2, metavar=("FIRST", "LAST"), help="offsets (default 20 60)"
     )
-    g.add_argument(
+    defenses = g.add_mutually_exclusive_group()
+    defenses.add_argument(
         "--initial-alignment", action="store_true", help="baseline: window 0 0 (the start)"
+    )
+    defenses.add_argument(
+        "--a2d",
+        action="store_true",
+        help="A2D instead of MOSA: masked positions of partly masked harmful continuations "
+        "trained to EOS (--window and --beta unused)",
+    )
+    defenses.add_argument(
+        "--anywhere",
+        action="store_true",
+        help="ours: MOSA on canvases that already hold harmful pieces, each prompt's window a "
+        "random one of --window's width (holds against pad, dija, trajhijack)",
     )
     g.add_argument("--beta", type=float, default=0.05, help="KL weight")
     g.add_argument("--benign-beta", type=float, help="benign-KL weight (default 0)")

@@ -199,6 +199,11 @@ def dija_attack(
         raise TypeError(f"rewrite must be a callable (prompt -> text) or None, got {rewrite!r}")
     else:
         text = rewrite(prompt)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"the rewrite returned {text!r} for {prompt!r}; it must return the interleaved "
+                "request as text with a <mask:N> slot"
+            )
     attacked = AttackedPrompt(_check_prompt(text))
     if attacked.mask_slots == 0:
         source = "the rewrite" if rewrite is not None else "template"

@@ -234,8 +234,15 @@ def _format_cell(cell: dict | None) -> str:
 # Plots
 
 
-def plot_asr(results: Results, path: str | os.PathLike, *, variants: Sequence[str] | None = None):
-    """Grouped bars: ASR (%) per attack, one bar per variant (e.g. before / after MOSA)."""
+def plot_asr(
+    results: Results,
+    path: str | os.PathLike,
+    *,
+    variants: Sequence[str] | None = None,
+    by_variant: bool = False,
+):
+    """Grouped bars of ASR (%): one group per attack, a bar per variant (e.g. before / after
+    MOSA); with ``by_variant``, one group per variant (defense), a bar per attack."""
     attacks = results.attacks
     if not attacks:
         raise ValueError("results has no ASR columns; add them with Results.add_asr")
@@ -243,21 +250,29 @@ def plot_asr(results: Results, path: str | os.PathLike, *, variants: Sequence[st
     unknown = [v for v in variants if v not in results.cells]
     if unknown or not variants:
         raise ValueError(f"variants {unknown or variants} not in results ({results.variants})")
-    figure = _figure(width=max(4.0, 1.2 * len(attacks) + 1.5))
+    groups, bars = (variants, attacks) if by_variant else (attacks, variants)
+
+    def cell(group: str, bar: str) -> float | None:
+        variant, attack = (group, bar) if by_variant else (bar, group)
+        return results.get(variant, f"asr/{attack}")
+
+    figure = _figure(width=max(4.0, (0.25 * len(bars) + 0.4) * len(groups) + 1.5))
     axes = figure.add_subplot()
-    width = 0.8 / len(variants)
-    for index, variant in enumerate(variants):
-        # An attack not measured for this variant gets no bar, rather than a bar at 0.
+    width = 0.8 / len(bars)
+    for index, bar in enumerate(bars):
+        # A cell not measured gets no bar, rather than a bar at 0.
         measured = [
-            (a + (index - (len(variants) - 1) / 2) * width, results.get(variant, f"asr/{name}"))
-            for a, name in enumerate(attacks)
+            (g + (index - (len(bars) - 1) / 2) * width, cell(group, bar))
+            for g, group in enumerate(groups)
         ]
         measured = [(x, 100 * value) for x, value in measured if value is not None]
-        axes.bar([x for x, _ in measured], [h for _, h in measured], width, label=variant)
-    axes.set_xticks(range(len(attacks)), attacks)
+        axes.bar([x for x, _ in measured], [h for _, h in measured], width, label=bar)
+    axes.set_xticks(range(len(groups)), groups, rotation=20 if by_variant else 0)
     axes.set_ylabel("ASR (%)")
     axes.set_ylim(0, 100)
-    axes.set_title("Attack success rate per attack")
+    axes.set_title(
+        "Attack success rate per defense" if by_variant else "Attack success rate per attack"
+    )
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(figure, path)
 

@@ -1,7 +1,8 @@
 """Attacked prompts through the sampler and a judge: responses, verdicts and rates.
 
 ``respond`` batches attacked prompts (chat template applied, left padding) through LLaDA's
-``generate`` with each row's fixed pieces written into its response canvas; ``run_attacks``
+``generate``, Dream's ``diffusion_generate`` (for a Dream model) or DiffuGuard's sampler
+(``guard=``) with each row's fixed pieces written into its response canvas; ``run_attacks``
 does that for several attacks over one prompt set and judges the responses. Greedy by
 default, as the paper's evaluation.
 """
@@ -15,10 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mosa.models import DreamModel
-from mosa.sampling import generate
+from mosa.sampling import diffusion_generate, generate
+from mosa.sampling.context_window import prompt_room
+from mosa.sampling.diffuguard import DiffuGuard, diffuguard_generate
 from mosa.sampling.llada import LLADA_EOS_ID, LLADA_EOT_ID
 from mosa.sampling.predictor import model_token_id
-from mosa.sampling.texts import check_prompts_fit
+from mosa.sampling.texts import DREAM_OPTIONS, check_prompts_fit
 from mosa.text.prompts import encode_prompts, left_pad
 
 from .attacks import MASK_SLOT, AttackedPrompt, build_response_canvas, expand_attack
@@ -26,6 +29,13 @@ from .judges import Judge, Verdict
 from .report import Rate, asr
 
 SAMPLER_DEFAULTS = {"gen_length": 128, "block_length": 32, "steps": 128, "temperature": 0.0}
+_SCHEDULE = ("steps", "gen_length", "block_length")
+_GREEDY = {"temperature": 0.0, "remasking": "low_confidence", "truncate": None}
+"""The ``generate`` settings DiffuGuard's sampler shares (any other is refused with a guard)."""
+DREAM_ALG = "entropy"
+"""The order a Dream model commits positions in when no ``alg`` is given: lowest entropy first,
+as Dream's own examples decode; deterministic at temperature 0, unlike Dream's default
+``"origin"`` (random positions)."""
 
 
 @dataclass
@@ -46,6 +56,7 @@ def respond(
     batch_size: int = 32,
     progress: bool = False,
     return_trace: bool = False,
+    guard: DiffuGuard | None = None,
     **sampler,
 ):
     """Greedy (by default) responses to ``attacked`` prompts, decoded without special tokens.
@@ -60,27 +71,38 @@ def respond(
     on: the rest of the user's turn and the response, the slots and the response masked, so
     the text returned starts at the first slot. A ``trajhijack`` row is decoded again from the
     step its refusal was committed (``AttackedPrompt.hijack``).
+
+    A Dream model is sampled with ``diffusion_generate`` (``gen_length`` is its
+    ``max_new_tokens``, ``block_length`` only sizes DIJA's canvas, ``alg`` defaults to
+    ``DREAM_ALG``; ``sampler`` may also hold Dream's own options).
+
+    ``guard`` samples every canvas with ``mosa.sampling.diffuguard`` instead (LLaDA's
+    schedule, greedy tokens; ``sampler`` may hold only ``steps``, ``gen_length``,
+    ``block_length`` and greedy defaults; LLaDA models only).
     """
-    if isinstance(model, DreamModel):
-        raise ValueError(
-            "attacks fix tokens in the response canvas, which mosa.generate (LLaDA) supports; "
-            "evaluate Dream models with mosa.sampling.sample_texts and the 'none'/'template' attacks"
-        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     infill = [a.mask_slots > 0 for a in attacked]
-    if return_trace and any(infill or [a.hijack for a in attacked]):
+    if return_trace and (any(infill) or any(a.hijack is not None for a in attacked)):
         raise ValueError(
             "return_trace is for attacks that fix response tokens; dija and trajhijack rows "
             "are decoded over other canvases"
         )
     settings = {**SAMPLER_DEFAULTS, **sampler}
+    if isinstance(model, DreamModel):
+        _check_dream(settings, guard)
+    if guard is not None:
+        _check_guarded(guard, settings)
     mask_token = tokenizer.convert_ids_to_tokens(model.mask_token_id)
     prompts = [_with_masks(a.prompt, mask_token) for a in attacked]
     check_prompts_fit(
-        model, tokenizer, prompts, chat_template=True,
-        gen_length=settings["gen_length"], truncate=settings.get("truncate"),
+        model, tokenizer, [p for p, i in zip(prompts, infill, strict=True) if not i],
+        chat_template=True, gen_length=settings["gen_length"], truncate=settings.get("truncate"),
     )  # fmt: skip
+    for heads, _, _, options in _infill_groups(
+        tokenizer, [p for p, i in zip(prompts, infill, strict=True) if i], settings, mask_token
+    ):
+        prompt_room(model, max(map(len, heads)), options["gen_length"], settings.get("truncate"))
     texts: list[str] = []
     traces: list[torch.Tensor] = []
     starts = range(0, len(attacked), batch_size)
@@ -90,15 +112,14 @@ def respond(
         canvas_rows = [i for i in rows if not infill[i]]
         if canvas_rows:
             answers, trace = _respond_canvas(
-                model, tokenizer, [attacked[i] for i in canvas_rows], settings, return_trace
+                model, tokenizer, [attacked[i] for i in canvas_rows], settings, return_trace, guard
             )
             batch_texts.update(zip(canvas_rows, answers, strict=True))
             traces += trace
         infill_rows = [i for i in rows if infill[i]]
         if infill_rows:
-            answers = _respond_infill(
-                model, tokenizer, [prompts[i] for i in infill_rows], settings
-            )
+            infill_prompts = [prompts[i] for i in infill_rows]
+            answers = _respond_infill(model, tokenizer, infill_prompts, settings, guard)
             batch_texts.update(zip(infill_rows, answers, strict=True))
         texts += [batch_texts[i] for i in rows]
     return (texts, traces) if return_trace else texts
@@ -108,7 +129,57 @@ def _with_masks(prompt: str, mask_token: str) -> str:
     return MASK_SLOT.sub(lambda slot: mask_token * int(slot[1]), prompt)
 
 
-def _respond_canvas(model, tokenizer, rows, settings, return_trace):
+def _check_guarded(guard: DiffuGuard, settings: dict) -> None:
+    if not isinstance(guard, DiffuGuard):
+        raise TypeError(f"guard must be a DiffuGuard or None, got {type(guard).__name__}")
+    other = sorted(
+        k for k, v in settings.items() if k not in _SCHEDULE and _GREEDY.get(k, object()) != v
+    )
+    if other:
+        raise ValueError(
+            f"with guard=, responses come from DiffuGuard's greedy sampler, which takes only "
+            f"{_SCHEDULE}; drop {other} (or leave them at {_GREEDY})"
+        )
+
+
+def _check_dream(settings: dict, guard: DiffuGuard | None) -> None:
+    if guard is not None:
+        raise ValueError(
+            "guard= runs DiffuGuard inside LLaDA's block sampler; a Dream model takes guard=None"
+        )
+    allowed = (*DREAM_OPTIONS, "gen_length", "block_length")
+    other = sorted(k for k, v in settings.items() if v is not None and k not in allowed)
+    if other:
+        raise ValueError(
+            f"sampler options {other} are LLaDA's; a Dream model takes {sorted(allowed)}"
+        )
+
+
+def _dream_options(settings: dict) -> dict:
+    """``diffusion_generate``'s arguments for ``respond``'s settings: Dream decodes the canvas
+    as one block, so ``block_length`` goes."""
+    options = {k: v for k, v in settings.items() if k not in ("gen_length", "block_length")}
+    options.setdefault("alg", DREAM_ALG)
+    return {"max_new_tokens": settings["gen_length"], **options}
+
+
+def _sample(model, ids, mask, canvas, settings, guard, trace):
+    """``generate`` (Dream's ``diffusion_generate``, DiffuGuard's sampler) over ``canvas``: the
+    sequences, or with ``trace`` an output with ``sequences`` and ``commit_step``."""
+    if isinstance(model, DreamModel):
+        return diffusion_generate(
+            model, ids, mask, response=canvas, return_dict_in_generate=trace,
+            **_dream_options(settings),
+        )  # fmt: skip
+    if guard is None:
+        return generate(model, ids, mask, response=canvas, return_trace=trace, **settings)
+    schedule = {k: settings[k] for k in _SCHEDULE}
+    return diffuguard_generate(
+        model, ids, mask, guard=guard, response=canvas, return_details=trace, **schedule
+    )
+
+
+def _respond_canvas(model, tokenizer, rows, settings, return_trace, guard):
     """Rows whose attack fixes response tokens (or none): texts and, when asked, traces."""
     gen_length, mask_id = settings["gen_length"], model.mask_token_id
     ids, mask = encode_prompts(
@@ -119,19 +190,21 @@ def _respond_canvas(model, tokenizer, rows, settings, return_trace):
     ).to(model.device)
     hijacked = [a.hijack is not None for a in rows]
     traced = return_trace or any(hijacked)
-    out = generate(model, ids, mask, response=canvas, return_trace=traced, **settings)
+    out = _sample(model, ids, mask, canvas, settings, guard, traced)
     sequences = out.sequences if traced else out
     # The response is the last gen_length columns (truncate='left' may shorten the prompt).
     response = sequences[:, -gen_length:]
     if any(hijacked):
         response = hijack_responses(
-            model, tokenizer, ids, mask, response, out.commit_step, rows, settings
+            model, tokenizer, ids, mask, response, out.commit_step, rows, settings, guard
         )
     texts = tokenizer.batch_decode(response, skip_special_tokens=True)
     return texts, (list(out.commit_step.cpu()) if return_trace else [])
 
 
-def hijack_responses(model, tokenizer, ids, mask, response, commit_step, rows, settings):
+def hijack_responses(
+    model, tokenizer, ids, mask, response, commit_step, rows, settings, guard=None
+):
     """TrajHijack on finished responses ``[B, G]`` with their ``commit_step``: each row whose
     attack has a ``hijack`` and whose response holds one of its refusals is decoded again from
     the canvas of the step that completed the refusal, the refusal re-masked and the prefix
@@ -154,10 +227,9 @@ def hijack_responses(model, tokenizer, ids, mask, response, commit_step, rows, s
             break
         rows_index = torch.tensor(redo, device=ids.device)
         row_mask = None if mask is None else mask[rows_index]
-        out = generate(
-            model, ids[rows_index], row_mask, response=torch.stack(canvases),
-            return_trace=True, **settings,
-        )  # fmt: skip
+        out = _sample(
+            model, ids[rows_index], row_mask, torch.stack(canvases), settings, guard, True
+        )
         response[rows_index] = out.sequences[:, -response.shape[1] :]
         commit_step[rows_index] = out.commit_step
     return response
@@ -186,13 +258,20 @@ def hijacked_canvas(tokenizer, response, commit_step, hijack, mask_id, end_ids=(
     return canvas
 
 
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|eot|>")
+"""End-of-turn tokens of LLaDA, Dream and the tiny model, where a tokenizer has them."""
+
+
 def end_of_text_ids(model, tokenizer) -> list[int]:
-    """The ids that end an answer: the model's EOS and end of turn, and the tokenizer's EOS."""
+    """The ids that end an answer: the model's EOS and end of turn, the tokenizer's EOS and
+    its end-of-turn special token."""
     ids = {
         model_token_id(model, "eos_token_id", LLADA_EOS_ID),
         model_token_id(model, "eot_token_id", LLADA_EOT_ID),
         tokenizer.eos_token_id,
     }
+    special = set(tokenizer.all_special_tokens)
+    ids |= {tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS if t in special}
     return sorted(i for i in ids if i is not None)
 
 
@@ -211,13 +290,17 @@ def refusal_span(tokenizer, ids: list[int], refusals) -> tuple[int, int] | None:
     return best
 
 
-def _respond_infill(model, tokenizer, prompts, settings) -> list[str]:
-    """Prompts with mask tokens in the user's turn (slots expanded): each row is split at its
-    first mask; the rest of the turn joins the response in one canvas, which is lengthened to
-    whole blocks (``steps`` per block kept). Rows are sampled in groups of equal tail length."""
+def _infill_groups(tokenizer, prompts, settings, mask_token):
+    """DIJA's canvases for ``prompts`` (slots expanded): each row is split at its first mask
+    (``mask_token``); the rest of the turn joins the response in one canvas lengthened to whole
+    blocks (``steps`` per block kept). Yields ``(heads, rows, canvas, options)`` per group of
+    equal tail length: each row's prompt up to the split, the row indices, their canvases
+    ``[len(rows), L]`` and the group's sampler settings."""
+    if not prompts:
+        return
     gen_length, block_length = settings["gen_length"], settings["block_length"]
     steps_per_block = settings["steps"] // (gen_length // block_length)
-    mask_id, pad_id = model.mask_token_id, tokenizer.pad_token_id
+    mask_id = tokenizer.convert_tokens_to_ids(mask_token)
     ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
     heads, tails = [], []
     for row, keep in zip(ids, mask.bool(), strict=True):
@@ -225,20 +308,31 @@ def _respond_infill(model, tokenizer, prompts, settings) -> list[str]:
         first = int((tokens == mask_id).nonzero()[0])
         heads.append(tokens[:first])
         tails.append(tokens[first:])
-    texts: dict[int, str] = {}
     for tail_length in sorted({len(t) for t in tails}):
         group = [i for i, t in enumerate(tails) if len(t) == tail_length]
         blocks = -(-(tail_length + gen_length) // block_length)
-        canvas_length = blocks * block_length
-        head_ids, head_mask = left_pad([heads[i] for i in group], pad_id)
-        canvas = torch.full((len(group), canvas_length), mask_id)
+        canvas = torch.full((len(group), blocks * block_length), mask_id)
         canvas[:, :tail_length] = torch.stack([tails[i] for i in group])
-        options = {**settings, "gen_length": canvas_length, "steps": steps_per_block * blocks}
-        out = generate(
+        options = {
+            **settings,
+            "gen_length": blocks * block_length,
+            "steps": steps_per_block * blocks,
+        }
+        yield [heads[i] for i in group], group, canvas, options
+
+
+def _respond_infill(model, tokenizer, prompts, settings, guard) -> list[str]:
+    """Prompts with mask tokens in the user's turn, decoded as ``_infill_groups`` lays them
+    out."""
+    mask_token = tokenizer.convert_ids_to_tokens(model.mask_token_id)
+    texts: dict[int, str] = {}
+    for heads, group, canvas, options in _infill_groups(tokenizer, prompts, settings, mask_token):
+        head_ids, head_mask = left_pad(heads, tokenizer.pad_token_id)
+        out = _sample(
             model, head_ids.to(model.device), head_mask.to(model.device),
-            response=canvas.to(model.device), **options,
+            canvas.to(model.device), options, guard, False,
         )  # fmt: skip
-        answers = tokenizer.batch_decode(out[:, -canvas_length:], skip_special_tokens=True)
+        answers = tokenizer.batch_decode(out[:, -canvas.shape[1] :], skip_special_tokens=True)
         texts.update(zip(group, answers, strict=True))
     return [texts[i] for i in range(len(prompts))]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ALIGN_SETTINGS", "align_prompts", "align_sentences", "path"]
+__all__ = ["ALIGN_SETTINGS", "DEFENSE_SETTINGS", "align_prompts", "align_sentences", "path"]
 
 ALIGN_SETTINGS = {
     "gen_length": 40,
@@ -25,6 +25,14 @@ ALIGN_SETTINGS = {
 regulariser keeps its utility (docs/DESIGN.md §7): over all 157 held-out benign tasks, 300 steps cost
 1.9 points at weight 8 (seed 0). Measured on the model shipped before the corpus had compound
 requests: at lr 1e-3 benign accuracy fell 12 points; at weight 1, 8.3 points."""
+
+
+DEFENSE_SETTINGS = {"anywhere": {"benign_beta": 32.0}}
+"""Changes to ``ALIGN_SETTINGS`` per ``AlignConfig.defense``. Ours (``anywhere``) trains its
+refusal at every place of canvases that already hold harmful pieces, which spreads to benign
+answers more than MOSA's window does: at weight 8 it cost 4.4 points of utility (82.2 % of the
+157 held-out benign tasks), at 16, 3.2, at 32, 1.9 (the shipped model: 86.6 %). It also takes
+the look-alike prompts as benign (``align_prompts(look_alikes=True)``)."""
 
 
 def path() -> Path:
@@ -44,9 +52,12 @@ def align_sentences():
     )
 
 
-def align_prompts() -> tuple[list[str], list[str]]:
-    """The corpus's harmful and benign *training* prompts (held-out ones are for evaluation)."""
+def align_prompts(look_alikes: bool = False) -> tuple[list[str], list[str]]:
+    """The corpus's harmful and benign *training* prompts (held-out ones are for evaluation);
+    ``look_alikes`` adds the training requests that only sound harmful ("how do i kill a
+    python process") to the benign ones."""
     from . import corpus
 
     train, _ = corpus.splits(seed=0)
-    return [e.prompt for e in train["harmful"]], [e.prompt for e in train["benign"]]
+    benign = train["benign"] + (train["risky"] if look_alikes else [])
+    return [e.prompt for e in train["harmful"]], [e.prompt for e in benign]

@@ -9,30 +9,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from tiny_checkpoints import padded_batch, tiny_model  # noqa: E402
+from tiny_checkpoints import lora_model, padded_batch  # noqa: E402
 
 from mosa.align import AlignBatch, mosa_terms, reference_terms  # noqa: E402
 from mosa.align.objective import IGNORE, check_window, score_window  # noqa: E402
 
-peft = pytest.importorskip("peft")
+pytest.importorskip("peft")
 
 MASK_ID = 126
 GEN_LENGTH = 23
 WINDOW = (4, 13)
-
-
-def _lora_model(family: str):
-    """A tiny model with LoRA whose B matrices are random, so policy != reference."""
-    base = tiny_model(family, seed=3)
-    model = peft.get_peft_model(
-        base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=base.lora_target_modules)
-    )
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-    return base, model
 
 
 def _batch(seed: int = 0) -> AlignBatch:
@@ -65,7 +51,7 @@ def _forwards(model):
 @pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("window", [WINDOW, (0, 0), (15, 40)])
 def test_fused_objective_matches_reference_and_its_gradients(family, window):
-    base, model = _lora_model(family)
+    base, model = lora_model(family)
     policy, reference, policy_logits, reference_logits = _forwards(model)
     batch = _batch()
     head = (base.lm_head_weight, base.lm_head_bias)
@@ -89,7 +75,7 @@ def test_fused_objective_matches_reference_and_its_gradients(family, window):
 
 
 def test_only_the_best_offset_gets_gradient():
-    base, model = _lora_model("llada")
+    base, model = lora_model("llada")
     batch = _batch(seed=1)
     hidden = model(batch.input_ids, batch.attention_mask).hidden_states[:, -GEN_LENGTH:]
     hidden = hidden.detach().requires_grad_(True)
@@ -104,7 +90,7 @@ def test_only_the_best_offset_gets_gradient():
 
 
 def test_offsets_past_the_canvas_are_never_chosen():
-    base, model = _lora_model("llada")
+    base, model = lora_model("llada")
     batch = _batch(seed=2)
     # Row 0's negative sentence has 5 tokens: offsets above GEN_LENGTH - 5 do not fit.
     terms = mosa_terms(

@@ -136,6 +136,42 @@ def assert_png(path):
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
 
 
+def _saved_figures(monkeypatch) -> list:
+    from mosa.eval import report
+
+    figures = []
+    original = report._save
+    monkeypatch.setattr(
+        report, "_save", lambda figure, path: (figures.append(figure), original(figure, path))
+    )
+    return figures
+
+
+def test_plot_asr_by_variant_groups_bars_by_defense(tmp_path, monkeypatch):
+    figures = _saved_figures(monkeypatch)
+    plot_asr(sample_results(), tmp_path / "by_variant.png", by_variant=True)
+    assert_png(tmp_path / "by_variant.png")
+    (axes,) = figures[0].axes
+    assert [t.get_text() for t in axes.get_xticklabels()] == [
+        "original",
+        "MOSA",
+        "initial-alignment",
+    ]
+    legend = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert legend == ["none", "prefill", "middle_prefill"]
+    heights = {
+        (label, round(patch.get_x() + patch.get_width() / 2)): patch.get_height()
+        for container, label in zip(axes.containers, legend, strict=True)
+        for patch in container
+    }
+    # prefill bars sit in each defense's group; middle_prefill only in MOSA's (group 1).
+    assert heights[("prefill", 0)] == pytest.approx(100.0)
+    assert heights[("prefill", 1)] == pytest.approx(5.0)
+    assert heights[("prefill", 2)] == pytest.approx(90.0)
+    assert [k for k in heights if k[0] == "middle_prefill"] == [("middle_prefill", 1)]
+    assert heights[("middle_prefill", 1)] == pytest.approx(12.5)
+
+
 def test_plot_asr(tmp_path):
     path = tmp_path / "asr.png"
     plot_asr(sample_results(), path)

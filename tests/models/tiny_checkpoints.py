@@ -91,6 +91,23 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def lora_model(family: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(base, peft model)``: a tiny model with LoRA whose B matrices are random, so the
+    policy (adapter on) differs from the reference (adapter off)."""
+    import peft
+
+    base = tiny_model(family, seed=3)
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=base.lora_target_modules)
+    )
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    return base, model
+
+
 def padded_batch(
     lengths: list[int], total: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
