@@ -143,13 +143,14 @@ def test_dija_errors():
         dija_attack(PROMPT, rewrite="{prompt} <mask:4>")
 
 
-class GenerateSpy:
-    """Wraps ``runner.generate``: records each call's arguments and output."""
+class SamplerSpy:
+    """Wraps the runner's sampler ``runner.<name>`` (``generate``, ``diffusion_generate``):
+    records each call's arguments and output."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, name: str = "generate"):
         self.calls = []
-        self.real = runner.generate
-        monkeypatch.setattr(runner, "generate", self)
+        self.real = getattr(runner, name)
+        monkeypatch.setattr(runner, name, self)
 
     def __call__(self, model, ids, mask, **options):
         out = self.real(model, ids, mask, **options)
@@ -160,7 +161,7 @@ class GenerateSpy:
 def test_dija_slots_become_masks_in_the_user_turn_and_are_filled(
     model, tokenizer, monkeypatch, held_out_harmful
 ):
-    spy = GenerateSpy(monkeypatch)
+    spy = SamplerSpy(monkeypatch)
     prompts = held_out_harmful[:2]
     attacked = [apply_attack("dija", p, dija_template=TINY_DIJA) for p in prompts]
     texts = respond(model, tokenizer, attacked, **SAMPLER)
@@ -320,7 +321,7 @@ def test_trajhijack_errors():
 
 
 def test_trajhijack_resumes_a_refusal_with_the_prefix(model, tokenizer, monkeypatch):
-    spy = GenerateSpy(monkeypatch)
+    spy = SamplerSpy(monkeypatch)
     options = DEMO_ATTACKS["trajhijack"]
     plain = respond(model, tokenizer, [apply_attack("none", PROMPT)], **SAMPLER)
     assert plain == [corpus.REFUSAL]  # the shipped model refuses it
@@ -382,7 +383,7 @@ def test_return_trace_is_refused_for_trajhijack_rows(model, tokenizer):
 def test_a_dija_prompt_too_long_for_its_canvas_is_refused_before_sampling(
     model, tokenizer, monkeypatch
 ):
-    spy = GenerateSpy(monkeypatch)
+    spy = SamplerSpy(monkeypatch)
     # 1 + 81 head tokens, a 4 + 2 token tail: 88 + 40 = 128 fits the tiny model's 128, but the
     # canvas of 4 + 2 + 40 tokens is rounded up to 48, so 82 + 48 = 130 does not.
     too_long = AttackedPrompt(" ".join(["step"] * 81) + " <mask:4>")
@@ -445,28 +446,16 @@ def dream(tokenizer):
     return model.eval()
 
 
-class DreamSpy:
-    """Wraps ``runner.diffusion_generate``: records each call's canvas and options."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        self.real = runner.diffusion_generate
-        monkeypatch.setattr(runner, "diffusion_generate", self)
-
-    def __call__(self, model, ids, mask, **options):
-        self.calls.append(options)
-        return self.real(model, ids, mask, **options)
-
-
 def test_dream_answers_anchored_canvases_as_diffusion_generate_does(
     dream, tokenizer, monkeypatch, held_out_harmful
 ):
-    spy = DreamSpy(monkeypatch)
+    spy = SamplerSpy(monkeypatch, "diffusion_generate")
     attacked = attacked_set(held_out_harmful[:2])[:2]  # the two pad rows
     texts = respond(dream, tokenizer, attacked, **SAMPLER)
-    assert [c["alg"] for c in spy.calls] == [runner.DREAM_ALG]
-    assert spy.calls[0]["max_new_tokens"] == SAMPLER["gen_length"]
-    assert "block_length" not in spy.calls[0] and "gen_length" not in spy.calls[0]
+    (call,) = spy.calls
+    assert call["options"]["alg"] == runner.DREAM_ALG
+    assert call["options"]["max_new_tokens"] == SAMPLER["gen_length"]
+    assert "block_length" not in call["options"] and "gen_length" not in call["options"]
     ids, mask = encode_prompts(
         tokenizer, [a.prompt for a in attacked], chat_template=True, device="cpu"
     )
@@ -485,7 +474,7 @@ def test_dream_answers_anchored_canvases_as_diffusion_generate_does(
 def test_dream_fills_dija_slots_and_hijacks_a_committed_phrase(
     dream, tokenizer, monkeypatch, held_out_harmful
 ):
-    spy = DreamSpy(monkeypatch)
+    spy = SamplerSpy(monkeypatch, "diffusion_generate")
     (dija,) = respond(
         dream, tokenizer, [apply_attack("dija", held_out_harmful[0], dija_template=TINY_DIJA)],
         **SAMPLER,
@@ -493,7 +482,7 @@ def test_dream_fills_dija_slots_and_hijacks_a_committed_phrase(
     assert "step 2 :" in dija and "step 3 :" in dija
     # 20 tokens of the user's turn from the first slot on (three slots of 4, two headers of 3,
     # end of turn, assistant) + 40, rounded up to whole blocks of 8.
-    assert spy.calls[-1]["max_new_tokens"] == 64
+    assert spy.calls[-1]["options"]["max_new_tokens"] == 64
     # The random model's own words stand in for a refusal: TrajHijack re-masks them and
     # decodes again behind the prefix.
     (plain,) = respond(dream, tokenizer, [apply_attack("none", PROMPT)], **SAMPLER)
@@ -501,7 +490,7 @@ def test_dream_fills_dija_slots_and_hijacks_a_committed_phrase(
     spy.calls.clear()
     hijack = apply_attack("trajhijack", PROMPT, hijack_prefix="sure ,", refusals=(phrase,))
     (text,) = respond(dream, tokenizer, [hijack], **SAMPLER)
-    assert len(spy.calls) == 2 and all(c["return_dict_in_generate"] for c in spy.calls)
+    assert len(spy.calls) == 2 and all(c["options"]["return_dict_in_generate"] for c in spy.calls)
     assert text.startswith("sure ,") and text != plain
 
 
@@ -514,7 +503,7 @@ def test_dream_fills_dija_slots_and_hijacks_a_committed_phrase(
     ],
 )
 def test_dream_refuses_llada_only_settings(dream, tokenizer, monkeypatch, options, error):
-    spy = DreamSpy(monkeypatch)
+    spy = SamplerSpy(monkeypatch, "diffusion_generate")
     with pytest.raises(ValueError, match=error):
         respond(dream, tokenizer, [apply_attack("none", PROMPT)], **SAMPLER, **options)
     assert spy.calls == []
