@@ -30,9 +30,11 @@ requests: at lr 1e-3 benign accuracy fell 12 points; at weight 1, 8.3 points."""
 DEFENSE_SETTINGS = {"anywhere": {"benign_beta": 32.0}}
 """Changes to ``ALIGN_SETTINGS`` per ``AlignConfig.defense``. Ours (``anywhere``) trains its
 refusal at every place of canvases that already hold harmful pieces, which spreads to benign
-answers more than MOSA's window does: at weight 8 it cost 4.4 points of utility (82.2 % of the
-157 held-out benign tasks), at 16, 3.2, at 32, 1.9 (the shipped model: 86.6 %). It also takes
-the look-alike prompts as benign (``align_prompts(look_alikes=True)``)."""
+answers more than MOSA's window does. With the benign-KL weight of 8 and the benign training
+prompts it refused 53 % of the held-out requests that only sound harmful; with the look-alike
+prompts added as benign (``align_prompts(look_alikes=True)``, as the demo and ``mosa align
+--anywhere`` do) that fell to 0-3 %, and the weight decided utility on the 157 held-out benign
+tasks: 8 cost 5.1 points (81.5 %), 16 cost 3.2, 32 cost 1.9 (the shipped model: 86.6 %)."""
 
 
 def path() -> Path:
