@@ -9,6 +9,7 @@ KL over the vocabulary chunk by chunk, so no ``[B, L, V]`` tensor is ever formed
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,18 +45,7 @@ class AlignBatch:
     allowed_minus: torch.Tensor | None = None
 
     def to(self, device) -> AlignBatch:
-        def move(tensor):
-            return None if tensor is None else tensor.to(device)
-
-        return AlignBatch(
-            self.input_ids.to(device),
-            move(self.attention_mask),
-            self.gen_length,
-            self.positive.to(device),
-            self.negative.to(device),
-            move(self.allowed_plus),
-            move(self.allowed_minus),
-        )
+        return _moved(self, device)
 
 
 @dataclass
@@ -68,6 +58,15 @@ class EosBatch:
     attention_mask: torch.Tensor | None
     gen_length: int
     targets: torch.Tensor
+
+    def to(self, device) -> EosBatch:
+        return _moved(self, device)
+
+
+def _moved(batch, device):
+    """``batch`` (a dataclass) with every tensor field on ``device``."""
+    tensors = {k: v.to(device) for k, v in vars(batch).items() if isinstance(v, torch.Tensor)}
+    return dataclasses.replace(batch, **tensors)
 
 
 @dataclass

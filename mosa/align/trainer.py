@@ -262,10 +262,6 @@ def _canvas(tokenizer, prompts: list[str], gen_length: int, mask_id: int, device
     return canvas.x.to(device), mask
 
 
-def _to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device)
-
-
 def _prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
     """Tokens of each prompt as the canvas encodes it (chat template included)."""
     _, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
@@ -354,7 +350,7 @@ class _Data:
             rows = [a2d_canvas(d, gen_length, self.harmful) for d in draws]
             self._commit(ids, [canvas for canvas, _ in rows])
             targets = torch.tensor([[self.eos_id if t else IGNORE for t in e] for _, e in rows])
-            return EosBatch(ids.to(device), _to(mask, device), gen_length, targets.to(device))
+            return EosBatch(ids, mask, gen_length, targets).to(device)
         positive = [d.choice(self.refusals) for d in draws]
         negative = [d.choice(self.harmful) for d in draws]
         allowed_plus = allowed_minus = None
@@ -365,17 +361,12 @@ class _Data:
                 for d, p, n in zip(draws, positive, negative, strict=True)
             ]
             self._commit(ids, [canvas for canvas, _, _ in rows])
-            allowed_plus = torch.tensor([plus for _, plus, _ in rows]).to(device)
-            allowed_minus = torch.tensor([minus for _, _, minus in rows]).to(device)
-        return AlignBatch(
-            ids.to(device),
-            _to(mask, device),
-            gen_length,
-            _pad(positive).to(device),
-            _pad(negative).to(device),
-            allowed_plus,
-            allowed_minus,
+            allowed_plus = torch.tensor([plus for _, plus, _ in rows])
+            allowed_minus = torch.tensor([minus for _, _, minus in rows])
+        batch = AlignBatch(
+            ids, mask, gen_length, _pad(positive), _pad(negative), allowed_plus, allowed_minus
         )
+        return batch.to(device)
 
     def _commit(self, ids: torch.Tensor, canvases: list[list[int | None]]) -> None:
         """Writes each row's committed canvas tokens into its response columns of ``ids``."""
