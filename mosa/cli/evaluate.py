@@ -213,48 +213,23 @@ def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
     """Every attacked prompt fits the model with the canvas (or ``--truncate-prompt left``),
     before anything is sampled, so a later attack cannot fail after the earlier ones ran."""
     from mosa.eval import expand_attack
+    from mosa.eval.runner import check_infill_fits
     from mosa.sampling.texts import check_prompts_fit
 
     for name in names:
         if name == "gcg":
             continue  # its suffix is searched first; respond checks the prompts it makes
         attacked = [a.prompt for p in prompts for a in expand_attack(name, p, **run.options[name])]
-        if name == "dija":
-            _check_infill_lengths(run, attacked)
-            continue
         try:
-            check_prompts_fit(
-                run.model, run.tokenizer, attacked, chat_template=True,
-                gen_length=run.settings["gen_length"], truncate=run.settings.get("truncate"),
-            )  # fmt: skip
+            if name == "dija":
+                check_infill_fits(run.model, run.tokenizer, attacked, **run.settings)
+            else:
+                check_prompts_fit(
+                    run.model, run.tokenizer, attacked, chat_template=True,
+                    gen_length=run.settings["gen_length"], truncate=run.settings.get("truncate"),
+                )  # fmt: skip
         except ValueError as err:
             raise SystemExit(f"--attacks {name}: {err}") from None
-
-
-def _check_infill_lengths(run: _Run, attacked: list[str]) -> None:
-    """dija: the runner samples a prompt with ``<mask:N>`` slots from its first slot on, the
-    rest of its turn joined to the response in a canvas rounded up to whole blocks; each
-    prompt's head and that canvas must fit the model (or ``--truncate-prompt left``)."""
-    from mosa.eval.attacks import MASK_SLOT
-    from mosa.sampling.context_window import prompt_room
-    from mosa.text.prompts import encode_prompts
-
-    gen_length, block_length = run.settings["gen_length"], run.settings["block_length"]
-    mask_id = run.model.mask_token_id
-    mask_token = run.tokenizer.convert_ids_to_tokens(mask_id)
-    for prompt in attacked:
-        text = MASK_SLOT.sub(lambda slot: mask_token * int(slot[1]), prompt)
-        (ids,), _ = encode_prompts(run.tokenizer, [text], chat_template=True, device="cpu")
-        first = int((ids == mask_id).nonzero()[0])
-        canvas = -(-(len(ids) - first + gen_length) // block_length) * block_length
-        try:
-            prompt_room(run.model, first, canvas, run.settings.get("truncate"))
-        except ValueError as err:
-            raise SystemExit(
-                f"--attacks dija: {err} (a dija prompt is sampled from its first <mask:N> "
-                f"slot: the rest of its turn and the {gen_length}-token response make a "
-                f"canvas of {canvas} tokens after the {first} before the slot)"
-            ) from None
 
 
 def _dija_rewriter(args: argparse.Namespace, names, run: _Run, prompts: list[str], device):

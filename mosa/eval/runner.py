@@ -99,10 +99,10 @@ def respond(
         model, tokenizer, [p for p, i in zip(prompts, infill, strict=True) if not i],
         chat_template=True, gen_length=settings["gen_length"], truncate=settings.get("truncate"),
     )  # fmt: skip
-    for heads, _, _, options in _infill_groups(
-        tokenizer, [p for p, i in zip(prompts, infill, strict=True) if i], settings, mask_token
-    ):
-        prompt_room(model, max(map(len, heads)), options["gen_length"], settings.get("truncate"))
+    infill_at = [i for i, slotted in enumerate(infill) if slotted]
+    heads_and_tails = _split_at_first_mask(tokenizer, [prompts[i] for i in infill_at], mask_token)
+    split = dict(zip(infill_at, heads_and_tails, strict=True))
+    _check_infill_room(model, split.values(), settings)
     texts: list[str] = []
     traces: list[torch.Tensor] = []
     starts = range(0, len(attacked), batch_size)
@@ -118,8 +118,8 @@ def respond(
             traces += trace
         infill_rows = [i for i in rows if infill[i]]
         if infill_rows:
-            infill_prompts = [prompts[i] for i in infill_rows]
-            answers = _respond_infill(model, tokenizer, infill_prompts, settings, guard)
+            split_rows = [split[i] for i in infill_rows]
+            answers = _respond_infill(model, tokenizer, split_rows, settings, guard)
             batch_texts.update(zip(infill_rows, answers, strict=True))
         texts += [batch_texts[i] for i in rows]
     return (texts, traces) if return_trace else texts
@@ -290,51 +290,75 @@ def refusal_span(tokenizer, ids: list[int], refusals) -> tuple[int, int] | None:
     return best
 
 
-def _infill_groups(tokenizer, prompts, settings, mask_token):
-    """DIJA's canvases for ``prompts`` (slots expanded): each row is split at its first mask
-    (``mask_token``); the rest of the turn joins the response in one canvas lengthened to whole
-    blocks (``steps`` per block kept). Yields ``(heads, rows, canvas, options)`` per group of
-    equal tail length: each row's prompt up to the split, the row indices, their canvases
-    ``[len(rows), L]`` and the group's sampler settings."""
+def _split_at_first_mask(tokenizer, prompts, mask_token) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each prompt (slots expanded to ``mask_token``, chat template applied) split at its first
+    mask: ``(head, tail)``, the tokens before it and the rest of the turn from it on."""
     if not prompts:
-        return
-    gen_length, block_length = settings["gen_length"], settings["block_length"]
-    steps_per_block = settings["steps"] // (gen_length // block_length)
+        return []
     mask_id = tokenizer.convert_tokens_to_ids(mask_token)
     ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
-    heads, tails = [], []
+    rows = []
     for row, keep in zip(ids, mask.bool(), strict=True):
         tokens = row[keep]
         first = int((tokens == mask_id).nonzero()[0])
-        heads.append(tokens[:first])
-        tails.append(tokens[first:])
-    for tail_length in sorted({len(t) for t in tails}):
-        group = [i for i, t in enumerate(tails) if len(t) == tail_length]
-        blocks = -(-(tail_length + gen_length) // block_length)
-        canvas = torch.full((len(group), blocks * block_length), mask_id)
-        canvas[:, :tail_length] = torch.stack([tails[i] for i in group])
+        rows.append((tokens[:first], tokens[first:]))
+    return rows
+
+
+def _infill_length(tail_length: int, settings: dict) -> int:
+    """DIJA's canvas: the rest of the turn and the response, rounded up to whole blocks."""
+    block_length = settings["block_length"]
+    return -(-(tail_length + settings["gen_length"]) // block_length) * block_length
+
+
+def _check_infill_room(model, rows, settings: dict) -> None:
+    for head, tail in rows:
+        canvas = _infill_length(len(tail), settings)
+        try:
+            prompt_room(model, len(head), canvas, settings.get("truncate"))
+        except ValueError as err:
+            raise ValueError(
+                f"{err} (a dija prompt is sampled from its first <mask:N> slot: the rest of its "
+                f"turn and the {settings['gen_length']}-token response make a canvas of "
+                f"{canvas} tokens after the {len(head)} before the slot)"
+            ) from None
+
+
+def check_infill_fits(model, tokenizer, prompts: Sequence[str], **sampler) -> None:
+    """Raises ValueError, before anything is sampled, when a prompt with ``<mask:N>`` slots
+    (``dija``) and the canvas ``respond`` decodes it over do not fit the model (``sampler``:
+    ``respond``'s settings; ``truncate='left'`` lets a long head be cut)."""
+    settings = {**SAMPLER_DEFAULTS, **sampler}
+    mask_token = tokenizer.convert_ids_to_tokens(model.mask_token_id)
+    slotted = [_with_masks(p, mask_token) for p in prompts]
+    _check_infill_room(model, _split_at_first_mask(tokenizer, slotted, mask_token), settings)
+
+
+def _respond_infill(model, tokenizer, rows, settings, guard) -> list[str]:
+    """Prompts with mask tokens in the user's turn, given as ``_split_at_first_mask``'s
+    ``(head, tail)`` rows: each tail joins the response in one canvas of ``_infill_length``
+    (``steps`` per block kept), sampled in groups of equal tail length."""
+    gen_length, block_length = settings["gen_length"], settings["block_length"]
+    steps_per_block = settings["steps"] // (gen_length // block_length)
+    texts: dict[int, str] = {}
+    for tail_length in sorted({len(tail) for _, tail in rows}):
+        group = [i for i, (_, tail) in enumerate(rows) if len(tail) == tail_length]
+        length = _infill_length(tail_length, settings)
+        canvas = torch.full((len(group), length), model.mask_token_id)
+        canvas[:, :tail_length] = torch.stack([rows[i][1] for i in group])
         options = {
             **settings,
-            "gen_length": blocks * block_length,
-            "steps": steps_per_block * blocks,
+            "gen_length": length,
+            "steps": steps_per_block * (length // block_length),
         }
-        yield [heads[i] for i in group], group, canvas, options
-
-
-def _respond_infill(model, tokenizer, prompts, settings, guard) -> list[str]:
-    """Prompts with mask tokens in the user's turn, decoded as ``_infill_groups`` lays them
-    out."""
-    mask_token = tokenizer.convert_ids_to_tokens(model.mask_token_id)
-    texts: dict[int, str] = {}
-    for heads, group, canvas, options in _infill_groups(tokenizer, prompts, settings, mask_token):
-        head_ids, head_mask = left_pad(heads, tokenizer.pad_token_id)
+        head_ids, head_mask = left_pad([rows[i][0] for i in group], tokenizer.pad_token_id)
         out = _sample(
             model, head_ids.to(model.device), head_mask.to(model.device),
             canvas.to(model.device), options, guard, False,
         )  # fmt: skip
-        answers = tokenizer.batch_decode(out[:, -canvas.shape[1] :], skip_special_tokens=True)
+        answers = tokenizer.batch_decode(out[:, -length:], skip_special_tokens=True)
         texts.update(zip(group, answers, strict=True))
-    return [texts[i] for i in range(len(prompts))]
+    return [texts[i] for i in range(len(rows))]
 
 
 def run_attacks(
