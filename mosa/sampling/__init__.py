@@ -1,9 +1,16 @@
 """Samplers for masked diffusion LMs: LLaDA's ``generate`` and Dream's ``diffusion_generate``."""
 
-from .cuda_graph import clear_cuda_graphs
+from .cuda_graph import clear_cuda_graphs, limit_cuda_graph_memory
 from .dream import diffusion_generate
 from .llada import generate
 from .output import GenerateOutput
 from .texts import sample_texts
 
-__all__ = ["GenerateOutput", "clear_cuda_graphs", "diffusion_generate", "generate", "sample_texts"]
+__all__ = [
+    "GenerateOutput",
+    "clear_cuda_graphs",
+    "diffusion_generate",
+    "generate",
+    "limit_cuda_graph_memory",
+    "sample_texts",
+]

@@ -19,7 +19,7 @@ import torch
 from mosa_kernels import select_transfer
 from mosa_kernels.random import seed_from
 
-from .cuda_graph import GraphCache, GraphedCall
+from .cuda_graph import GraphCache, GraphedStep, tensor_memory
 from .predictor import Predictor, window_positions
 
 
@@ -149,10 +149,10 @@ class StepSet:
     """The steps of one generation's settings at one batch shape, over one ``StepState``.
 
     With ``graphs``, each step shape runs eagerly once (which compiles and tunes its kernels)
-    and is then captured as a CUDA graph and replayed; ``graph_cache`` counts the captures.
-    All graphs of a set share one memory pool, made with the set and freed with it: a pool
-    must not outlive the last graph captured in it and then take a new capture (PyTorch's
-    allocator asserts on that).
+    and is then captured as a CUDA graph and replayed (``GraphedStep``); ``graph_cache``
+    counts the captures. All graphs of a set share one memory pool, made with the set and
+    freed with it: a pool must not outlive the last graph captured in it and then take a new
+    capture (PyTorch's allocator asserts on that).
     """
 
     def __init__(
@@ -171,8 +171,26 @@ class StepSet:
         self.graph_cache = graph_cache
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
         self.steps: dict[StepShape, BlockStep] = {}
-        self.graphed: dict[StepShape, Callable[[], None]] = {}
-        self.warm: set[StepShape] = set()
+        self.graphed: dict[StepShape, GraphedStep] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.x.device
+
+    @property
+    def kv_cache(self):
+        """The predictor's KV cache (None before the first refresh, or without a cache)."""
+        return self.predictor.kv_cache
+
+    def memory(self) -> dict:
+        """What the set holds (see ``GraphCache``): its state, KV cache and graph pool."""
+        cache = self.kv_cache
+        tensors = [value for value in vars(self.state).values() if isinstance(value, torch.Tensor)]
+        if cache is not None:
+            tensors += [*cache.keys, *cache.values, cache.key_valid, cache.position_ids]
+        memory = tensor_memory(tensors)
+        memory[("pool", id(self))] = sum(step.pool_bytes for step in self.graphed.values())
+        return memory
 
     def run(self, shape: StepShape, narrow: int | None = None) -> None:
         step = self.steps.get(shape)
@@ -182,16 +200,13 @@ class StepSet:
             )
         if not self.graphs:
             step(narrow)
-        elif shape not in self.warm:
-            step()
-            self.warm.add(shape)
-        else:
-            graphed = self.graphed.get(shape)
-            if graphed is None:
-                graphed = self.graphed[shape] = GraphedCall(step, self.state.x.device, self.pool)
-                if self.graph_cache is not None:
-                    self.graph_cache.captures += 1
-            graphed()
+            return
+        graphed = self.graphed.get(shape)
+        if graphed is None:
+            graphed = self.graphed[shape] = GraphedStep(
+                step, self.device, self.pool, self.graph_cache
+            )
+        graphed()
 
 
 class BlockDone:

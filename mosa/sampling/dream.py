@@ -15,7 +15,7 @@ from mosa_kernels.random import gumbel, seed_from
 from .arguments import check_sampler_arguments
 from .buckets import bucket_canvas, bucket_pad_id
 from .context_window import fit_prompt
-from .cuda_graph import GraphedCall, graph_cache, use_cuda_graphs
+from .cuda_graph import GraphedStep, run_graphed, tensor_memory, use_cuda_graphs
 from .filters import top_k_filter, top_p_filter
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
@@ -127,10 +127,13 @@ def diffusion_generate(
         "output_history must be False": output_history,
     })  # fmt: skip
     if graphs:
-        canvas, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, mask_id))
-        out = _graphed_generation(model, canvas, mask_id, steps, eps, ALGORITHMS[alg])
-        out.sequences = out.sequences[:, added:]
-        return out if return_dict_in_generate else out.sequences
+        bucketed, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, mask_id))
+        out = _graphed_generation(
+            model, cuda_graphs, bucketed, mask_id, steps, eps, ALGORITHMS[alg]
+        )
+        if out is not None:  # None: the graph path failed and "auto" falls back to eager
+            out.sequences = out.sequences[:, added:]
+            return out if return_dict_in_generate else out.sequences
     predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
     x, prompt_length = canvas.x, canvas.prompt_length
     given = x != mask_id
@@ -234,13 +237,24 @@ class _ConfidenceStep:
 
 class _GraphedSteps:
     """A ``_ConfidenceStep`` over tensors of one shape, run eagerly once (which compiles its
-    kernels), then captured and replayed, by this and by later calls of the same shape."""
+    kernels), then captured and replayed (``GraphedStep``), by this and by later calls of the
+    same shape."""
 
-    def __init__(self, step: _ConfidenceStep):
+    def __init__(self, step: _ConfidenceStep, cache):
         self.step = step
-        self.warm = False
-        self.graphed = None
-        self.pool = torch.cuda.graph_pool_handle()
+        self.device = step.canvas.x.device
+        self.graphed = GraphedStep(step, self.device, torch.cuda.graph_pool_handle(), cache)
+        self.kv_cache = None  # no cache: the whole sequence runs every step
+
+    def memory(self) -> dict:
+        """What the set holds (see ``GraphCache``): its tensors and graph pool."""
+        step = self.step
+        memory = tensor_memory([
+            step.canvas.x, step.canvas.attention_mask, step.given, step.trace, step.step,
+            step.timesteps,
+        ])  # fmt: skip
+        memory[("pool", id(self))] = self.graphed.pool_bytes
+        return memory
 
     def load(self, canvas: Canvas, mask_id: int) -> None:
         state = self.step
@@ -251,18 +265,11 @@ class _GraphedSteps:
         state.trace.fill_(-1)
         state.step.zero_()
 
-    def run(self, cache) -> None:
-        if not self.warm:
-            self.step()
-            self.warm = True
-            return
-        if self.graphed is None:
-            self.graphed = GraphedCall(self.step, self.step.canvas.x.device, self.pool)
-            cache.captures += 1
-        self.graphed()
 
-
-def _graphed_generation(model, canvas: Canvas, mask_id, steps, eps, confidence) -> GenerateOutput:
+def _graphed_generation(
+    model, requested, canvas: Canvas, mask_id, steps, eps, confidence
+) -> GenerateOutput | None:
+    """The graph path (``run_graphed``); None when it failed and "auto" runs eagerly."""
     x = canvas.x
     start = first_masked_position(x, mask_id, default=x.shape[1])
     padded = canvas.attention_mask is not None
@@ -270,9 +277,8 @@ def _graphed_generation(model, canvas: Canvas, mask_id, steps, eps, confidence) 
         "dream", mask_id, steps, eps, confidence, tuple(x.shape), start, canvas.prompt_length,
         padded,
     )  # fmt: skip
-    cache = graph_cache(model)
 
-    def make() -> _GraphedSteps:
+    def make(cache) -> _GraphedSteps:
         predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
         return _GraphedSteps(
             _ConfidenceStep(
@@ -292,14 +298,17 @@ def _graphed_generation(model, canvas: Canvas, mask_id, steps, eps, confidence) 
                 start=start,
                 confidence=confidence,
                 mask_id=mask_id,
-            )
+            ),
+            cache,
         )
 
-    graphed = cache.get(key, make)
-    graphed.load(canvas, mask_id)
-    for _ in range(steps):
-        graphed.run(cache)
-    state = graphed.step
-    return GenerateOutput(
-        sequences=state.canvas.x.clone(), commit_step=state.trace.clone(), steps=steps
-    )
+    def run(graphed: _GraphedSteps) -> GenerateOutput:
+        graphed.load(canvas, mask_id)
+        for _ in range(steps):
+            graphed.graphed()
+        state = graphed.step
+        return GenerateOutput(
+            sequences=state.canvas.x.clone(), commit_step=state.trace.clone(), steps=steps
+        )
+
+    return run_graphed(model, requested, key, make, run)

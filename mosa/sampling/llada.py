@@ -16,7 +16,7 @@ from .arguments import check_sampler_arguments
 from .block_step import BlockDone, StepSet, StepShape, StepState
 from .buckets import bucket_canvas, bucket_pad_id
 from .context_window import fit_prompt
-from .cuda_graph import graph_cache, use_cuda_graphs
+from .cuda_graph import run_graphed, use_cuda_graphs
 from .output import GenerateOutput
 from .predictor import Predictor, model_token_id
 from .schedule import llada_transfer_counts
@@ -127,17 +127,23 @@ def generate(
             logits_eos_inf or confidence_eos_eot_inf
         ),
     })  # fmt: skip
-    added = 0
+    run, added = None, 0
     if graphs:
-        canvas, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, settings.mask_id))
-    run = _Generation(model, settings, canvas, graphs, generator)
-    for block in range(settings.num_blocks):
-        if not run.block(block):
-            break
+        bucketed, added = bucket_canvas(
+            canvas, prompt_bucket, bucket_pad_id(model, settings.mask_id)
+        )
+        rows, padded = bucketed.x.shape[0], bucketed.attention_mask is not None
+        run = run_graphed(
+            model, cuda_graphs, (settings.graph_key, rows, bucketed.x.shape[1], padded),
+            make=lambda sets: _make_step_set(model, settings, bucketed, rows, sets),
+            run=lambda steps: _Generation(model, settings, bucketed, generator, steps).run(),
+        )  # fmt: skip
+    if run is None:  # eager, or the graph path failed and "auto" falls back
+        run, added = _Generation(model, settings, canvas, generator).run(), 0
     sequences = run.x[:, added:]
     if not return_trace:
         return sequences
-    trace = run.trace[:, canvas.prompt_length :]
+    trace = run.trace[:, run.prompt_length :]
     return GenerateOutput(sequences=sequences, commit_step=trace, steps=int(run.count))
 
 
@@ -214,18 +220,27 @@ class SamplerSettings:
 
 class _Generation:
     """The canvas, trace and step count of one ``generate`` call, run block by block by the
-    step sets of its batch shapes (rows leave the batch with ``stop_at_eos``)."""
+    step sets of its batch shapes (rows leave the batch with ``stop_at_eos``), or by
+    ``graphed``, a set of the whole batch replaying CUDA graphs."""
 
-    def __init__(self, model, settings: SamplerSettings, canvas: Canvas, graphs: bool, generator):
-        self.model, self.settings, self.graphs = model, settings, graphs
-        self.x, self.prompt_length = canvas.x, canvas.prompt_length
+    def __init__(self, model, settings: SamplerSettings, canvas: Canvas, generator, graphed=None):
+        self.model, self.settings, self.graphed = model, settings, graphed
+        self.graphs = graphed is not None
+        # A copy: a graph path that fails mid-call leaves the caller's canvas for the eager run.
+        self.x, self.prompt_length = canvas.x.clone(), canvas.prompt_length
         self.key_valid = canvas.attention_mask
         self.given = self.x != settings.mask_id
         self.trace = torch.full_like(self.x, -1)
         self.count = torch.zeros((), dtype=torch.long, device=self.x.device)
         self.active = torch.arange(self.x.shape[0], device=self.x.device)
-        self.sets = graph_cache(model) if graphs else None
         self.generator = generator if settings.needs_noise else None
+
+    def run(self) -> _Generation:
+        """Runs every block (until every row has finished)."""
+        for block in range(self.settings.num_blocks):
+            if not self.block(block):
+                break
+        return self
 
     def block(self, block: int) -> bool:
         """Runs block ``block``; False when every row has finished (``stop_at_eos``)."""
@@ -275,28 +290,10 @@ class _Generation:
         return True
 
     def _step_set(self, rows: int) -> StepSet:
-        padded = self.key_valid is not None
-        if self.sets is None:
-            return self._make_step_set(rows, padded)
-        key = (self.settings.graph_key, rows, self.x.shape[1], padded)
-        return self.sets.get(key, lambda: self._make_step_set(rows, padded))
-
-    def _make_step_set(self, rows: int, padded: bool) -> StepSet:
-        settings = self.settings
-        state = StepState.allocate(
-            rows, self.x.shape[1], self.x.device, padded,
-            None if settings.parallel else settings.steps_per_block,
-        )  # fmt: skip
-        predictor = Predictor(
-            self.model, mask_id=settings.mask_id, cfg_scale=settings.cfg_scale,
-            cache=settings.cache, shift_logits=False,
-        )  # fmt: skip
-        options = dict(
-            sample=_sampler(settings, predictor), threshold=settings.threshold,
-            factor=settings.factor, mask_id=settings.mask_id,
-            check_ids=functools.partial(_check_special_ids, settings), generator=self.generator,
-        )  # fmt: skip
-        return StepSet(state, predictor, options, self.graphs, self.sets)
+        if self.graphed is not None:
+            return self.graphed
+        canvas = Canvas(self.x, self.key_valid, self.prompt_length)
+        return _make_step_set(self.model, self.settings, canvas, rows, None, self.generator)
 
     def _load(self, steps: StepSet) -> StepSet:
         """Copies the active rows into the set's tensors (the ones its graphs read)."""
@@ -314,6 +311,33 @@ class _Generation:
         state, rows = steps.state, self.active
         self.x[rows], self.trace[rows] = state.x, state.trace
         self.count.copy_(state.count)
+
+
+def _make_step_set(
+    model, settings: SamplerSettings, canvas: Canvas, rows: int, sets, generator=None
+) -> StepSet:
+    """A set of ``rows`` rows of ``canvas``'s length; with ``sets`` (a ``GraphCache``) its
+    steps are replayed as CUDA graphs, and it shares the KV cache of a set of its shape."""
+    padded = canvas.attention_mask is not None
+    state = StepState.allocate(
+        rows, canvas.x.shape[1], canvas.x.device, padded,
+        None if settings.parallel else settings.steps_per_block,
+    )  # fmt: skip
+    predictor = Predictor(
+        model, mask_id=settings.mask_id, cfg_scale=settings.cfg_scale,
+        cache=settings.cache, shift_logits=False,
+    )  # fmt: skip
+    if sets is not None and settings.cache is not None:
+        kv_rows = rows * (2 if settings.cfg_scale > 0 else 1)
+        shared = sets.kv_cache(kv_rows, canvas.x.shape[1], padded)
+        if shared is not None:
+            predictor.share_cache(shared)
+    options = dict(
+        sample=_sampler(settings, predictor), threshold=settings.threshold,
+        factor=settings.factor, mask_id=settings.mask_id,
+        check_ids=functools.partial(_check_special_ids, settings), generator=generator,
+    )  # fmt: skip
+    return StepSet(state, predictor, options, sets is not None, sets)
 
 
 def _sampler(settings: SamplerSettings, predictor: Predictor):

@@ -77,6 +77,16 @@ class Predictor:
         # Refilled in place, so a step captured as a CUDA graph keeps reading the same slots.
         return self.model(x_in, cache=self._cache, start=0).hidden_states
 
+    @property
+    def kv_cache(self):
+        """The ``KVCache`` the refreshes fill (None before the first, or without a cache)."""
+        return self._cache
+
+    def share_cache(self, cache) -> None:
+        """Fills ``cache`` (another predictor's, of this batch's shape) instead of making one:
+        the first refresh then refills it in place as every later one does."""
+        self._cache = cache
+
     def reuse(self, attention_mask: torch.Tensor | None) -> None:
         """Readies the cache for a new batch of the same shape: its padding (and the rotary
         positions that follow from it) are copied in place; keys and values are refilled by

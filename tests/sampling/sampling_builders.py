@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 
 from mosa.models import build_model  # noqa: E402
-from mosa.sampling import block_step, dream, llada  # noqa: E402
+from mosa.sampling import cuda_graph, dream, llada  # noqa: E402
 from mosa.sampling.cuda_graph import GraphCache  # noqa: E402
 
 MASK_ID = 126  # both tiny configs
@@ -140,17 +140,25 @@ class GraphTwin:
         return sum(cache.captures for cache in self.caches.values())
 
 
-def replay_graphs_eagerly(monkeypatch) -> GraphTwin:
+def replay_graphs_eagerly(monkeypatch, auto: bool = False, graphed_call=None) -> GraphTwin:
     """From now on ``generate`` / ``diffusion_generate`` with ``cuda_graphs=True`` run their
-    graph path (on any device) with each would-be graph replay run eagerly;
-    ``cuda_graphs="auto"`` stays eager on the CPU."""
+    graph path (on any device, with every other condition of ``use_cuda_graphs`` checked) with
+    each would-be graph replay run eagerly; ``cuda_graphs="auto"`` stays eager on the CPU
+    unless ``auto``. ``graphed_call(fn, replays)`` replaces ``EagerReplay`` (e.g. one that
+    fails to capture)."""
     twin = GraphTwin()
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(cuda_graph, "graphs_supported_on", lambda device: True)
+    monkeypatch.setattr(cuda_graph, "graph_cache", twin.cache)
+
+    def decide(requested, **kw):
+        takes_graphs = requested is True or (auto and requested == "auto")
+        return takes_graphs and cuda_graph.use_cuda_graphs(requested, **kw)
+
     for sampler in (llada, dream):
-        monkeypatch.setattr(sampler, "use_cuda_graphs", lambda requested, **kw: requested is True)
-        monkeypatch.setattr(sampler, "graph_cache", twin.cache)
-    for module in (block_step, dream):
-        monkeypatch.setattr(
-            module, "GraphedCall", lambda fn, device, pool: EagerReplay(fn, twin.replays)
-        )
+        monkeypatch.setattr(sampler, "use_cuda_graphs", decide)
+    replay = graphed_call or EagerReplay
+    monkeypatch.setattr(
+        cuda_graph, "GraphedCall", lambda fn, device, pool: replay(fn, twin.replays)
+    )
     return twin
