@@ -75,8 +75,9 @@ def diffusion_generate(
 
     ``cuda_graphs`` and ``prompt_bucket`` are ``generate``'s: by default ("auto"), on CUDA
     with a ``mosa`` model, temperature 0 and a confidence algorithm without ``alg_temp`` or
-    filters, the step (the same shape every step) is captured once as a CUDA graph and
-    replayed, also by later calls of the same shape.
+    filters, outside autocast, the step (the same shape every step) is captured once as a CUDA
+    graph and replayed, also by later calls of the same shape; a failed capture falls back
+    to the eager loop as in ``generate``.
 
     A prompt that with ``max_new_tokens`` exceeds the model's ``max_position_embeddings`` is
     refused (ValueError), or with ``truncate='left'`` cut to its last tokens, with a warning

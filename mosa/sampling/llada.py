@@ -92,8 +92,10 @@ def generate(
             low-confidence remasking and neither EOS option, each step shape is captured once
             as a CUDA graph and replayed (a step costs the host one launch instead of one per
             kernel), across blocks and across calls of the same shape (``clear_cuda_graphs``
-            frees them); eager otherwise. ``True`` raises where graphs are unsupported,
-            ``False`` always runs eagerly. The graph path runs the head on every position of
+            frees them, ``limit_cuda_graph_memory`` bounds their bytes); eager otherwise,
+            and under ``torch.autocast``. ``True`` raises where graphs are unsupported,
+            ``False`` always runs eagerly. A capture that fails falls back to the eager
+            sampler with a warning on "auto" (``True`` raises ``GraphCaptureError``). The graph path runs the head on every position of
             the window (the eager path on its masked positions only), so near-ties may round
             differently.
         prompt_bucket: on the graph path, the prompt is left-padded to a multiple of this many

@@ -17,8 +17,14 @@ from sampling_builders import replay_graphs_eagerly as eager_twin
 
 import mosa
 import mosa.tiny
-from mosa.sampling import block_step, diffusion_generate, generate
-from mosa.sampling.cuda_graph import GraphedCall, graph_cache
+from mosa.sampling import (
+    clear_cuda_graphs,
+    cuda_graph,
+    diffusion_generate,
+    generate,
+    limit_cuda_graph_memory,
+)
+from mosa.sampling.cuda_graph import GraphedCall, capture_stream, graph_cache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -28,10 +34,10 @@ def cuda_model(dtype=torch.float32):
     return copy.deepcopy(llada_model()).to("cuda", dtype)
 
 
-def graphs_and_eager_twin(monkeypatch, ids, mask, dtype=torch.float32, **kw):
+def graphs_and_eager_twin(monkeypatch, ids, mask, dtype=torch.float32, device="cuda", **kw):
     """``generate`` with CUDA graphs, then with the same steps run eagerly instead of replayed."""
-    model, ids = cuda_model(dtype), ids.cuda()
-    mask = None if mask is None else mask.cuda()
+    model, ids = cuda_model(dtype).to(device), ids.to(device)
+    mask = None if mask is None else mask.to(device)
     kw = dict(mask_id=MASK_ID, return_trace=True, cuda_graphs=True, **kw)
     made = []
 
@@ -39,7 +45,7 @@ def graphs_and_eager_twin(monkeypatch, ids, mask, dtype=torch.float32, **kw):
         made.append(GraphedCall(*args))
         return made[-1]
 
-    monkeypatch.setattr(block_step, "GraphedCall", recorded)
+    monkeypatch.setattr(cuda_graph, "GraphedCall", recorded)
     graphed = generate(model, ids, mask, **kw)
     assert any(call.graph is not None for call in made), "no graph was captured"
     eager_twin(monkeypatch)
@@ -132,4 +138,53 @@ def test_dream_graph_replays_the_eager_steps(monkeypatch, alg):
     assert graph_cache(model).captures == 1
     eager_twin(monkeypatch)
     twin = diffusion_generate(model, ids, mask, cuda_graphs=True, **kw)
+    assert_same(graphed, twin)
+
+
+def test_the_graph_cache_keeps_reserved_memory_within_its_byte_cap():
+    """Six shapes (prompt buckets of one batch) under a cap of 2.5 times the memory the first
+    set reserves: after each call, with the allocator's free blocks released, the memory
+    reserved beyond the model's stays within the cap (four sets, the count limit, would not)."""
+    model = copy.deepcopy(
+        llada_model(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, max_sequence_length=1024)
+    ).to("cuda")
+    kw = dict(mask_id=MASK_ID, cache="dual", gen_length=512, block_length=64, steps=64)
+
+    def reserved() -> int:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return torch.cuda.memory_reserved()
+
+    # A first call makes what stays for the process (cuBLAS workspaces of both streams).
+    generate(model, random_prompt(8, 16, seed=59).cuda(), **kw)
+    clear_cuda_graphs(model)
+    baseline = reserved()
+    generate(model, random_prompt(8, 16, seed=60).cuda(), **kw)
+    cap = int(2.5 * (reserved() - baseline))
+    clear_cuda_graphs(model)
+    limit_cuda_graph_memory(model, cap)
+    for bucket in range(1, 7):
+        generate(model, random_prompt(8, 16 * bucket, seed=60 + bucket).cuda(), **kw)
+        assert graph_cache(model).held_bytes() <= cap
+        assert reserved() - baseline <= cap
+    assert len(graph_cache(model).sets) >= 1
+    clear_cuda_graphs(model)
+    assert reserved() <= baseline
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two CUDA devices (captures on cuda:1)"
+)
+def test_graphs_on_a_second_device_capture_on_its_own_stream(monkeypatch):
+    """With cuda:0 current, a model on cuda:1 warms up and captures on cuda:1's side stream
+    and replays what the eager twin computes."""
+    assert capture_stream(torch.device("cuda:1")).device == torch.device("cuda:1")
+    assert capture_stream(torch.device("cuda:0")).device == torch.device("cuda:0")
+    ids, mask = padded_prompts([4, 6, 5], seed=61)
+    with torch.cuda.device(0):
+        graphed, twin = graphs_and_eager_twin(
+            monkeypatch, ids, mask, device="cuda:1", cache="dual", gen_length=16,
+            block_length=8, steps=16,
+        )  # fmt: skip
+    assert graphed.sequences.device == torch.device("cuda:1")
     assert_same(graphed, twin)
