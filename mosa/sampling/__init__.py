@@ -1,13 +1,15 @@
 """Samplers for masked diffusion LMs: LLaDA's ``generate`` and Dream's ``diffusion_generate``."""
 
-from .cuda_graph import clear_cuda_graphs, limit_cuda_graph_memory
+from .cuda_graph import GraphCaptureError
 from .dream import diffusion_generate
+from .graph_sets import clear_cuda_graphs, limit_cuda_graph_memory
 from .llada import generate
 from .output import GenerateOutput
 from .texts import sample_texts
 
 __all__ = [
     "GenerateOutput",
+    "GraphCaptureError",
     "clear_cuda_graphs",
     "diffusion_generate",
     "generate",

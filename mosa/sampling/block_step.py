@@ -19,7 +19,8 @@ import torch
 from mosa_kernels import select_transfer
 from mosa_kernels.random import seed_from
 
-from .cuda_graph import GraphCache, GraphedStep, tensor_memory
+from .cuda_graph import GraphedStep
+from .graph_sets import GraphCache, tensor_memory
 from .predictor import Predictor, window_positions
 
 

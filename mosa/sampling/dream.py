@@ -15,8 +15,9 @@ from mosa_kernels.random import gumbel, seed_from
 from .arguments import check_sampler_arguments
 from .buckets import bucket_canvas, bucket_pad_id
 from .context_window import fit_prompt
-from .cuda_graph import GraphedStep, run_graphed, tensor_memory, use_cuda_graphs
+from .cuda_graph import GraphedStep, use_cuda_graphs
 from .filters import top_k_filter, top_p_filter
+from .graph_sets import run_graphed, tensor_memory
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
 from .schedule import dream_timesteps, dream_transfer_count
@@ -245,7 +246,6 @@ class _GraphedSteps:
         self.step = step
         self.device = step.canvas.x.device
         self.graphed = GraphedStep(step, self.device, torch.cuda.graph_pool_handle(), cache)
-        self.kv_cache = None  # no cache: the whole sequence runs every step
 
     def memory(self) -> dict:
         """What the set holds (see ``GraphCache``): its tensors and graph pool."""

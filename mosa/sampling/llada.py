@@ -16,7 +16,8 @@ from .arguments import check_sampler_arguments
 from .block_step import BlockDone, StepSet, StepShape, StepState
 from .buckets import bucket_canvas, bucket_pad_id
 from .context_window import fit_prompt
-from .cuda_graph import run_graphed, use_cuda_graphs
+from .cuda_graph import use_cuda_graphs
+from .graph_sets import run_graphed
 from .output import GenerateOutput
 from .predictor import Predictor, model_token_id
 from .schedule import llada_transfer_counts

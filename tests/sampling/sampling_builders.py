@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 
 from mosa.models import build_model  # noqa: E402
-from mosa.sampling import cuda_graph, dream, llada  # noqa: E402
-from mosa.sampling.cuda_graph import GraphCache  # noqa: E402
+from mosa.sampling import cuda_graph, dream, graph_sets, llada  # noqa: E402
+from mosa.sampling.graph_sets import GraphCache  # noqa: E402
 
 MASK_ID = 126  # both tiny configs
 PAD_ID = 125  # != MASK_ID
@@ -149,7 +149,7 @@ def replay_graphs_eagerly(monkeypatch, auto: bool = False, graphed_call=None) ->
     twin = GraphTwin()
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
     monkeypatch.setattr(cuda_graph, "graphs_supported_on", lambda device: True)
-    monkeypatch.setattr(cuda_graph, "graph_cache", twin.cache)
+    monkeypatch.setattr(graph_sets, "graph_cache", twin.cache)
 
     def decide(requested, **kw):
         takes_graphs = requested is True or (auto and requested == "auto")

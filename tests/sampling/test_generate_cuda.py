@@ -24,7 +24,8 @@ from mosa.sampling import (
     generate,
     limit_cuda_graph_memory,
 )
-from mosa.sampling.cuda_graph import GraphedCall, capture_stream, graph_cache
+from mosa.sampling.cuda_graph import GraphedCall, capture_stream
+from mosa.sampling.graph_sets import graph_cache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -28,8 +28,14 @@ from sampling_builders import (
     replay_graphs_eagerly,
 )
 
-from mosa.sampling import cuda_graph, diffusion_generate, generate, limit_cuda_graph_memory
-from mosa.sampling.cuda_graph import GraphCache, GraphCaptureError, tensor_memory
+from mosa.sampling import (
+    GraphCaptureError,
+    diffusion_generate,
+    generate,
+    graph_sets,
+    limit_cuda_graph_memory,
+)
+from mosa.sampling.graph_sets import GraphCache, tensor_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import lora_model  # noqa: E402
@@ -265,9 +271,9 @@ def test_autocast_keeps_the_sampler_eager(monkeypatch):
 
 def model_holding_graphs(monkeypatch):
     """A copy of the tiny LLaDA with sets in its own graph cache (as on a GPU)."""
-    kept = cuda_graph.graph_cache
+    kept = graph_sets.graph_cache
     replay_graphs_eagerly(monkeypatch)
-    monkeypatch.setattr(cuda_graph, "graph_cache", kept)
+    monkeypatch.setattr(graph_sets, "graph_cache", kept)
     model, ids = copy.deepcopy(llada_model()), random_prompt(2, 5, seed=53)
     llada_graphed(model, ids)
     assert model.__dict__["_sampler_graphs"].sets
