@@ -130,11 +130,15 @@ class GraphCache:
         # and a copied model has other tensors, which the graphs captured here do not serve.
         return GraphCache, (self.max_sets, self.max_bytes)
 
-    def clear(self) -> None:
-        """Drops every set and its graphs (their memory returns to PyTorch's allocator)."""
+    def evict_all(self) -> None:
+        """Drops every set and its graphs (their memory returns to the device)."""
         self.sets.clear()
-        self.failed.clear()
         _release_cached_memory()
+
+    def clear(self) -> None:
+        """Drops every set, and forgets which keys failed (they are tried again)."""
+        self.evict_all()
+        self.failed.clear()
 
 
 def _release_cached_memory() -> None:
@@ -163,7 +167,7 @@ def run_graphed(model, requested, key: Hashable, make: Callable, run: Callable):
         except GraphCaptureError as error:
             cache.discard(key)
             if error.out_of_memory and not retried and cache.sets:
-                cache.clear()
+                cache.evict_all()
                 retried = True
                 continue
             if requested is True:
