@@ -174,7 +174,12 @@ def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_le
         if device.type == "cuda":  # each mode without the last one's graphs: its memory alone
             clear_cuda_graphs(model)
         try:
-            timed = time_mode(functools.partial(_at_lag, lag, run), device, settings.repeats)
+            timed = time_mode(
+                functools.partial(_at_lag, lag, run),
+                device,
+                settings.repeats,
+                warm_up=name != REFERENCE,
+            )  # plain torch: nothing to compile
         except Exception as err:  # one failing mode must not cost the others their rows
             rows.append({**row, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
@@ -233,10 +238,10 @@ def _at_lag(lag: int | None, run):
         BLOCK_DONE.lag = None
 
 
-def time_mode(run, device, repeats) -> dict:
-    """One mode's output (``out``) and seconds; ``peak_MiB``: the most memory allocated above
-    what was before its first call (on CUDA the warm-up's, which makes the KV cache and graph
-    pool, included); ``reserved_MiB``: what the allocator holds after the timed call beyond
+def time_mode(run, device, repeats, warm_up: bool = True) -> dict:
+    """One mode's output (``out``) and seconds, on CUDA after a warm-up call (``warm_up``);
+    ``peak_MiB``: the most memory allocated above what was before its first call (the
+    warm-up's, which makes the KV cache and graph pool, included); ``reserved_MiB``: what the allocator holds after the timed call beyond
     what it held before the first (graphs kept; "n/a" off CUDA); and the timed call's no-op
     steps (``BLOCK_DONE``)."""
     if device.type != "cuda":
@@ -250,7 +255,8 @@ def time_mode(run, device, repeats) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         allocated_before = torch.cuda.memory_allocated(device)
         reserved_before = torch.cuda.memory_reserved(device)
-        run()  # Triton compiles and autotunes, graphs are captured: out of the timing only
+        if warm_up:
+            run()  # Triton compiles and autotunes, graphs are captured: out of the timing only
         BLOCK_DONE.no_op_steps = 0
         torch.cuda.synchronize(device)
         start = time.perf_counter()
