@@ -317,6 +317,7 @@ def measure(
         "block_length": settings.block_length,
         "steps": "gen_length" if settings.steps_per_token == 1 else "gen_length / 4",
         "cases": [list(case) for case in settings.cases],
+        "gpu_scale": gpu_scale and not smoke,
         "copy GB/s": peaks.bandwidth / 1e9,
         "matmul TFLOP/s": peaks.matmul_flops / 1e12,
     }
