@@ -18,7 +18,8 @@ Steps, as ``mosa.generate`` runs them (prompt P, response G in blocks of b, L = 
 
 A block of s steps commits b / s positions a step, so step i heads b - i·b/s masked positions.
 Threshold and factor modes take as many steps as they need: their floor uses the steps the run
-took, spread evenly over the blocks.
+took, spread evenly over the blocks, and the no-op steps it launched on full blocks (a no-op
+step reads every weight too).
 """
 
 from __future__ import annotations
@@ -99,10 +100,18 @@ def step_flops(shape: ModelShape, step: Step, batch: int) -> float:
 
 
 def generation_steps(
-    cache: str | None, *, prompt_length: int, gen_length: int, block_length: int, steps: int
+    cache: str | None,
+    *,
+    prompt_length: int,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    no_op_steps: int = 0,
 ) -> list[Step]:
     """Every step of one generation, as ``mosa.generate`` runs it in ``cache`` mode; ``steps``
-    is the total (for threshold/factor modes, the number the run took)."""
+    is the total (for threshold/factor modes, the number the run took). ``no_op_steps``:
+    steps a threshold/factor run launched on an already full block (the block-done flag read
+    a step late), spread evenly over the blocks: each reads the weights, heads nothing."""
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     if gen_length % block_length:
@@ -116,9 +125,10 @@ def generation_steps(
     for block in range(blocks):
         start = prompt_length + block * block_length
         block_steps = steps // blocks + (block < steps % blocks)
+        idle = no_op_steps // blocks + (block < no_op_steps % blocks)
         per_step = block_length / block_steps
-        for i in range(block_steps):
-            headed = block_length - i * per_step
+        for i in range(block_steps + idle):
+            headed = max(0.0, block_length - i * per_step)
             if cache is None or i == 0:
                 out.append(Step(**full, headed=headed))
             elif cache == "prefix":

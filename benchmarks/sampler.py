@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +43,8 @@ from benchmarks.common import (
 )
 from benchmarks.roofline import ModelShape, floor_seconds, generation_steps, measure_peaks
 from mosa.models import LLADA_8B, build_model
-from mosa.sampling import GenerateOutput, generate
+from mosa.sampling import GenerateOutput, clear_cuda_graphs, generate
+from mosa.sampling.block_step import BLOCK_DONE
 
 CPU_MODEL = dict(LLADA_8B, d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536)
 SMOKE_MODEL = dict(LLADA_8B, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128)
@@ -129,7 +132,8 @@ def settings_for(
 
 
 def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_length: int):
-    """Rows for one (batch, gen_length): the default path, the reference loop, every mode."""
+    """Rows for one (batch, gen_length): the default path, the reference loop, every mode;
+    a threshold/factor mode at each block-done lag (``LAGS``)."""
     generator = torch.Generator().manual_seed(0)
     prompt_length = settings.prompt_length
     prompt = torch.randint(0, 126000, (batch, prompt_length), generator=generator).to(device)
@@ -161,20 +165,31 @@ def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_le
             }
         )
     dtype_bytes = model.lm_head_weight.element_size()
+    blocks = gen_length // settings.block_length
     rows, outputs = [], {}
-    for name, (run, cache) in runs.items():
+    for name, (run, cache), lag in _with_lags(runs):
         row = {"batch": batch, "gen_length": gen_length, "mode": name}
+        if lag is not None:
+            row["lag"] = lag
+        if device.type == "cuda":  # each mode without the last one's graphs: its memory alone
+            clear_cuda_graphs(model)
         try:
-            timed = time_mode(run, device, settings.repeats)
+            timed = time_mode(
+                functools.partial(_at_lag, lag, run),
+                device,
+                settings.repeats,
+                warm_up=name != REFERENCE,
+            )  # plain torch: nothing to compile
         except Exception as err:  # one failing mode must not cost the others their rows
             rows.append({**row, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         out, run_steps = timed.pop("out"), steps
         if isinstance(out, GenerateOutput):
             out, run_steps = out.sequences, out.steps
-        outputs[name] = out[:, prompt_length:]
+        outputs[name, lag] = out[:, prompt_length:]
         plan = generation_steps(cache, prompt_length=prompt_length, gen_length=gen_length,
-                                block_length=settings.block_length, steps=run_steps)  # fmt: skip
+                                block_length=settings.block_length, steps=run_steps,
+                                no_op_steps=timed["no-op steps"])  # fmt: skip
         floor = floor_seconds(shape, plan, batch=batch, dtype_bytes=dtype_bytes, peaks=peaks)
         row.update(
             {
@@ -182,6 +197,7 @@ def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_le
                 "floor tok/s": batch * gen_length / floor,
                 "% roofline": 100 * floor / timed["seconds"],
                 "steps": run_steps,
+                "no-op/block": timed["no-op steps"] / blocks,
                 **timed,
             }
         )
@@ -191,19 +207,74 @@ def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_le
         if "error" in row or reference_row is None or "error" in reference_row:
             continue
         row["speedup"] = reference_row["seconds"] / row["seconds"]
-        same = outputs[row["mode"]] == outputs[REFERENCE]
+        same = outputs[row["mode"], row.get("lag")] == outputs[REFERENCE, None]
         row["agreement"] = same.float().mean().item()
     return rows
 
 
-def time_mode(run, device, repeats) -> dict:
-    """One mode's output (``out``), seconds and peak extra memory."""
-    if device.type == "cuda":
-        run()  # Triton compiles and autotunes on the first call: keep that out of the timing
-    out, seconds, peak = profile_call(run, device)
+LAGS = (0, 1)
+"""The block-done lags a threshold/factor mode is measured at (``BlockDone``): 0 waits for each
+step's flag, 1 reads it a step late and runs a no-op step per block. Which is faster per mode
+and batch is what these rows decide."""
+
+
+def _with_lags(runs: dict):
+    """``(name, (run, cache), lag)`` for every run: threshold/factor modes once per lag, the
+    others once with lag None (they read no flag)."""
+    for name, (run, cache) in runs.items():
+        parallel = isinstance(run, functools.partial) and (
+            "threshold" in run.keywords or "factor" in run.keywords
+        )
+        for lag in LAGS if parallel else (None,):
+            yield name, (run, cache), lag
+
+
+def _at_lag(lag: int | None, run):
+    """``run()`` with ``BlockDone`` reading at ``lag`` (None: the device's default)."""
+    BLOCK_DONE.lag = lag
+    try:
+        return run()
+    finally:
+        BLOCK_DONE.lag = None
+
+
+def time_mode(run, device, repeats, warm_up: bool = True) -> dict:
+    """One mode's output (``out``) and seconds, on CUDA after a warm-up call (``warm_up``);
+    ``peak_MiB``: the most memory allocated above what was before its first call (the
+    warm-up's, which makes the KV cache and graph pool, included); ``reserved_MiB``: what the allocator holds after the timed call beyond
+    what it held before the first (graphs kept; "n/a" off CUDA); and the timed call's no-op
+    steps (``BLOCK_DONE``)."""
+    if device.type != "cuda":
+        BLOCK_DONE.no_op_steps = 0
+        out, seconds, peak = profile_call(run, device)
+        no_ops, reserved = BLOCK_DONE.no_op_steps, "n/a"
+    else:
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated_before = torch.cuda.memory_allocated(device)
+        reserved_before = torch.cuda.memory_reserved(device)
+        if warm_up:
+            run()  # Triton compiles and autotunes, graphs are captured: out of the timing only
+        BLOCK_DONE.no_op_steps = 0
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = run()
+        torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        no_ops = BLOCK_DONE.no_op_steps
+        peak = torch.cuda.max_memory_allocated(device) - allocated_before
+        reserved = (torch.cuda.memory_reserved(device) - reserved_before) / 2**20
     if repeats > 1:
         seconds = median_seconds(run, device, repeats=repeats, warmup=0)
-    return {"out": out, "seconds": seconds, "peak_MiB": peak / 2**20}
+    return {
+        "out": out,
+        "seconds": seconds,
+        "peak_MiB": peak / 2**20,
+        "reserved_MiB": reserved,
+        "no-op steps": no_ops,
+    }
 
 
 def measure(
@@ -246,13 +317,15 @@ def measure(
         "block_length": settings.block_length,
         "steps": "gen_length" if settings.steps_per_token == 1 else "gen_length / 4",
         "cases": [list(case) for case in settings.cases],
+        "gpu_scale": gpu_scale and not smoke,
         "copy GB/s": peaks.bandwidth / 1e9,
         "matmul TFLOP/s": peaks.matmul_flops / 1e12,
     }
 
 
-COLUMNS = ["batch", "gen_length", "mode", "tokens/s", "speedup", "floor tok/s", "% roofline",
-           "steps", "peak_MiB", "agreement"]  # fmt: skip
+COLUMNS = ["batch", "gen_length", "mode", "lag", "tokens/s", "speedup", "floor tok/s",
+           "% roofline", "steps", "no-op/block", "peak_MiB", "reserved_MiB",
+           "agreement"]  # fmt: skip
 
 
 def report(rows: list[dict], meta: dict, device: torch.device) -> str:
@@ -265,7 +338,10 @@ def report(rows: list[dict], meta: dict, device: torch.device) -> str:
         + format_table(rows, COLUMNS + (["error"] if any("error" in r for r in rows) else []))
         + "\n\nspeedup: against the reference loop of the same batch in this run; floor tok/s: "
         "the bytes and FLOPs of that mode's steps at the measured copy and matmul rates "
-        "(benchmarks/roofline.py); % roofline: floor time / measured time"
+        "(benchmarks/roofline.py), the no-op steps included; % roofline: floor time / measured "
+        "time; lag: when a threshold/factor block learns it is full (0: each step, 1: one step "
+        "late, a no-op step a block); peak_MiB: above what was allocated before the warm-up; "
+        "reserved_MiB: held by the allocator after the timed call (graphs kept), CUDA only"
     )
 
 

@@ -21,6 +21,7 @@ from benchmarks.roofline import (
 )
 from mosa.models import LLADA_8B, build_model
 from mosa.sampling import GenerateOutput
+from mosa.sampling.block_step import BLOCK_DONE
 
 TINY = dict(
     LLADA_8B, d_model=8, n_heads=2, n_kv_heads=1, n_layers=2, mlp_hidden_size=16,
@@ -71,6 +72,12 @@ def test_generation_steps_per_cache_mode():
     # A threshold run that took 5 steps: 3 in the first block, 2 in the second.
     uneven = generation_steps(None, **dict(settings, steps=5))
     assert [step.headed for step in uneven] == pytest.approx([4, 4 - 4 / 3, 4 - 8 / 3, 4, 2])
+    # The same run with a no-op step per block (the block-done flag read a step late): each
+    # block's cached step once more, heading nothing.
+    late = generation_steps("dual", **dict(settings, steps=5), no_op_steps=2)
+    assert late == generation_steps("dual", **dict(settings, steps=5))[:3] + [
+        Step(4, 12, 8, 0), full[0], Step(4, 12, 8, 2), Step(4, 12, 8, 0)
+    ]  # fmt: skip
     with pytest.raises(ValueError, match="cache"):
         generation_steps("suffix", **settings)
     with pytest.raises(ValueError, match="at least the number of blocks"):
@@ -103,6 +110,8 @@ def test_each_case_starts_with_the_default_call_and_reads_the_roofline(tiny, mon
 
     def fake_generate(model, prompt, **options):
         calls.append(options)
+        if options.get("threshold") and BLOCK_DONE.lag == 1:
+            BLOCK_DONE.no_op_steps += 2  # one a block
         out = torch.cat([prompt, torch.zeros(prompt.shape[0], options["gen_length"], dtype=torch.long)], 1)  # fmt: skip
         return GenerateOutput(out, out, steps=3) if options.get("return_trace") else out
 
@@ -122,9 +131,17 @@ def test_each_case_starts_with_the_default_call_and_reads_the_roofline(tiny, mon
     assert calls[0] == {"steps": 4, "gen_length": 8, "block_length": 4}  # no flags
     assert calls[-1]["threshold"] == 0.9 and calls[-1]["return_trace"]
     by_mode = {row["mode"]: row for row in rows}
-    assert (
-        by_mode["generate"]["steps"] == 4 and by_mode["generate dual + threshold 0.9"]["steps"] == 3
-    )
+    assert by_mode["generate"]["steps"] == 4
+    lags = [row for row in rows if row["mode"] == "generate dual + threshold 0.9"]
+    assert [(row["lag"], row["steps"], row["no-op/block"]) for row in lags] == [
+        (0, 3, 0),
+        (1, 3, 1),
+    ]
+    # The no-op steps move the weights too: lag 1's floor is longer by two cached steps.
+    no_op = floor_seconds(shape, [Step(4, 12, 8, 0)], batch=2, dtype_bytes=2, peaks=peaks)
+    floors = [row["batch"] * row["gen_length"] / row["floor tok/s"] for row in lags]
+    assert floors[1] - floors[0] == pytest.approx(2 * no_op)
+    assert all(row["reserved_MiB"] == "n/a" for row in rows)  # CPU
     # No cache, 2 rows, 4 steps of 12 positions: 2 steps as in the floor test, twice over.
     floor = 2 * (7.7824 + floor_seconds(shape, [Step(12, 12, 0, 2)], batch=2, dtype_bytes=2,
                                          peaks=peaks))  # fmt: skip

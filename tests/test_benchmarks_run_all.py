@@ -31,14 +31,17 @@ def _kernels(backend: str, select_speedup: float) -> dict:
     return {"rows": rows, "meta": meta}
 
 
-def _sampler(no_cache: float, dual: float, threshold: float, graphs: tuple = ()) -> dict:
-    """Sampler rows; ``graphs``: the speed-ups of the same three modes with CUDA graphs."""
+def _sampler(no_cache: float, dual: float, threshold: float, graphs: tuple = (), batch: int = 1,
+             roofline: float = 50.0, gpu_scale: bool = False) -> dict:  # fmt: skip
+    """Sampler rows of one case; ``graphs``: the speed-ups of the same three modes with CUDA
+    graphs; every row at ``roofline`` % of its floor."""
     modes = {"reference loop": 1.0, "generate": no_cache, "generate dual cache": dual}
     modes["generate dual + threshold 0.9"] = threshold
     for mode, speedup in zip(list(modes)[1:], graphs, strict=False):
         modes[f"{mode} + CUDA graphs"] = speedup
-    rows = [{"mode": mode, "speedup": speedup} for mode, speedup in modes.items()]
-    return {"rows": rows, "meta": {"model": "test model"}}
+    rows = [{"batch": batch, "mode": mode, "speedup": speedup, "% roofline": roofline}
+            for mode, speedup in modes.items()]  # fmt: skip
+    return {"rows": rows, "meta": {"model": "test model", "gpu_scale": gpu_scale}}
 
 
 def _align(speedup: float, memory: float, minutes: float, gpu_scale: bool) -> dict:
@@ -89,8 +92,12 @@ def test_cpu_run_judges_cpu_targets_and_marks_gpu_ones():
         ("MOSA at scale: 3,000 prompts, 8B shapes", "≤ 5 min on 1 GPU"),
     ):
         assert got[(what, target)] == ("n/a (GPU)", "n/a")
-    assert got[("sampler tokens/s, no cache", "≥ 3×")] == ("3.98× (test model)", "pass")
-    assert got[("sampler tokens/s, dual cache", "≥ 6×")][1] == "pass"
+    assert got[("sampler tokens/s, no cache, batch 1", "≥ 3×")] == ("3.98× (test model)", "pass")
+    for what, target in (
+        ("sampler tokens/s, dual cache, batch 32", "≥ 6×"),
+        ("sampler, dual cache, batch 1 gen 256: share of roofline", "≥ 60 %"),
+    ):
+        assert got[(what, target)] == ("n/a (GPU)", "n/a")
     threshold = got[("sampler tokens/s, dual cache + threshold 0.9", "> dual cache")]
     assert threshold == ("9.5× vs 6.7× (test model)", "pass")
     assert got[("MOSA step: prompts/s", "≥ 2×")][1] == "short"
@@ -102,19 +109,25 @@ def test_gpu_run_judges_gpu_targets_and_marks_cpu_ones():
         "kernels": _kernels("triton", select_speedup=12.0),
         "attention": _attention(padded=1.4, unpadded=0.92),
         # With CUDA graphs: no cache faster (counts), dual cache slower (the eager row counts).
-        "sampler": _sampler(3.1, 5.0, 4.0, graphs=(3.4, 4.5, 4.2)),
+        "sampler": _sampler(3.1, 5.0, 4.0, graphs=(3.4, 4.5, 4.2), roofline=65.0, gpu_scale=True),
         "align": _align(2.5, 0.4, 4.2, gpu_scale=True),
     }
+    # At batch 32: dual 5.5x, the loop at its floor (no cache 1.1x), dual + threshold 7x.
+    batch32 = _sampler(1.1, 5.5, 7.0, batch=32, roofline=40.0)["rows"]
+    results["sampler"]["rows"] += batch32
     got = _results(run_all.summarize(results, on_gpu=True))
     assert got[("select step, V=126464: speed", "≥ 4× (CPU)")] == ("n/a (CPU)", "n/a")
     assert got[("select step, V=126464: speed", "≥ 20× (GPU)")][1] == "short"
     padded = got[("attention fwd+bwd, bf16, 30 % left padding", "≥ 1.3×")]
     assert padded == ("1.35×", "pass")  # the 28/4 rows, 1.35x, are the worst
     assert got[("attention fwd+bwd, bf16, no padding", "≥ 0.9×")] == ("0.87×", "short")
-    assert got[("sampler tokens/s, no cache", "≥ 3×")][0].startswith("3.4×")
-    assert got[("sampler tokens/s, dual cache", "≥ 6×")] == ("5× (test model)", "short")
+    # Judged at batch 1 only: batch 32's 1.1x does not count.
+    assert got[("sampler tokens/s, no cache, batch 1", "≥ 3×")][0].startswith("3.4×")
+    assert got[("sampler tokens/s, dual cache, batch 32", "≥ 6×")] == ("5.5×", "short")
+    share = got[("sampler, dual cache, batch 1 gen 256: share of roofline", "≥ 60 %")]
+    assert share == ("65 %", "pass")  # batch 32's 40 % does not count
     threshold = got[("sampler tokens/s, dual cache + threshold 0.9", "> dual cache")]
-    assert threshold == ("4.2× vs 5× (test model)", "short")
+    assert threshold == ("4.2× vs 5.5× (test model)", "short")
     assert got[("MOSA step: prompts/s", "≥ 2×")][1] == "pass"
     scale = got[("MOSA at scale: 3,000 prompts, 8B shapes", "≤ 5 min on 1 GPU")]
     assert scale == ("4.2 min", "pass")
@@ -135,7 +148,7 @@ def test_errors_missing_benchmarks_missing_cases_and_no_gpu_scale():
     peak = got[("token_logprobs fwd+bwd, frozen head: peak memory", "≤ 1/4")]
     assert peak == ("not measurable (NaN)", "n/a")
     assert got[("attention fwd+bwd, bf16, no padding", "≥ 0.9×")] == ("not run", "not run")
-    no_cache = got[("sampler tokens/s, no cache", "≥ 3×")]
+    no_cache = got[("sampler tokens/s, no cache, batch 1", "≥ 3×")]
     assert no_cache == ("error: timed out after 90 s", "error")
     scale = got[("MOSA at scale: 3,000 prompts, 8B shapes", "≤ 5 min on 1 GPU")]
     assert scale == ("n/a (needs --gpu-scale)", "n/a")
@@ -210,7 +223,8 @@ def test_sampler_targets_take_each_batchs_faster_row_then_the_worst_batch():
             out[-1] = {"batch": 8, "mode": "generate + CUDA graphs", "speedup": batch8_graphs}
         return out
 
-    no_cache = next(t for t in run_all.TARGETS if t.what == "sampler tokens/s, no cache")
+    no_cache = run_all.Target("no cache", "loop", "≥ 3×", "sampler", "any",
+                              run_all.fastest_sampler("generate"), 3.0, case_key="model")  # fmt: skip
     meta = {"model": "test model"}
     assert no_cache.judge(rows(3.2), meta) == ("3.2× (test model)", True)
     assert no_cache.judge(rows(None), meta) == ("2.5× (test model)", False)

@@ -45,6 +45,36 @@ def test_benchmark_smoke_run(name):
     assert sorted((BENCHMARKS / "results").iterdir()) == results_before
 
 
+@pytest.mark.slow
+def test_gpu_check_dry_runs_on_the_cpu_figures_first_then_tests():
+    """``gpu_check.sh --smoke`` runs the GPU check's every part at tiny shapes: it ends with the
+    sampler table, then MOSA end to end, then the tests' pass/fail lines, and writes nothing
+    into the repository."""
+    results_before = sorted((BENCHMARKS / "results").iterdir())
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--smoke"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    summary = done.stdout.split("\n== GPU check on cpu-smoke")[-1]
+    places = [
+        summary.find(heading)
+        for heading in ("## Sampler on", "| generate dual + threshold 0.9 | 1 |",
+                        "## MOSA end to end on", "| prompts |", "Kernel tests", "Model, sampler")
+    ]  # fmt: skip
+    assert -1 not in places and places == sorted(places), places
+    # The sampler's columns the GPU report needs: no-op steps and reserved memory ("n/a" here).
+    header = next(line for line in summary.splitlines() if line.startswith("| batch |"))
+    assert {"no-op/block", "reserved_MiB", "% roofline", "speedup"} <= set(header.split(" | "))
+    last = [line for line in summary.splitlines() if line.strip()][-2:]
+    assert last[0].startswith("Kernel tests") and "skipped" in last[0]
+    assert last[1].startswith("Model, sampler and objective tests") and "skipped" in last[1]
+    assert sorted((BENCHMARKS / "results").iterdir()) == results_before
+
+
 IMPORTABLE_FROM_BENCHMARKS = """
 import importlib, importlib.metadata, importlib.util, json, sys
 from pathlib import Path

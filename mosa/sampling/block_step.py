@@ -210,24 +210,49 @@ class StepSet:
         graphed()
 
 
+@dataclass
+class BlockDoneSetting:
+    """Internal: how ``BlockDone`` reads the flag, and what that cost, so that
+    ``benchmarks/sampler.py`` can measure both lags (not a user setting).
+
+    Attributes:
+        lag: None for ``BlockDone.default_lag``; 0 waits for each step's flag, 1 reads it a step
+            late.
+        no_op_steps: steps launched after their block was already full (each reads every
+            weight, like a real step), counted over the process.
+    """
+
+    lag: int | None = None
+    no_op_steps: int = 0
+
+
+BLOCK_DONE = BlockDoneSetting()
+
+
 class BlockDone:
     """Tells the host when a parallel-decoding block has no masked position left, from
     ``StepState.done``.
 
-    On a GPU it reads the flag one step late: after launching step i it waits for step i - 1
-    (finished or nearly, while step i runs) instead of stalling on step i, so the GPU never
-    idles for the read; the price is one no-op step per block. On the CPU reads are free.
+    On a GPU it reads the flag one step late by default: after launching step i it waits for
+    step i - 1 (finished or nearly, while step i runs) instead of stalling on step i, so the GPU
+    never idles for the read; the price is one no-op step per block (``BLOCK_DONE`` counts
+    them). On the CPU reads are free.
     """
 
     def __init__(self, flag: torch.Tensor):
         self.flag = flag
-        self.lag = self.default_lag(flag)
+        self.lag = self.default_lag(flag) if BLOCK_DONE.lag is None else BLOCK_DONE.lag
+        if self.lag not in (0, 1):
+            raise ValueError(f"BLOCK_DONE.lag must be None, 0 or 1, got {self.lag!r}")
         pinned = flag.is_cuda
         self.copies = [torch.empty((), dtype=torch.bool, pin_memory=pinned) for _ in range(2)]
         self.events = [torch.cuda.Event() if pinned else None for _ in range(2)]
 
     @staticmethod
     def default_lag(flag: torch.Tensor) -> int:
+        # Not yet decided by measurement: at 8B shapes a no-op step costs >= 5 ms against the
+        # ~30-50 us a wait on each step's flag might cost the host. The choice per mode and
+        # batch awaits benchmarks/sampler.py on a GPU (its rows at lag 0 and 1, issue 29).
         return 1 if flag.is_cuda else 0
 
     def after_step(self, i: int) -> bool:
@@ -244,7 +269,9 @@ class BlockDone:
         previous = (i - 1) % 2
         if self.events[previous] is not None:
             self.events[previous].synchronize()
-        return bool(self.copies[previous])
+        full = bool(self.copies[previous])
+        BLOCK_DONE.no_op_steps += full  # step i ran on the block step i - 1 had filled
+        return full
 
 
 def _sample_masked(sample, rows, rows_uncond, is_masked, width: int):

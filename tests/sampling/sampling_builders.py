@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
@@ -93,7 +95,7 @@ def generator(seed: int) -> torch.Generator:
 # Ops that read a device value on the host (or, for masked_fill with a tensor value, do so
 # inside their CUDA kernel): a CUDA graph capture raises on them, an eager replay would not.
 HOST_READS = {
-    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten._local_scalar_dense.default,  # .item(), bool(), int(), float()
     torch.ops.aten.is_nonzero.default,
     torch.ops.aten.nonzero.default,
     torch.ops.aten.masked_select.default,
@@ -101,13 +103,87 @@ HOST_READS = {
     torch.ops.aten.masked_fill_.Tensor,
     torch.ops.aten.equal.default,
 }
+# Ops whose output size hangs on how many mask entries are True (read on the host) when one
+# of their indices is a bool mask: x[mask], x[mask] = v.
+MASK_INDEXED = {
+    torch.ops.aten.index.Tensor,
+    torch.ops.aten.index_put.default,
+    torch.ops.aten.index_put_.default,
+    torch.ops.aten._index_put_impl_.default,
+}
+# Ops that read their repeat counts on the host unless given ``output_size``.
+SIZED_BY_VALUES = {torch.ops.aten.repeat_interleave.Tensor}
+# Ops that copy between devices (on the twin: to one other than their input's).
+COPIES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default}
+# Tensor methods that hand a device tensor to the host. On the twin every tensor is on the CPU,
+# where they dispatch no op (``.cpu()`` returns the tensor itself), so they are caught by name.
+TO_HOST_METHODS = {torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy}
 
 
-class NoHostReads(TorchDispatchMode):
+def _host_read(func, args, kwargs) -> str | None:
+    """Why the aten op ``func`` on ``args`` would synchronise with the host on CUDA, or None."""
+    if func in HOST_READS:
+        return "reads a device value on the host"
+    if func is torch.ops.aten.lift_fresh.default and args[0].dim() > 0 and args[0].numel() > 0:
+        # A tensor made from Python data (torch.tensor, as_tensor): a CUDA op takes it only
+        # after a host-to-device copy. Not so a 0-d one (CUDA kernels take CPU scalars as
+        # arguments: x[i] = 0.0 makes one) nor an empty one (no bytes to copy).
+        return "is made from Python data (a host-to-device copy)"
+    if func in MASK_INDEXED:
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        if any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            return "indexes with a bool mask (its True count is read on the host)"
+    if func in SIZED_BY_VALUES and kwargs.get("output_size") is None:  # keyword-only
+        return "reads its repeat counts on the host (pass output_size)"
+    if func in COPIES:
+        source = args[0] if func is torch.ops.aten._to_copy.default else args[1]
+        target = kwargs.get("device") if func is torch.ops.aten._to_copy.default else args[0]
+        target_device = getattr(target, "device", target)
+        if target_device is not None and torch.device(target_device) != source.device:
+            return "copies between devices"
+    return None
+
+
+def _to_host(func, args, kwargs) -> bool:
+    """Whether the Tensor method call ``func(*args, **kwargs)`` moves a tensor to the host."""
+    if func in TO_HOST_METHODS:
+        return True
+    if func is torch.Tensor.to:
+        # Only where it names the host: on the twin the step's own device is the CPU too, and
+        # .to(that device) is a no-op on CUDA.
+        named = [*args[1:2], kwargs.get("device")]
+        return any(isinstance(d, str) and torch.device(d).type == "cpu" for d in named)
+    return False
+
+
+class _OpGuard(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in HOST_READS:
-            raise AssertionError(f"{func} reads a device value on the host inside a graph step")
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        why = _host_read(func, args, kwargs)
+        if why is not None:
+            raise AssertionError(f"{func} {why} inside a graph step")
+        return func(*args, **kwargs)
+
+
+# The CPU backend's wrappers hand the C++ kernels host tensors; on CUDA Triton runs instead.
+CPU_ONLY_MODULES = {"mosa_kernels.cpu_kernels"}
+
+
+class _MethodGuard(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        caller = sys._getframe(1).f_globals.get("__name__")
+        if caller not in CPU_ONLY_MODULES and _to_host(func, args, kwargs):
+            raise AssertionError(f"Tensor.{func.__name__} copies to the host inside a graph step")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Fails (AssertionError) on whatever would make a CUDA step wait for the device or copy
+    to or from the host: a CUDA graph capture refuses it, an eager replay on the CPU would not."""
+    with _MethodGuard(), _OpGuard():
+        yield
 
 
 class EagerReplay:
@@ -120,7 +196,7 @@ class EagerReplay:
 
     def __call__(self):
         self.replays.append(self.fn)
-        with NoHostReads():
+        with no_host_reads():
             self.fn()
 
 

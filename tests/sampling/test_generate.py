@@ -497,17 +497,30 @@ def test_prompt_buckets_share_graphs_and_keep_the_output(graph_twin, family, cfg
     "rule", [{"threshold": 0.01}, {"factor": 8.0}], ids=["threshold", "factor"]
 )
 def test_a_block_done_read_one_step_late_changes_nothing(graph_twin, monkeypatch, rule):
-    """On a GPU the host learns a parallel-decoding block is full one step late: the extra
-    step must be a no-op that is not counted."""
+    """On a GPU the host learns a parallel-decoding block is full one step late (by default;
+    ``BLOCK_DONE.lag`` picks): the extra step must be a no-op that is not counted, and
+    ``BLOCK_DONE`` counts it (the benchmark's no-op column)."""
     ids, mask = padded_prompts([4, 6, 5], seed=35)
     kw = dict(mask_id=MASK_ID, return_trace=True, cache="dual", **rule, **schedule_kw((16, 8, 16)))
-    on_time = generate(llada_model(), ids, mask, cuda_graphs=True, **kw)
+    runs = {}
+    for lag in (0, 1):
+        monkeypatch.setattr(block_step, "BLOCK_DONE", block_step.BlockDoneSetting(lag=lag))
+        runs[lag] = generate(llada_model(), ids, mask, cuda_graphs=True, **kw)
+        runs[lag].no_op_steps = block_step.BLOCK_DONE.no_op_steps
+    on_time, late = runs[0], runs[1]
     assert on_time.steps < 16  # blocks fill in fewer steps than they have positions
-    monkeypatch.setattr(block_step.BlockDone, "default_lag", staticmethod(lambda flag: 1))
-    late = generate(llada_model(), ids, mask, cuda_graphs=True, **kw)
     assert torch.equal(late.sequences, on_time.sequences)
     assert torch.equal(late.commit_step, on_time.commit_step)
     assert late.steps == on_time.steps
+    assert on_time.no_op_steps == 0
+    assert late.no_op_steps == 2  # one per block: both fill before their 8th step
+
+
+def test_an_unknown_block_done_lag_is_refused(monkeypatch):
+    monkeypatch.setattr(block_step, "BLOCK_DONE", block_step.BlockDoneSetting(lag=2))
+    with pytest.raises(ValueError, match="BLOCK_DONE.lag must be None, 0 or 1"):
+        generate(llada_model(), random_prompt(1, 4), mask_id=MASK_ID, threshold=0.5,
+                 **schedule_kw((8, 4, 8)))  # fmt: skip
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
