@@ -32,7 +32,7 @@ def graphs_and_eager_twin(monkeypatch, ids, mask, dtype=torch.float32, **kw):
     """``generate`` with CUDA graphs, then with the same steps run eagerly instead of replayed."""
     model, ids = cuda_model(dtype), ids.cuda()
     mask = None if mask is None else mask.cuda()
-    kw = dict(mask_id=MASK_ID, return_trace=True, cuda_graphs=True, **kw)
+    kw = dict(mask_id=MASK_ID, return_trace=True, cuda_graphs=True, fill_prompt_masks=True, **kw)
     made = []
 
     def recorded(*args):
