@@ -50,8 +50,18 @@ def gumbel(seed: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(uniform(seed, rows, cols)))
 
 
+def check_generator(generator) -> None:
+    """``generator`` must be None or a ``torch.Generator`` (an int seed goes to ``seed=``)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {generator!r}; "
+            "for an int seed use torch.Generator().manual_seed(seed)"
+        )
+
+
 def seed_from(generator: torch.Generator | None) -> int:
     """A 32-bit seed drawn from a CPU ``generator`` (or torch's default CPU generator)."""
+    check_generator(generator)
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(
             "generator must be a CPU torch.Generator (the seed is drawn on the host so that "

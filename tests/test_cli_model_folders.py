@@ -101,3 +101,63 @@ def test_a_pickled_adapter_is_refused(tmp_path):
     assert message.startswith(f"--adapter: {adapter} has no adapter_model.safetensors")
     assert "found adapter_model.bin" in message and "convert them to safetensors" in message
     assert "weights_only" not in message
+
+
+def _break(folder: Path, name: str, text: str) -> Path:
+    (folder / name).write_text(text)
+    return folder / name
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("config.json", "[1, 2]", "must hold a JSON object ({...}), got a JSON array"),
+        ("tokenizer.json", "{not json", "is not valid JSON (Expecting property name"),
+        ("tokenizer_config.json", '{"a": 1,', "is not valid JSON ("),
+    ],
+)
+def test_a_broken_json_file_of_the_folder_is_named(tmp_path, name, text, problem):
+    """transformers failed on these with "argument after ** must be a mapping, not list" or
+    "Expecting property name ... (char 1)", naming no file."""
+    from mosa.models import load_model
+    from mosa.text.prompts import load_tokenizer
+
+    path = _break(tiny_copy(tmp_path), name, text)
+    expected = f"{path} {problem}"
+    with pytest.raises(ValueError) as raised:
+        load_tokenizer(path.parent)
+    assert str(raised.value).startswith(expected)
+    assert str(raised.value).endswith("; restore it from the model's original files")
+    if name == "config.json":
+        with pytest.raises(ValueError) as raised:
+            load_model(path.parent)
+        assert str(raised.value).startswith(expected)
+    message = one_line_exit(["sample", str(path.parent), "--prompt", "hi"])
+    assert expected in message
+
+
+def test_sample_names_a_missing_required_config_key(tmp_path):
+    """Without n_heads the error said "not divisible by n_heads=12", a number nobody wrote."""
+    folder = tiny_copy(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["n_heads"]
+    (folder / "config.json").write_text(json.dumps(config))
+    message = one_line_exit(["sample", str(folder), "--prompt", "hi"])
+    assert message.startswith(f"mosa sample: {folder / 'config.json'} lacks n_heads, which every")
+    assert "n_heads=12" not in message
+
+
+def test_sample_names_the_prompt_holding_the_mask_token(tmp_path):
+    """The canvas refuses it with an API message (response=, fill_prompt_masks=); the CLI names
+    the prompt, before any sampling."""
+    detail = "holds the mask token '<|mdm_mask|>' (id 4), which marks the positions to generate"
+    argv = ["sample", "--gen-length", "8", "--prompt", "hi"]
+    message = one_line_exit([*argv, "--prompt", "how to <|mdm_mask|> a bank"])
+    assert message == f"mosa sample: --prompt 2 {detail}; remove it from the prompt"
+    file = tmp_path / "prompts.txt"
+    file.write_text("hello\n<|mdm_mask|> there\n")
+    message = one_line_exit([*argv, "--prompts-file", str(file), "--no-chat-template"])
+    assert (
+        message
+        == f"mosa sample: --prompts-file {file}: prompt 2 {detail}; remove it from the prompt"
+    )

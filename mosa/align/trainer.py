@@ -48,7 +48,7 @@ from mosa.models.base import DEFAULT_MAX_SHARD_BYTES
 from mosa.models.files import write_checkpoint, write_folder
 from mosa.sampling.predictor import model_token_id
 from mosa.text.canvas import build_canvas
-from mosa.text.prompts import encode_prompts, load_tokenizer
+from mosa.text.prompts import check_no_mask_in_prompts, encode_prompts, load_tokenizer
 
 from .canvases import a2d_canvas, anywhere_canvas
 from .objective import (
@@ -299,6 +299,10 @@ class _Data:
     ):
         self.config, self.runtime, self.tokenizer = config, runtime, tokenizer
         self.prompts, self.benign_prompts = list(prompts), list(benign_prompts)
+        for argument, texts in (("prompts", self.prompts), ("benign_prompts", self.benign_prompts)):
+            check_no_mask_in_prompts(
+                tokenizer, texts, mask_id, chat_template=True, argument=argument
+            )
         self.refusals, self.harmful = encode_sentences(tokenizer, sentences)
         self.mask_id, self.eos_id = mask_id, eos_id
         self.global_batch = runtime.world * config.batch_size * config.grad_accum

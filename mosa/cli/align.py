@@ -18,6 +18,7 @@ from .common import model_folder, prepare_output, read_prompt_file
 def _align(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.align import AlignConfig, Sentences, read_sentences, train
+    from mosa.text.prompts import MaskInPromptError
 
     model_folder(args.model)  # a typo fails here, before any work
     prepare_output("--out", args.out, folder=True)
@@ -74,6 +75,13 @@ def _align(args: argparse.Namespace) -> int:
             **settings,
         )
         out = train(config, prompts, sentences=sentences, benign_prompts=benign)
+    except MaskInPromptError as err:
+        flag, path = {
+            "prompts": ("--prompts", args.prompts),
+            "benign_prompts": ("--benign-prompts", args.benign_prompts),
+        }[err.argument]
+        where = f"{flag} {path}" if path else f"the tiny model's {err.argument}"
+        raise SystemExit(f"mosa align: {where}: prompt {err.index + 1} {err.detail}") from None
     except ValueError as err:
         raise SystemExit(f"mosa align: {err}") from None
     if os.environ.get("RANK", "0") == "0":

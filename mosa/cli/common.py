@@ -25,8 +25,10 @@ def read_prompt_file(flag: str, path: str | Path) -> list[str]:
 def model_folder(model: str | None) -> Path:
     """The checkpoint folder a subcommand's ``model`` argument names (default: the embedded tiny
     model), checked before any work: a path that is not a local folder with ``config.json`` is
-    a usage error, never a name to look up on a model hub."""
+    a usage error, never a name to look up on a model hub, and so is a ``config.json`` that
+    does not hold a JSON object."""
     from mosa import tiny
+    from mosa.models.config import read_config_json
 
     if model is None:
         return tiny.path()
@@ -38,6 +40,10 @@ def model_folder(model: str | None) -> Path:
         )
     if not (folder / "config.json").is_file():
         raise SystemExit(f"model {model}: not a checkpoint folder (no config.json)")
+    try:
+        read_config_json(folder)
+    except ValueError as err:
+        raise SystemExit(f"model {model}: {err}") from None
     return folder
 
 

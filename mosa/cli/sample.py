@@ -18,6 +18,25 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _check_no_mask_in_prompts(args: argparse.Namespace, tokenizer, prompts, mask_id) -> None:
+    """A prompt holding the mask token is a usage error naming it (``--prompt`` N, or the
+    file's prompt N), raised before sampling starts."""
+    from mosa.text.prompts import MaskInPromptError, check_no_mask_in_prompts
+
+    chat_template = not args.no_chat_template
+    try:
+        check_no_mask_in_prompts(
+            tokenizer, prompts, mask_id, chat_template=chat_template, argument="prompts"
+        )
+    except MaskInPromptError as err:
+        given = len(args.prompt or [])
+        if err.index < given:
+            where = f"--prompt {err.index + 1}" if given > 1 else "--prompt"
+        else:
+            where = f"--prompts-file {args.prompts_file}: prompt {err.index - given + 1}"
+        raise SystemExit(f"mosa sample: {where} {err.detail}") from None
+
+
 def _check_threshold(threshold: float | None) -> None:
     from mosa_kernels.ops.select_transfer import check_threshold
 
@@ -41,6 +60,7 @@ def _sample(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
     tokenizer = load_tokenizer(folder)
     model = load_model(folder, dtype=args.dtype, device=args.device).eval()
+    _check_no_mask_in_prompts(args, tokenizer, prompts, model.mask_token_id)
     # A short --gen-length alone should just work: one block, one step per token.
     if args.gen_length is not None:
         if args.block_length is None and args.gen_length % 128:

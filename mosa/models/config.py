@@ -1,12 +1,15 @@
 """Configurations of the two model families, parsed from a checkpoint's ``config.json``.
 
-Field names are the ``config.json`` keys of the published checkpoints, and a missing key takes
-the default of the published configuration class (``LLaDAConfig``/``ModelConfig`` in
-``configuration_llada.py``, ``DreamConfig`` in ``configuration_dream.py``), so a folder loads
-here exactly as the original remote code would read it. Settings that select behaviour this
-package does not implement (ALiBi, other block or norm types, RoPE scaling, ...) are checked
-and refused with a ValueError instead of being ignored. Every other key is kept in ``extra``
-and written back unchanged by ``save_pretrained``.
+Field names are the ``config.json`` keys of the published checkpoints. The keys every published
+checkpoint holds and no default can stand in for (``required_keys``: the shapes, and LLaDA's
+token ids, whose reference defaults are GPT-2's) must be present: a missing one is a
+ValueError naming it and the file, where a default would load a model of the wrong shape or
+fail on a number the user never wrote. Any other missing key takes the default of the published
+configuration class (``LLaDAConfig``/``ModelConfig`` in ``configuration_llada.py``,
+``DreamConfig`` in ``configuration_dream.py``), as the original remote code reads it. Settings
+that select behaviour this package does not implement (ALiBi, other block or norm types, RoPE
+scaling, ...) are checked and refused with a ValueError instead of being ignored. Every other
+key is kept in ``extra`` and written back unchanged by ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,27 @@ MAX_CONFIG_BYTES = 1 << 20
 TokenIds = int | tuple[int, ...] | None
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (a model folder's settings or tokenizer file); a
+    ValueError naming the file when it is not valid JSON or holds something else."""
+    fix = "restore it from the model's original files"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} must hold a JSON object ({{...}}), got a JSON {_json_kind(data)}; {fix}"
+        )
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type."""
+    kinds = {list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")
+
+
 def read_config_json(folder: Path) -> dict[str, Any]:
     """The JSON object in ``folder/config.json``, checked to be one."""
     path = folder / "config.json"
@@ -29,13 +53,7 @@ def read_config_json(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{folder} has no config.json; pass a Hugging Face checkpoint folder")
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ValueError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path)
 
 
 def _check_int(owner: str, name: str, value: Any, minimum: int, optional: bool = False) -> None:
@@ -87,6 +105,8 @@ class _ConfigBase:
 
     model_type: ClassVar[str]
     architecture: ClassVar[str]
+    # config.json keys that must be present (null allowed where the field is optional)
+    required_keys: ClassVar[tuple[str, ...]]
     # config.json keys that must hold one value: key -> (reference default, supported value)
     required_settings: ClassVar[dict[str, tuple[Any, Any]]]
     # the key that counts the layers, and the keys that set parameter shapes
@@ -95,11 +115,20 @@ class _ConfigBase:
     extra: dict[str, Any]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        """Builds the config from a parsed ``config.json`` object."""
+    def from_dict(cls, data: dict[str, Any], source: str | None = None):
+        """Builds the config from a parsed ``config.json`` object; ``source`` (the file it was
+        read from) is named in the errors."""
         if not isinstance(data, dict):
             raise TypeError(f"a model config must be a dict, got {type(data).__name__}")
         owner = cls.__name__
+        missing = [key for key in cls.required_keys if key not in data]
+        if missing:
+            keys = ", ".join(missing)
+            raise ValueError(
+                f"{source or f'the {owner} dict'} lacks {keys}, which every {cls.model_type} "
+                f"config.json holds ({', '.join(cls.required_keys)}); add {keys} to it, with the "
+                "values of the checkpoint's published config.json"
+            )
         for key, (default, supported) in cls.required_settings.items():
             _check_setting(owner, data, key, default, supported)
         names = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
@@ -107,12 +136,28 @@ class _ConfigBase:
         if isinstance(values.get("eos_token_id"), list):
             values["eos_token_id"] = tuple(values["eos_token_id"])
         extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**values, extra=extra)
+        try:
+            return cls(**values, extra=extra)
+        except (TypeError, ValueError) as err:
+            raise type(err)(cls._explained(err, data, source)) from None
+
+    @classmethod
+    def _explained(cls, err: Exception, data: dict[str, Any], source: str | None) -> str:
+        """``err`` with the file it concerns and the optional shape keys it lacks, whose
+        defaults may be the numbers the message shows."""
+        message = f"{source}: {err}" if source else str(err)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unset = [key for key in cls.size_keys if key not in data]
+        if unset:
+            taken = ", ".join(f"{key}={defaults[key]!r}" for key in unset)
+            message += f" ({', '.join(unset)} not set, so the defaults {taken} were taken)"
+        return message
 
     @classmethod
     def from_pretrained(cls, folder: str | Path):
         """The config of a checkpoint folder (Hugging Face's name; peft calls it)."""
-        return cls.from_dict(read_config_json(Path(folder)))
+        folder = Path(folder)
+        return cls.from_dict(read_config_json(folder), str(folder / "config.json"))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` object: the extra keys as read, then every field."""
@@ -132,6 +177,10 @@ class LLaDAConfig(_ConfigBase):
 
     model_type: ClassVar[str] = "llada"
     architecture: ClassVar[str] = "LLaDAModelLM"
+    required_keys: ClassVar[tuple[str, ...]] = (
+        "d_model", "n_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size",
+        "mask_token_id", "eos_token_id", "pad_token_id",
+    )  # fmt: skip
     required_settings: ClassVar[dict[str, tuple[Any, Any]]] = {
         "rope": (False, True),
         "rope_full_precision": (True, True),
@@ -240,6 +289,10 @@ class DreamConfig(_ConfigBase):
 
     model_type: ClassVar[str] = "Dream"
     architecture: ClassVar[str] = "DreamModel"
+    required_keys: ClassVar[tuple[str, ...]] = (
+        "hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+        "vocab_size",
+    )  # fmt: skip
     required_settings: ClassVar[dict[str, tuple[Any, Any]]] = {
         "hidden_act": ("silu", "silu"),
         "rope_scaling": (None, None),

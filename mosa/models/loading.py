@@ -41,9 +41,12 @@ def model_class(config: dict[str, Any], source: str = "config") -> type[Diffusio
     )
 
 
-def config_of(cls: type[DiffusionLM], data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
-    """The config object of family ``cls`` parsed from a ``config.json`` dict."""
-    return (LLaDAConfig if cls is LLaDAModel else DreamConfig).from_dict(data)
+def config_of(
+    cls: type[DiffusionLM], data: dict[str, Any], source: str | None = None
+) -> LLaDAConfig | DreamConfig:
+    """The config object of family ``cls`` parsed from a ``config.json`` dict (read from the
+    file ``source``, which its errors name)."""
+    return (LLaDAConfig if cls is LLaDAModel else DreamConfig).from_dict(data, source)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -155,10 +158,11 @@ def load_model(
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a checkpoint folder")
     data = read_config_json(folder)
-    cls = model_class(data, str(folder / "config.json"))
+    source = str(folder / "config.json")
+    cls = model_class(data, source)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    config = config_of(cls, data)
+    config = config_of(cls, data, source)
     _check_parameter_count(folder, config, data)
     model = _empty_model(cls, config)
     shapes = {name: t.shape for name, t in model.state_dict().items()}

@@ -49,3 +49,17 @@ def check_sampler_arguments(model, prompt, steps) -> None:
             f"prompt holds token id {low if low < 0 else high}, outside the model's vocabulary "
             f"[0, {vocabulary}); encode prompts with the model's own tokenizer"
         )
+
+
+def check_mask_id(model, mask_id, name: str = "mask_id") -> None:
+    """``mask_id`` must be an int id inside the model's vocabulary (when the model says how
+    large it is): the canvas is filled with it, and an id outside the vocabulary would end in
+    an IndexError in the first forward pass."""
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int):
+        raise TypeError(f"{name} must be an int token id, got {mask_id!r}")
+    vocabulary = _vocabulary_size(model)
+    if mask_id < 0 or (vocabulary is not None and mask_id >= vocabulary):
+        raise ValueError(
+            f"{name}={mask_id} is outside the model's vocabulary [0, {vocabulary}); leave it "
+            "unset to use the model's mask_token_id, or give the tokenizer's mask id"
+        )

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from mosa_kernels import select_transfer
+from mosa_kernels.ops.select_transfer import select_scheduled
 from mosa_kernels.random import seed_from
 
 from .cuda_graph import GraphedStep
 from .graph_sets import GraphCache, tensor_memory
+from .nonfinite import keep_masked_where_nonfinite
 from .predictor import Predictor, window_positions
 
 
@@ -37,6 +39,7 @@ class StepState:
             step_in_block: 0-d, the column of ``k_table`` the next step reads.
         count: 0-d, steps run in the whole generation. done: 0-d bool, no masked position
             is left in the window (parallel decoding).
+        nonfinite: ``bool[B]``, a row had NaN/inf logits at a masked position (``nonfinite``).
     """
 
     x: torch.Tensor
@@ -48,6 +51,7 @@ class StepState:
     step_in_block: torch.Tensor
     count: torch.Tensor
     done: torch.Tensor
+    nonfinite: torch.Tensor
 
     @classmethod
     def allocate(
@@ -72,6 +76,7 @@ class StepState:
             step_in_block=scalar(),
             count=scalar(),
             done=scalar(torch.bool),
+            nonfinite=torch.zeros(rows, dtype=torch.bool, device=device),
         )
 
 
@@ -126,11 +131,12 @@ class BlockStep:
             token, conf = sample(rows, x_uncond=rows_uncond)
         else:
             token, conf = _sample_masked(sample, rows, rows_uncond, is_masked, narrow)
+        token = keep_masked_where_nonfinite(token, is_masked, state.nonfinite, self.mask_id)
         if self.parallel:
             commit = select_transfer(conf, is_masked, threshold=self.threshold, factor=self.factor)
         else:
             column = state.step_in_block.view(1, 1).expand(state.x.shape[0], 1)
-            commit = select_transfer(conf, is_masked, k=state.k_table.gather(1, column)[:, 0])
+            commit = select_scheduled(conf, is_masked, state.k_table.gather(1, column)[:, 0])
         state.x.scatter_(1, index, torch.where(commit, token, current))
         filled = commit & (token != self.mask_id)
         state.trace.scatter_(

@@ -204,6 +204,7 @@ def diffuguard_generate(
     response: torch.Tensor | None = None,
     mask_id: int | None = None,
     return_details: bool = False,
+    fill_prompt_masks: bool = False,
 ) -> torch.Tensor | GuardOutput:
     """Sample responses with DiffuGuard's SAR and (when ``guard.audit`` is set) its block
     audit and repair; see the module docstring.
@@ -218,6 +219,7 @@ def diffuguard_generate(
             fills in, any other id a fixed token, never remasked (repairs included).
         mask_id: defaults to the model's ``mask_token_id``.
         return_details: return a ``GuardOutput`` instead of the sequences.
+        fill_prompt_masks: a prompt holding ``mask_id`` is refused unless True (``generate``'s).
 
     Returns ``int64[B, P + G]``, prompt then response, like ``mosa.generate``. Rows are
     independent; the noise comes from ``guard.seed``, so a call repeats exactly.
@@ -228,6 +230,7 @@ def diffuguard_generate(
     out = _run(
         model, prompt, attention_mask, guard=guard, steps=steps, gen_length=gen_length,
         block_length=block_length, response=response, mask_id=mask_id,
+        fill_prompt_masks=fill_prompt_masks,
     )  # fmt: skip
     return out if return_details else out.sequences
 
@@ -245,6 +248,7 @@ def _run(
     response=None,
     mask_id=None,
     collect: bool = False,
+    fill_prompt_masks: bool = False,
 ) -> GuardOutput:
     """The sampler; ``collect`` also returns the audit features of every block end."""
     check_sampler_arguments(model, prompt, steps)
@@ -257,7 +261,7 @@ def _run(
     if probe is not None:
         probe.check_model(model)
     prompt, attention_mask = fit_prompt(model, prompt, attention_mask, gen_length, None)
-    canvas = build_canvas(prompt, attention_mask, gen_length, mask_id, response)
+    canvas = build_canvas(prompt, attention_mask, gen_length, mask_id, response, fill_prompt_masks)
     state = _State(model, canvas, mask_id)
     batch, length = state.x.shape
     per_block = steps // blocks

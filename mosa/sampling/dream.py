@@ -9,15 +9,18 @@ import torch.nn.functional as F
 
 from mosa.models import adopt_model
 from mosa.text.canvas import Canvas, build_canvas, first_masked_position
-from mosa_kernels import sample_tokens, select_transfer
-from mosa_kernels.random import gumbel, seed_from
+from mosa_kernels import sample_tokens
+from mosa_kernels.ops._checks import check_nonnegative
+from mosa_kernels.ops.select_transfer import select_scheduled
+from mosa_kernels.random import check_generator, gumbel, seed_from
 
-from .arguments import check_sampler_arguments
+from .arguments import check_mask_id, check_sampler_arguments
 from .buckets import bucket_canvas, bucket_pad_id
 from .context_window import fit_prompt
 from .cuda_graph import GraphedStep, use_cuda_graphs
 from .filters import top_k_filter, top_p_filter
 from .graph_sets import run_graphed, tensor_memory
+from .nonfinite import keep_masked_where_nonfinite, raise_on_nonfinite
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
 from .schedule import dream_timesteps, dream_transfer_count
@@ -54,6 +57,7 @@ def diffusion_generate(
     truncate: str | None = None,
     cuda_graphs: bool | str = "auto",
     prompt_bucket: int = 16,
+    fill_prompt_masks: bool = False,
 ) -> torch.Tensor | GenerateOutput:
     """Sample as Dream's ``model.diffusion_generate`` does (one block, Dream's schedule).
 
@@ -84,6 +88,9 @@ def diffusion_generate(
     refused (ValueError), or with ``truncate='left'`` cut to its last tokens, with a warning
     (the result then holds the kept prompt tokens only).
 
+    A prompt holding the mask id is refused (ValueError; fixed tokens go in ``response``)
+    unless ``fill_prompt_masks``, which fills those positions too.
+
     Returns ``int64[B, P + G]``, or a ``GenerateOutput`` (with ``history`` when
     ``output_history``) when ``return_dict_in_generate``.
     """
@@ -94,6 +101,10 @@ def diffusion_generate(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not 0 < eps < 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps}")
+    check_nonnegative("temperature", temperature)
+    if alg_temp is not None:
+        check_nonnegative("alg_temp", alg_temp, " (None or 0: take the most confident)")
+    check_generator(generator)
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -118,8 +129,11 @@ def diffusion_generate(
         if mask_token_id is None
         else mask_token_id
     )
+    check_mask_id(model, mask_id, "mask_token_id")
     prompt, attention_mask = fit_prompt(model, prompt, attention_mask, max_new_tokens, truncate)
-    canvas = build_canvas(prompt, attention_mask, max_new_tokens, mask_id, response)
+    canvas = build_canvas(
+        prompt, attention_mask, max_new_tokens, mask_id, response, fill_prompt_masks
+    )
     filtered = top_p is not None and top_p < 1 or top_k is not None
     graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
         "temperature must be 0": temperature != 0,
@@ -143,6 +157,7 @@ def diffusion_generate(
     timesteps = dream_timesteps(steps, eps)
     commit_step = torch.full((x.shape[0], max_new_tokens), -1, dtype=torch.long, device=x.device)
     history = [] if output_history else None
+    nonfinite = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
     for i in range(steps):
         is_masked = x[:, start:end] == mask_id
@@ -155,15 +170,16 @@ def diffusion_generate(
         seed = seed_from(generator) if sample_temperature > 0 else 0
         if alg == "origin":
             token, _ = sample_tokens(
-                rows, head, bias=bias, temperature=sample_temperature, seed=seed
-            )
+                rows, head, bias=bias, temperature=sample_temperature, seed=seed,
+                nonfinite="mark",
+            )  # fmt: skip
             p_transfer = 1 - float(timesteps[i + 1] / timesteps[i]) if i < steps - 1 else 1.0
             draws = torch.rand(is_masked.shape, generator=generator).to(x.device)
             commit = is_masked & (draws < p_transfer)
         else:
             token, conf = sample_tokens(
                 rows, head, bias=bias, temperature=sample_temperature, confidence=ALGORITHMS[alg],
-                tempered_confidence=True, seed=seed,
+                tempered_confidence=True, seed=seed, nonfinite="mark",
             )  # fmt: skip
             count = dream_transfer_count(x == mask_id, timesteps, i).expand(x.shape[0])
             if alg_temp:
@@ -172,13 +188,15 @@ def diffusion_generate(
                 rows_index = torch.arange(conf.shape[0], device=conf.device)[:, None]
                 cols_index = torch.arange(conf.shape[1], device=conf.device)[None]
                 noise = gumbel(seed_from(generator), rows_index, cols_index)
-                commit = select_transfer((conf / alg_temp + noise).float(), is_masked, k=count)
+                commit = select_scheduled((conf / alg_temp + noise).float(), is_masked, count)
             else:
-                commit = select_transfer(conf, is_masked, k=count)
+                commit = select_scheduled(conf, is_masked, count)
+        token = keep_masked_where_nonfinite(token, is_masked, nonfinite, mask_id)
         x[:, start:end] = torch.where(commit, token, x[:, start:end])
         record_commits(commit_step, commit, token, mask_id, start, prompt_length, i)
         if history is not None:
             history.append(x.clone())
+    raise_on_nonfinite(nonfinite)
 
     if not return_dict_in_generate:
         return x
@@ -217,6 +235,7 @@ class _ConfidenceStep:
     start: int
     confidence: str
     mask_id: int
+    nonfinite: torch.Tensor
 
     def __call__(self) -> None:
         x, start = self.canvas.x, self.start
@@ -226,10 +245,11 @@ class _ConfidenceStep:
         )
         token, conf = sample_tokens(
             rows, self.predictor.weight, bias=self.predictor.bias, confidence=self.confidence,
-            tempered_confidence=True,
+            tempered_confidence=True, nonfinite="mark",
         )  # fmt: skip
         count = dream_transfer_count(x == self.mask_id, self.timesteps, self.step)
-        commit = select_transfer(conf, is_masked, k=count.expand(x.shape[0]))
+        commit = select_scheduled(conf, is_masked, count.expand(x.shape[0]))
+        token = keep_masked_where_nonfinite(token, is_masked, self.nonfinite, self.mask_id)
         x[:, start:] = torch.where(commit, token, x[:, start:])
         record_commits(
             self.trace, commit, token, self.mask_id, start, self.canvas.prompt_length, self.step
@@ -265,6 +285,7 @@ class _GraphedSteps:
         state.given.copy_(canvas.x != mask_id)
         state.trace.fill_(-1)
         state.step.zero_()
+        state.nonfinite.zero_()
 
 
 def _graphed_generation(
@@ -299,6 +320,7 @@ def _graphed_generation(
                 start=start,
                 confidence=confidence,
                 mask_id=mask_id,
+                nonfinite=torch.zeros(x.shape[0], dtype=torch.bool, device=x.device),
             ),
             cache,
         )
@@ -308,6 +330,7 @@ def _graphed_generation(
         for _ in range(steps):
             graphed.graphed()
         state = graphed.step
+        raise_on_nonfinite(state.nonfinite)
         return GenerateOutput(
             sequences=state.canvas.x.clone(), commit_step=state.trace.clone(), steps=steps
         )

@@ -10,14 +10,17 @@ import torch
 from mosa.models import adopt_model
 from mosa.text.canvas import Canvas, build_canvas, first_masked_position
 from mosa_kernels import sample_tokens
+from mosa_kernels.ops._checks import check_nonnegative
 from mosa_kernels.ops.select_transfer import check_threshold
+from mosa_kernels.random import check_generator
 
-from .arguments import check_sampler_arguments
+from .arguments import check_mask_id, check_sampler_arguments
 from .block_step import BlockDone, StepSet, StepShape, StepState
 from .buckets import bucket_canvas, bucket_pad_id
 from .context_window import fit_prompt
 from .cuda_graph import use_cuda_graphs
 from .graph_sets import run_graphed
+from .nonfinite import raise_on_nonfinite
 from .output import GenerateOutput
 from .predictor import Predictor, model_token_id
 from .schedule import llada_transfer_counts
@@ -55,6 +58,7 @@ def generate(
     eos_id: int | None = None,
     eot_id: int | None = None,
     truncate: str | None = None,
+    fill_prompt_masks: bool = False,
 ) -> torch.Tensor | GenerateOutput:
     """Sample a response with LLaDA's semi-autoregressive, low-confidence-remasking sampler.
 
@@ -109,11 +113,14 @@ def generate(
             ``max_sequence_length`` is refused (ValueError) when None; ``'left'`` keeps its
             last tokens instead, with a warning (``context_window.fit_prompt``); the result
             then holds the kept prompt tokens only.
+        fill_prompt_masks: a prompt holding ``mask_id`` is refused (ValueError) unless True;
+            then those positions are filled too, as in LLaDA's reference.
 
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
     model = adopt_model(model)
     check_sampler_arguments(model, prompt, steps)
+    check_generator(generator)
     settings = SamplerSettings.check(
         model, steps=steps, gen_length=gen_length, block_length=block_length,
         temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
@@ -122,7 +129,9 @@ def generate(
         prompt_bucket=prompt_bucket, eos_id=eos_id, eot_id=eot_id,
     )  # fmt: skip
     prompt, attention_mask = fit_prompt(model, prompt, attention_mask, gen_length, truncate)
-    canvas = build_canvas(prompt, attention_mask, gen_length, settings.mask_id, response)
+    canvas = build_canvas(
+        prompt, attention_mask, gen_length, settings.mask_id, response, fill_prompt_masks
+    )
     graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
         "temperature must be 0 (sampling noise is seeded per step)": temperature != 0,
         "remasking must be 'low_confidence'": remasking != "low_confidence",
@@ -180,6 +189,9 @@ class SamplerSettings:
         )
         eos_id = model_token_id(model, "eos_token_id", LLADA_EOS_ID) if eos_id is None else eos_id
         eot_id = model_token_id(model, "eot_token_id", LLADA_EOT_ID) if eot_id is None else eot_id
+        check_mask_id(model, mask_id)
+        check_nonnegative("temperature", options["temperature"])
+        check_nonnegative("cfg_scale", options["cfg_scale"], " (0: no guidance)")
         if options["remasking"] not in REMASKING:
             raise ValueError(f"remasking must be one of {REMASKING}, got {options['remasking']!r}")
         for name in ("gen_length", "block_length", "prompt_bucket"):
@@ -290,6 +302,7 @@ class _Generation:
             for i in range(settings.steps_per_block):
                 steps.run(refresh if i == 0 else step, None if narrow is None else narrow[i])
         self._store(steps)
+        raise_on_nonfinite(state.nonfinite, self.active)
         return True
 
     def _step_set(self, rows: int) -> StepSet:
@@ -305,6 +318,7 @@ class _Generation:
         state.given.copy_(self.given[rows])
         state.trace.copy_(self.trace[rows])
         state.count.copy_(self.count)
+        state.nonfinite.zero_()
         if state.key_valid is not None:
             state.key_valid.copy_(self.key_valid[rows])
         steps.predictor.reuse(state.key_valid)
@@ -352,6 +366,7 @@ def _sampler(settings: SamplerSettings, predictor: Predictor):
         confidence="prob" if settings.remasking == "low_confidence" else "random",
         suppress=[settings.eos_id] if settings.logits_eos_inf else [],
         exclude_from_confidence=exclude if settings.confidence_eos_eot_inf else [],
+        nonfinite="mark",
     )  # fmt: skip
 
 

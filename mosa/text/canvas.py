@@ -26,6 +26,7 @@ def build_canvas(
     gen_length: int,
     mask_id: int,
     response: torch.Tensor | None = None,
+    prompt_masks: bool = False,
 ) -> Canvas:
     """Checks the sampler's inputs and lays out the canvas.
 
@@ -36,6 +37,10 @@ def build_canvas(
         gen_length: response length G.
         response: optional ``int[G]`` or ``int[B, G]`` initial response: ``mask_id`` where the
             sampler fills in, any other id is a fixed token that is never remasked.
+        prompt_masks: allow ``mask_id`` among the prompt's real tokens; the samplers then fill
+            those positions too, as LLaDA's reference does. Refused by default: a mask id in a
+            prompt is most often a tokenizer mix-up, and its filled position comes back as
+            part of the prompt.
     """
     if (
         not isinstance(prompt, torch.Tensor)
@@ -82,6 +87,13 @@ def build_canvas(
         if not valid.all():
             response_valid = torch.ones(batch, gen_length, dtype=torch.bool, device=device)
             full_mask = torch.cat([valid, response_valid], dim=1)
+    # Padding holding the mask id is refused above, so any left here is a real token.
+    if not prompt_masks and bool((prompt == mask_id).any()):
+        raise ValueError(
+            f"the prompt holds the mask id {mask_id}; to have the sampler fill positions, put "
+            "them in the response canvas (response=, mask_id where to fill), or pass "
+            "fill_prompt_masks=True to fill masks inside the prompt as LLaDA's reference does"
+        )
     return Canvas(x=x, attention_mask=full_mask, prompt_length=prompt_length)
 
 

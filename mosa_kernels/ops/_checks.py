@@ -22,6 +22,14 @@ def check_tensor(name: str, value, *, ndim_min: int = 1, floating: bool | None =
         raise TypeError(f"{name} must be an integer tensor of token ids, got {value.dtype}")
 
 
+def check_nonnegative(name: str, value, fix: str = "") -> None:
+    """``value`` must be a finite real number >= 0 (NaN and inf are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0{fix}, got {value!r}")
+
+
 def check_head(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """``x [..., d]`` against an LM head ``weight [V, d]`` (and ``bias [V]``), same dtype."""
     check_tensor(name, x, floating=True)

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 from .. import interface
 from ..dispatch import kernels_for
-from ..random import RANDOM_CONFIDENCE_COLUMN, seed_from, uniform
-from ._checks import check_head, check_same_device, check_tensor, id_tensor
+from ..random import RANDOM_CONFIDENCE_COLUMN, check_generator, seed_from, uniform
+from ._checks import check_head, check_nonnegative, check_same_device, check_tensor, id_tensor
 
 CONFIDENCES = ("prob", "margin", "neg_entropy", "random")
+NONFINITE = ("raise", "mark")
 _VOCAB_CHUNK_BYTES = 32 << 20
 
 
@@ -31,6 +32,7 @@ def sample_tokens(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     vocab_chunk: int | None = None,
+    nonfinite: str = "raise",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose a token per row and its confidence, without materialising probabilities.
 
@@ -41,6 +43,7 @@ def sample_tokens(
         bias: the LM head's bias ``[V]`` (fused-linear form only).
         x_uncond: the unconditional logits/hidden states for classifier-free guidance;
             the logits become ``u + (cfg_scale + 1) (l - u)``.
+        cfg_scale: the guidance scale, a finite number >= 0.
         temperature: 0 picks the argmax (lowest id on ties, as ``torch.argmax``); T > 0
             samples from ``softmax(l / T)`` by Gumbel-max with counter-based noise, the same
             distribution as LLaDA's ``exp(l) / (-log u)^T``.
@@ -56,6 +59,12 @@ def sample_tokens(
         generator / seed: the source of randomness for T > 0 and ``'random'``; a CPU
             generator or an int. With neither, torch's default CPU generator is used.
         vocab_chunk: vocabulary columns per chunk in the fused-linear form.
+        nonfinite: what to do with a row whose logits are not all finite numbers or -inf
+            (a NaN, a +inf, or every logit -inf, e.g. ``suppress`` covering the vocabulary),
+            which has no token to choose. ``'raise'`` (default): a ValueError naming the
+            rows, at the price of one host read of a per-row flag. ``'mark'``: such rows get
+            token -1 and confidence NaN, with no host read, for callers that must not
+            synchronise (the samplers' steps, docs/DESIGN.md §4.2) and check the token.
 
     Returns:
         ``(token int64[...], confidence float32[...])`` over the leading dimensions of ``x``.
@@ -63,8 +72,11 @@ def sample_tokens(
     check_tensor("x", x, floating=True)
     if confidence not in CONFIDENCES:
         raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
-    if not (temperature >= 0 and temperature != float("inf")):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    check_nonnegative("temperature", temperature)
+    check_nonnegative("cfg_scale", cfg_scale, " (0: no guidance)")
+    check_generator(generator)
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
     if x_uncond is not None:
         check_tensor("x_uncond", x_uncond, floating=True)
         if x_uncond.shape != x.shape or x_uncond.dtype != x.dtype:
@@ -78,7 +90,16 @@ def sample_tokens(
         raise ValueError("bias is the LM head's; give it with weight (the fused-linear form)")
     device = check_same_device(x=x, weight=weight, bias=bias, x_uncond=x_uncond)
     vocab_size = weight.shape[0] if weight is not None else x.shape[-1]
+    if vocab_size == 0:
+        where = "weight has no rows" if weight is not None else "x's last dimension is 0"
+        raise ValueError(f"the vocabulary is empty ({where}); give logits [..., V] with V >= 1")
     suppress_ids = id_tensor("suppress", suppress, vocab_size, device)
+    # The length test first: unique() reads the host, which a sampler's graph step must not.
+    if suppress_ids.numel() >= vocab_size and suppress_ids.unique().numel() == vocab_size:
+        raise ValueError(
+            f"suppress covers the whole vocabulary ({vocab_size} ids), so no token can be "
+            "chosen; leave at least one id unsuppressed"
+        )
     exclude_ids = id_tensor("exclude_from_confidence", exclude_from_confidence, vocab_size, device)
     if seed is None:
         needs_noise = temperature > 0 or confidence == "random"
@@ -118,7 +139,26 @@ def sample_tokens(
             )
 
     conf = _confidence_from_state(state, confidence, seed)
-    return best_index.reshape(lead), conf.reshape(lead)
+    # M is the running max and S the sum of exp(c - M): both finite and S > 0 exactly when
+    # the row's logits hold no NaN or +inf and not every one is -inf. The backends disagree
+    # on the token of such a row (each max skips or keeps NaN its own way), so it is set here.
+    invalid = ~(torch.isfinite(state[:, interface.M]) & (state[:, interface.S] > 0))
+    invalid |= ~torch.isfinite(state[:, interface.S])
+    token = torch.where(invalid, -1, best_index)
+    conf = torch.where(invalid, float("nan"), conf)
+    if nonfinite == "raise" and bool(invalid.any()):
+        _raise_nonfinite(invalid.reshape(lead))
+    return token.reshape(lead), conf.reshape(lead)
+
+
+def _raise_nonfinite(invalid: torch.Tensor) -> None:
+    rows = [tuple(index) if len(index) > 1 else index[0] for index in invalid.nonzero().tolist()]
+    shown = ", ".join(map(str, rows[:8])) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+    raise ValueError(
+        f"x has rows whose logits hold NaN or +inf, or are all -inf (e.g. suppress covering "
+        f"the whole vocabulary), so no token can be chosen: rows {shown} of its leading "
+        "dimensions; check the model's weights and inputs for NaN/inf"
+    )
 
 
 def _confidence_from_state(state: torch.Tensor, confidence: str, seed: int) -> torch.Tensor:

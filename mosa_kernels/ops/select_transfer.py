@@ -41,7 +41,9 @@ def select_transfer(
     - ``factor``: the n-th best (1-based) is taken if its confidence >= 1 - factor / (n + 1),
       and at least the best one (Fast-dLLM dynamic).
 
-    Rows with nothing masked commit nothing.
+    Rows with nothing masked commit nothing. A tensor ``k`` is checked to be >= 0 here, which
+    reads it on the host once; steps that must not synchronise (a CUDA graph's) take
+    ``select_scheduled``, whose ``k`` is valid by construction.
     """
     check_tensor("confidence", confidence, ndim_min=2, floating=True)
     check_tensor("is_masked", is_masked, ndim_min=2)
@@ -69,6 +71,12 @@ def select_transfer(
                 )
             check_same_device(confidence=confidence, k=k)
             k_rows = k.to(torch.int64).expand(confidence.shape[0]).contiguous()
+            if k_rows.numel() and int(k_rows.min()) < 0:
+                row = int(k_rows.argmin())
+                raise ValueError(
+                    f"k must be >= 0 in every row, got k[{row}] = {int(k_rows[row])}; "
+                    "give each row's number of positions to commit"
+                )
         else:
             if int(k) != k or k < 0:
                 raise ValueError(f"k must be a non-negative int, got {k!r}")
@@ -81,3 +89,12 @@ def select_transfer(
         confidence.contiguous(), is_masked.contiguous(), k_rows,
         None if threshold is None else float(threshold), None if factor is None else float(factor),
     )  # fmt: skip
+
+
+def select_scheduled(confidence: torch.Tensor, is_masked: torch.Tensor, k: torch.Tensor):
+    """``select_transfer``'s ``k`` rule for a sampler's step: ``confidence`` and ``is_masked``
+    ``[B, W]`` on one device and ``k`` int64 ``[B]``, all valid by construction (the
+    schedule's counts), so nothing is checked and nothing is read on the host."""
+    return kernels_for(confidence.device).select_transfer(
+        confidence.contiguous(), is_masked.contiguous(), k.contiguous(), None, None
+    )

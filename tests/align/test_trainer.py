@@ -117,6 +117,41 @@ def test_clear_errors(tmp_path):
         main(["align", "--out", str(tmp_path / "f"), "--prompts", str(empty)])
 
 
+def test_a_prompt_holding_the_mask_token_is_named_before_any_step(tmp_path):
+    """The canvas refuses a prompt holding the mask id; the trainer checks every prompt up
+    front, so the error names the prompt instead of coming from the step whose batch holds it
+    (the prompt order is a permutation: that could be any step)."""
+    _, benign = mosa.tiny.align_prompts()
+    prompts = _prompts()
+    prompts[7] += " <|mdm_mask|>"
+    steps = []
+    settings = dict(batch_size=2, max_steps=1)
+    with pytest.raises(ValueError, match=r"^prompts\[7\] holds the mask token '<\|mdm_mask\|>'"):
+        train(
+            _config(tmp_path / "a", **settings),
+            prompts,
+            sentences=mosa.tiny.align_sentences(),
+            on_step=steps.append,
+        )
+    with pytest.raises(ValueError, match=r"^benign_prompts\[1\] holds the mask token"):
+        train(
+            _config(tmp_path / "b", benign_beta=0.1, **settings),
+            _prompts(),
+            benign_prompts=[benign[0], "<|mdm_mask|> " + benign[1]],
+            sentences=mosa.tiny.align_sentences(),
+            on_step=steps.append,
+        )
+    assert steps == []
+    file = tmp_path / "prompts.txt"
+    file.write_text("\n".join(prompts) + "\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["align", "--out", str(tmp_path / "c"), "--prompts", str(file), "--max-steps", "1"])
+    assert exited.value.code == (
+        f"mosa align: --prompts {file}: prompt 8 holds the mask token '<|mdm_mask|>' (id 4), "
+        "which marks the positions to generate; remove it from the prompt"
+    )
+
+
 def _assert_same_updates(got: dict, want: dict, start: dict) -> None:
     """The weights moved the same way. Adam moves an element by about lr per step even where its
     gradient is ~0, so a different reduction order can flip such an element's sign: compare

@@ -9,6 +9,7 @@ import torch
 from inputs import BF16_TOL, FP32_TOL, as64, assert_close, lm_head, needs_cuda, randint, randn
 
 from mosa_kernels import sample_tokens
+from mosa_kernels.ops.sample_tokens import CONFIDENCES
 from mosa_kernels.random import gumbel, seed_from
 from mosa_kernels.reference.sample_tokens import sample_tokens as reference
 
@@ -383,6 +384,14 @@ def bad_call(**kw):
         (dict(suppress=[-1]), ValueError, "suppress"),
         (dict(exclude_from_confidence=[99]), ValueError, "exclude_from_confidence"),
         (dict(x=[[0.1, 0.2]]), TypeError, "x"),
+        (dict(x_uncond=torch.randn(4, 16), cfg_scale=float("inf")), ValueError, "cfg_scale"),
+        (dict(x_uncond=torch.randn(4, 16), cfg_scale=float("nan")), ValueError, "cfg_scale"),
+        (dict(x_uncond=torch.randn(4, 16), cfg_scale=-1.0), ValueError, "cfg_scale"),
+        (dict(temperature=0.5, generator=1), TypeError, "generator must be a torch.Generator"),
+        (dict(suppress=list(range(16))), ValueError, "suppress covers the whole vocabulary"),
+        (dict(x=torch.randn(4, 0)), ValueError, "vocabulary is empty"),
+        (dict(x=torch.randn(4, 8), weight=torch.randn(0, 8)), ValueError, "vocabulary is empty"),
+        (dict(nonfinite="ignore"), ValueError, "nonfinite"),
         (dict(x=torch.randint(0, 5, (4, 16))), TypeError, "x"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -403,3 +412,44 @@ def test_cuda_generator_is_rejected():
 def test_device_mismatch():
     with pytest.raises(ValueError, match="weight"):
         sample_tokens(torch.randn(4, 8, device="cuda"), torch.randn(16, 8))
+
+
+NONFINITE_SETTINGS = [dict(temperature=t, confidence=c) for t in (0.0, 0.8) for c in CONFIDENCES]
+SMALL_V = 40
+
+
+@pytest.mark.parametrize(
+    "settings", NONFINITE_SETTINGS, ids=lambda s: f"T{s['temperature']}-{s['confidence']}"
+)
+def test_rows_without_a_finite_choice_raise_naming_them(backend, device, settings):
+    """Every backend: the error names the rows (a NaN, a +inf, two +inf, every logit -inf);
+    ``nonfinite='mark'`` gives them token -1 and confidence NaN, never another id, and leaves
+    the other rows as a call without the bad rows gives them."""
+    x = randn((6, SMALL_V), seed=31, scale=3.0, device=device)
+    clean = x.clone()
+    x[1, 5] = float("nan")
+    x[2, 7] = float("inf")
+    x[3, [0, 9]] = float("inf")
+    x[4] = float("-inf")
+    x[5, :-1] = float("-inf")  # one finite logit is a choice
+    with pytest.raises(ValueError, match=r"NaN or \+inf.*rows 1, 2, 3, 4 of its leading"):
+        sample_tokens(x, seed=SEED, **settings)
+    with pytest.raises(ValueError, match=r"rows \(0, 1\), \(1, 0\), \(1, 1\) of"):
+        sample_tokens(x[:4].reshape(2, 2, SMALL_V), seed=SEED, **settings)
+    token, conf = sample_tokens(x, nonfinite="mark", seed=SEED, **settings)
+    assert token[1:5].tolist() == [-1] * 4 and conf[1:5].isnan().all()
+    clean[5] = x[5]
+    expected_token, expected_conf = sample_tokens(clean, seed=SEED, **settings)
+    assert token[[0, 5]].tolist() == expected_token[[0, 5]].tolist()
+    assert torch.equal(conf[[0, 5]], expected_conf[[0, 5]])
+    assert token[5] == SMALL_V - 1
+
+
+def test_a_nan_in_the_head_raises_in_the_fused_form(backend, device):
+    hidden = randn((3, 16), seed=32, device=device)
+    weight = randn((SMALL_V, 16), seed=33, device=device)
+    weight[SMALL_V - 3, 4] = float("nan")  # in the last vocabulary chunk
+    with pytest.raises(ValueError, match=r"rows 0, 1, 2 of its leading"):
+        sample_tokens(hidden, weight, vocab_chunk=16)
+    token, conf = sample_tokens(hidden, weight, vocab_chunk=16, nonfinite="mark")
+    assert token.tolist() == [-1, -1, -1] and conf.isnan().all()

@@ -264,3 +264,11 @@ def test_exactly_one_rule(kw):
 def test_bad_input(args, kw, error, match):
     with pytest.raises(error, match=match):
         select_transfer(*args, **kw)
+
+
+def test_a_negative_tensor_k_is_refused(backend, device):
+    conf, masked = tensors(device, [[0.1, 0.7], [0.9, 0.8]], [[True, True], [True, True]])
+    with pytest.raises(ValueError, match=r"k must be >= 0 in every row, got k\[0\] = -1"):
+        select_transfer(conf, masked, k=torch.tensor([-1, 2], device=device))
+    with pytest.raises(ValueError, match=r"got k\[0\] = -3"):
+        select_transfer(conf, masked, k=torch.tensor(-3, device=device))

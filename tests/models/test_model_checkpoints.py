@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_checkpoints import TINY_CONFIGS, write_sharded
+from tiny_checkpoints import TINY_CONFIGS, tiny_model, write_sharded
 
 import mosa
 from mosa.models import DreamModel, LLaDAModel, build_model, load_model
@@ -259,11 +259,17 @@ def test_layer_count_that_disagrees_with_the_weights_is_named(tmp_path, family, 
         load_model(folder, device="cpu")
 
 
-def test_missing_size_key_is_named(tmp_path, family, model):
-    key = "d_model" if family == "llada" else "hidden_size"
-    config = {k: v for k, v in TINY_CONFIGS[family].items() if k != key}
-    folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
-    with pytest.raises(ValueError, match=f"config.json lacks {key} \\(the defaults {key}="):
+def test_missing_optional_size_key_is_named(tmp_path):
+    """An optional shape key whose default gives other shapes than the weights (Dream's
+    num_key_value_heads defaults to 32; the weights have 2)."""
+    config = dict(TINY_CONFIGS["dream"], num_attention_heads=32)
+    state = build_model(config, device="cpu").state_dict()
+    del config["num_key_value_heads"]
+    folder = write_sharded(tmp_path / "ckpt", config, state)
+    with pytest.raises(
+        ValueError,
+        match="config.json lacks num_key_value_heads \\(the defaults num_key_value_heads=32",
+    ):
         load_model(folder, device="cpu")
 
 
@@ -272,4 +278,71 @@ def test_sizes_far_from_the_weights_are_named(tmp_path, family, model):
     config = dict(TINY_CONFIGS[family], **{key: 4096})
     folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
     with pytest.raises(ValueError, match=f"its sizes \\(.*{key}=4096.*\\) give .* fix those keys"):
+        load_model(folder, device="cpu")
+
+
+# The keys every published config.json of the family holds and no default stands in for.
+REQUIRED_KEYS = {
+    "llada": [
+        "d_model", "n_heads", "n_layers", "mlp_hidden_size", "vocab_size", "embedding_size",
+        "mask_token_id", "eos_token_id", "pad_token_id",
+    ],
+    "dream": [
+        "hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+        "vocab_size",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("family", "key"),
+    [(family, key) for family, keys in REQUIRED_KEYS.items() for key in keys],
+)
+def test_a_missing_required_key_is_named_with_the_file(tmp_path, family, key):
+    """Never filled with the reference default: without n_heads the error used to say "not
+    divisible by n_heads=12", and a default that divides loaded the wrong head count."""
+    config = dict(TINY_CONFIGS[family])
+    del config[key]
+    folder = write_sharded(tmp_path / "ckpt", config, tiny_model(family).state_dict())
+    with pytest.raises(ValueError) as raised:
+        load_model(folder, device="cpu")
+    assert str(raised.value).startswith(f"{folder / 'config.json'} lacks {key}, which every ")
+    assert f"add {key} to it" in str(raised.value)
+    with pytest.raises(ValueError, match=f"^the (LLaDA|Dream)Config dict lacks {key},"):
+        build_model(config)
+
+
+@pytest.mark.parametrize(
+    ("family", "optional"),
+    [
+        ("llada", {"rope_theta": 10000.0, "rms_norm_eps": 1e-5, "n_kv_heads": None}),
+        ("dream", {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "mask_token_id": 151666}),
+    ],
+)
+def test_optional_keys_take_the_published_defaults(tmp_path, family, optional):
+    config = {k: v for k, v in TINY_CONFIGS[family].items() if k not in optional}
+    if family == "dream":
+        config["vocab_size"] = 151667  # room for the default mask id
+    loaded = build_model(config)
+    for key, default in optional.items():
+        assert getattr(loaded.config, key) == default, key
+
+
+def test_an_optional_key_whose_default_breaks_the_config_is_named():
+    """num_key_value_heads defaults to 32 (Qwen2's); the error says it was not in the config."""
+    config = dict(TINY_CONFIGS["dream"])
+    del config["num_key_value_heads"]
+    with pytest.raises(
+        ValueError,
+        match=r"num_attention_heads=4 is not a multiple of num_key_value_heads=32 "
+        r"\(num_key_value_heads not set, so the defaults num_key_value_heads=32 were taken\)",
+    ):
+        build_model(config)
+
+
+def test_bad_config_values_name_the_file(tmp_path, family, model):
+    key = "n_kv_heads" if family == "llada" else "num_key_value_heads"
+    config = dict(TINY_CONFIGS[family], **{key: 3})
+    folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
+    with pytest.raises(ValueError, match=rf"^{folder / 'config.json'}: .* multiple of .*=3"):
         load_model(folder, device="cpu")

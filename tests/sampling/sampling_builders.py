@@ -102,6 +102,10 @@ HOST_READS = {
     torch.ops.aten.masked_fill.Tensor,
     torch.ops.aten.masked_fill_.Tensor,
     torch.ops.aten.equal.default,
+    # Their output's size is the number of distinct values.
+    torch.ops.aten._unique2.default,
+    torch.ops.aten.unique_dim.default,
+    torch.ops.aten.unique_consecutive.default,
 }
 # Ops whose output size hangs on how many mask entries are True (read on the host) when one
 # of their indices is a bool mask: x[mask], x[mask] = v.

@@ -111,11 +111,11 @@ def test_alpha_zero_is_greedy_generate_on_random_models_with_odd_shapes(family):
     response = random_canvas(3, ODD["gen_length"], seed=2)
     expected = generate(
         model, ids, mask, temperature=0, response=response, mask_id=MASK_ID, return_trace=True,
-        **ODD,
+        fill_prompt_masks=True, **ODD,
     )  # fmt: skip
     out = diffuguard_generate(
         model, ids, mask, guard=DiffuGuard(alpha=0), response=response, mask_id=MASK_ID,
-        return_details=True, **ODD,
+        return_details=True, fill_prompt_masks=True, **ODD,
     )  # fmt: skip
     assert torch.equal(out.sequences, expected.sequences)
     assert torch.equal(out.commit_step, expected.commit_step)

@@ -49,10 +49,11 @@ def schedule_kw(schedule) -> dict:
 
 
 def run_pair(model, prompt, attention_mask=None, *, seed=0, eos_id=EOS_ID, eot_id=EOT_ID, **kw):
-    """``generate`` (with its trace) and the reference loop on the same arguments and seed."""
+    """``generate`` (with its trace) and the reference loop on the same arguments and seed;
+    masks in the prompt are filled, as the reference does."""
     out = generate(
         model, prompt, attention_mask, mask_id=MASK_ID, eos_id=eos_id, eot_id=eot_id,
-        generator=generator(seed), return_trace=True, **kw,
+        generator=generator(seed), return_trace=True, fill_prompt_masks=True, **kw,
     )  # fmt: skip
     logits_model = LogitsOnly(model) if isinstance(model, DiffusionLM) else model
     reference = llada_reference(
@@ -342,7 +343,7 @@ def test_stop_at_eos_fills_finished_rows_with_eos(prompt_masks):
 
     out = generate(
         llada_model(), prompt, mask_id=MASK_ID, eos_id=eos_id, stop_at_eos=True,
-        return_trace=True, **kw,
+        return_trace=True, fill_prompt_masks=True, **kw,
     )  # fmt: skip
     assert out.sequences.shape == plain.shape
     assert torch.equal(out.sequences, expected), f"\n{out.sequences}\nexpected:\n{expected}"
@@ -366,6 +367,7 @@ def test_one_layer_cache_is_exact(schedule, cfg_scale, cache):
     ids, mask = padded_prompts([4, 6, 5], seed=15)
     ids[2, 3] = MASK_ID  # a prompt mask: the window starts left of the block
     kw = dict(mask_id=MASK_ID, cfg_scale=cfg_scale, return_trace=True, **schedule_kw(schedule))
+    kw["fill_prompt_masks"] = True
     uncached = generate(model, ids, mask, **kw)
     cached = generate(model, ids, mask, cache=cache, **kw)
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -446,7 +448,7 @@ def test_graph_path_matches_reference(graph_twin, rule, cfg_scale, cache):
     _, reference = run_pair(llada_model(), ids, mask, **kw)
     out = generate(
         llada_model(), ids, mask, mask_id=MASK_ID, eos_id=EOS_ID, eot_id=EOT_ID,
-        return_trace=True, cuda_graphs=True, prompt_bucket=1, **kw,
+        return_trace=True, cuda_graphs=True, prompt_bucket=1, fill_prompt_masks=True, **kw,
     )  # fmt: skip
     assert graph_twin.replays
     assert_matches(out, reference)
@@ -655,8 +657,8 @@ def test_padding_with_the_mask_id_is_refused():
     ids[mask == 0] = MASK_ID
     with pytest.raises(ValueError, match="pad_token_id != mask_id"):
         bad_call(prompt=ids, attention_mask=mask)
-    # The same ids without an attention mask are prompt masks, and are legal.
-    generate(llada_model(), ids, mask_id=MASK_ID, **schedule_kw((8, 4, 8)))
+    # The same ids without an attention mask are prompt masks, legal when asked for.
+    generate(llada_model(), ids, mask_id=MASK_ID, fill_prompt_masks=True, **schedule_kw((8, 4, 8)))
 
 
 def test_pad_ids_are_kept():

@@ -39,7 +39,7 @@ def graphs_and_eager_twin(monkeypatch, ids, mask, dtype=torch.float32, device="c
     """``generate`` with CUDA graphs, then with the same steps run eagerly instead of replayed."""
     model, ids = cuda_model(dtype).to(device), ids.to(device)
     mask = None if mask is None else mask.to(device)
-    kw = dict(mask_id=MASK_ID, return_trace=True, cuda_graphs=True, **kw)
+    kw = dict(mask_id=MASK_ID, return_trace=True, cuda_graphs=True, fill_prompt_masks=True, **kw)
     made = []
 
     def recorded(*args):

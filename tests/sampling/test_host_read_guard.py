@@ -17,6 +17,7 @@ SYNCING = {
     "item": lambda x, mask: x[0].item(),
     "bool": lambda x, mask: bool(x[0] > 0),
     "nonzero": lambda x, mask: mask.nonzero(),
+    "unique": lambda x, mask: mask.unique(),
     "masked_fill with a tensor value": lambda x, mask: x.masked_fill(mask, x[0]),
     "bool-mask index": lambda x, mask: x[mask],
     "bool-mask index_put_": lambda x, mask: x.clone().index_put_((mask,), torch.ones(())),
