@@ -9,6 +9,7 @@ default, as the paper's evaluation.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mosa.models import FAMILIES, ModelFamily, sampling_family
+from mosa.models.families import resolve
 from mosa.sampling.context_window import prompt_room
 from mosa.sampling.diffuguard import DiffuGuard, diffuguard_generate
 from mosa.sampling.llada import LLADA_EOS_ID, LLADA_EOT_ID
@@ -139,13 +141,18 @@ def _check_guarded(guard: DiffuGuard, settings: dict) -> None:
 
 def _check_family(family: ModelFamily, settings: dict, guard: DiffuGuard | None) -> None:
     """Refuses a guard for a family DiffuGuard does not run, and options the family's sampler
-    does not take (``block_length`` always: it sizes DIJA's canvas)."""
+    has no argument for (``gen_length`` and ``block_length`` always pass: the canvas)."""
     if guard is not None and not family.diffuguard:
         raise ValueError(
             f"guard= runs DiffuGuard inside LLaDA's block sampler; a {family.label} model "
             "takes guard=None"
         )
-    allowed = (*family.sampler_options, "block_length")
+    # After the model, the prompt ids and the mask come the sampler's options.
+    options = list(inspect.signature(resolve(family.sampler)).parameters.values())[3:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in options):
+        return
+    respond_sets = {family.length_keyword, family.trace_keyword, "response"}
+    allowed = {p.name for p in options} - respond_sets | {"gen_length", "block_length"}
     other = sorted(k for k, v in settings.items() if v is not None and k not in allowed)
     if other:
         owners = [f"{f.label}'s" for f in FAMILIES.values() if set(other) <= {*f.sampler_options}]

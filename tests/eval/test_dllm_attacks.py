@@ -5,6 +5,7 @@ model with ``mosa demo``'s options."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import random
 
@@ -152,6 +153,7 @@ class SamplerSpy:
         self.calls = []
         module, _, name = FAMILIES[family].sampler.partition(":")
         self.real = getattr(importlib.import_module(module), name)
+        functools.update_wrapper(self, self.real)  # the runner reads the sampler's signature
         monkeypatch.setattr(importlib.import_module(module), name, self)
 
     def __call__(self, model, ids, mask, **options):
