@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from mosa.cli import main
-from mosa.models import build_model
+from mosa.models import FAMILIES, build_model
 
 sys.path.insert(0, str(Path(__file__).parent / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
@@ -166,7 +166,8 @@ LONG_PROMPT = " ".join(f"w{i % 100}" for i in range(70))  # 72 tokens with the c
 
 
 def test_sample_refuses_a_prompt_too_long_for_the_model_before_sampling(checkpoint, monkeypatch):
-    monkeypatch.setattr("mosa.sampling.texts.generate", lambda *_, **__: pytest.fail("sampled"))
+    sampler = FAMILIES["llada"].sampler.replace(":", ".")  # the LLaDA sampler's dotted path
+    monkeypatch.setattr(sampler, lambda *_, **__: pytest.fail("sampled"))
     args = [
         "sample",
         str(checkpoint),

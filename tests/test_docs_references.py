@@ -100,3 +100,13 @@ def test_a_broken_reference_is_reported(line, problem):
 )
 def test_a_good_reference_passes(line):
     assert reference_errors("x.py", line, design_sections(DESIGN.read_text())) == []
+
+
+def test_every_path_the_model_guide_names_exists():
+    """docs/ADDING_A_MODEL.md walks a new family through files by path: each must exist
+    (``<family>`` stands for the new one)."""
+    guide = (ROOT / "docs" / "ADDING_A_MODEL.md").read_text()
+    named = set(re.findall(r"`((?:mosa|tests|docs)/[\w/.<>-]+)`", guide))
+    assert {"mosa/models/families.py", "tests/models/test_families.py"} <= named
+    missing = [p for p in sorted(named) if "<" not in p and not (ROOT / p).exists()]
+    assert missing == []

@@ -170,6 +170,7 @@ class _Models:
         if config.gradient_checkpointing:
             base.gradient_checkpointing_enable()
         self.logits_shift = base.logits_shift
+        self._aux_losses: list[torch.Tensor] = []
         self.base = base
         if config.lora:
             import peft
@@ -205,7 +206,16 @@ class _Models:
             self.trained = DistributedDataParallel(self.unwrapped, device_ids=ids)
 
     def policy(self, input_ids, attention_mask):
-        return self.trained(input_ids, attention_mask).hidden_states
+        out = self.trained(input_ids, attention_mask)
+        if out.aux_loss is not None:  # e.g. an MoE router's load balancing
+            self._aux_losses.append(out.aux_loss)
+        return out.hidden_states
+
+    def take_aux_loss(self, rows: int) -> torch.Tensor | float:
+        """The auxiliary losses of the policy forwards since the last call, summed and weighted
+        by the micro-batch's ``rows`` (the objective is a sum over rows); 0 when none."""
+        taken, self._aux_losses = self._aux_losses, []
+        return rows * sum(taken) if taken else 0.0
 
     def reference(self, input_ids, attention_mask):
         if self._frozen_reference is not None:
@@ -528,6 +538,7 @@ def _forward_backward(
             config.gen_length,
         ).sum()  # fmt: skip
         loss = loss + config.benign_beta * benign_kl
+    loss = loss + models.take_aux_loss(batch.input_ids.shape[0])
     (loss / (config.batch_size * config.grad_accum)).backward()
     parts = (terms.reward_plus.sum(), terms.reward_minus.sum(), terms.kl.sum(), benign_kl, loss)
     sums = torch.stack([part.detach().double() for part in parts])

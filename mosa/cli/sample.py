@@ -48,7 +48,7 @@ def _check_threshold(threshold: float | None) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from mosa.models import load_model
+    from mosa.models import load_model, sampling_family
     from mosa.models.files import write_file_atomic
     from mosa.sampling import sample_texts
     from mosa.text.prompts import load_tokenizer
@@ -63,7 +63,8 @@ def _sample(args: argparse.Namespace) -> int:
     _check_no_mask_in_prompts(args, tokenizer, prompts, model.mask_token_id)
     # A short --gen-length alone should just work: one block, one step per token.
     if args.gen_length is not None:
-        if args.block_length is None and args.gen_length % 128:
+        blocks = "block_length" in sampling_family(model).sampler_options
+        if blocks and args.block_length is None and args.gen_length % 128:
             args.block_length = args.gen_length
         if args.steps is None:
             args.steps = args.gen_length

@@ -9,19 +9,20 @@ default, as the paper's evaluation.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from mosa.models import DreamModel
-from mosa.sampling import diffusion_generate, generate
+from mosa.models import FAMILIES, ModelFamily, sampling_family
+from mosa.models.families import resolve
 from mosa.sampling.context_window import prompt_room
 from mosa.sampling.diffuguard import DiffuGuard, diffuguard_generate
 from mosa.sampling.llada import LLADA_EOS_ID, LLADA_EOT_ID
 from mosa.sampling.predictor import model_token_id
-from mosa.sampling.texts import DREAM_OPTIONS, check_prompts_fit
+from mosa.sampling.texts import check_prompts_fit
 from mosa.text.prompts import encode_prompts, left_pad
 
 from .attacks import MASK_SLOT, AttackedPrompt, build_response_canvas, expand_attack
@@ -32,10 +33,6 @@ SAMPLER_DEFAULTS = {"gen_length": 128, "block_length": 32, "steps": 128, "temper
 _SCHEDULE = ("steps", "gen_length", "block_length")
 _GREEDY = {"temperature": 0.0, "remasking": "low_confidence", "truncate": None}
 """The ``generate`` settings DiffuGuard's sampler shares (any other is refused with a guard)."""
-DREAM_ALG = "entropy"
-"""The order a Dream model commits positions in when no ``alg`` is given: lowest entropy first,
-as Dream's own examples decode; deterministic at temperature 0, unlike Dream's default
-``"origin"`` (random positions)."""
 
 
 @dataclass
@@ -72,9 +69,10 @@ def respond(
     the text returned starts at the first slot. A ``trajhijack`` row is decoded again from the
     step its refusal was committed (``AttackedPrompt.hijack``).
 
-    A Dream model is sampled with ``diffusion_generate`` (``gen_length`` is its
-    ``max_new_tokens``, ``block_length`` only sizes DIJA's canvas, ``alg`` defaults to
-    ``DREAM_ALG``; ``sampler`` may also hold Dream's own options).
+    The model's family (``mosa.models.FAMILIES``) names its sampler: a Dream model is sampled
+    with ``diffusion_generate`` (``gen_length`` is its ``max_new_tokens``, ``block_length``
+    only sizes DIJA's canvas, ``alg`` defaults to the family's ``eval_defaults``: entropy
+    order; ``sampler`` may also hold Dream's own options).
 
     ``guard`` samples every canvas with ``mosa.sampling.diffuguard`` instead (LLaDA's
     schedule, greedy tokens; ``sampler`` may hold only ``steps``, ``gen_length``,
@@ -89,8 +87,7 @@ def respond(
             "are decoded over other canvases"
         )
     settings = {**SAMPLER_DEFAULTS, **sampler}
-    if isinstance(model, DreamModel):
-        _check_dream(settings, guard)
+    _check_family(sampling_family(model), settings, guard)
     if guard is not None:
         _check_guarded(guard, settings)
     mask_token = tokenizer.convert_ids_to_tokens(model.mask_token_id)
@@ -142,37 +139,47 @@ def _check_guarded(guard: DiffuGuard, settings: dict) -> None:
         )
 
 
-def _check_dream(settings: dict, guard: DiffuGuard | None) -> None:
-    if guard is not None:
+def _check_family(family: ModelFamily, settings: dict, guard: DiffuGuard | None) -> None:
+    """Refuses a guard for a family DiffuGuard does not run, and options the family's sampler
+    has no argument for (``gen_length`` and ``block_length`` always pass: the canvas)."""
+    if guard is not None and not family.diffuguard:
         raise ValueError(
-            "guard= runs DiffuGuard inside LLaDA's block sampler; a Dream model takes guard=None"
+            f"guard= runs DiffuGuard inside LLaDA's block sampler; a {family.label} model "
+            "takes guard=None"
         )
-    allowed = (*DREAM_OPTIONS, "gen_length", "block_length")
+    # After the model, the prompt ids and the mask come the sampler's options.
+    options = list(inspect.signature(resolve(family.sampler)).parameters.values())[3:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in options):
+        return
+    respond_sets = {family.length_keyword, family.trace_keyword, "response"}
+    allowed = {p.name for p in options} - respond_sets | {"gen_length", "block_length"}
     other = sorted(k for k, v in settings.items() if v is not None and k not in allowed)
     if other:
+        owners = [f"{f.label}'s" for f in FAMILIES.values() if set(other) <= {*f.sampler_options}]
         raise ValueError(
-            f"sampler options {other} are LLaDA's; a Dream model takes {sorted(allowed)}"
+            f"sampler options {other} are {' or '.join(owners) or 'unknown'}; a {family.label} "
+            f"model takes {sorted(allowed)}"
         )
 
 
-def _dream_options(settings: dict) -> dict:
-    """``diffusion_generate``'s arguments for ``respond``'s settings: Dream decodes the canvas
-    as one block, so ``block_length`` goes."""
-    options = {k: v for k, v in settings.items() if k not in ("gen_length", "block_length")}
-    options.setdefault("alg", DREAM_ALG)
-    return {"max_new_tokens": settings["gen_length"], **options}
+def _family_options(family: ModelFamily, settings: dict) -> dict:
+    """``ModelFamily.sample``'s arguments for ``respond``'s settings: the family's
+    ``eval_defaults`` unless set, and ``block_length`` only for a sampler that takes it (Dream
+    decodes the canvas as one block)."""
+    options = {
+        k: v for k, v in settings.items() if k != "block_length" or k in family.sampler_options
+    }
+    return {**family.eval_defaults, **options}
 
 
 def _sample(model, ids, mask, canvas, settings, guard, trace):
-    """``generate`` (Dream's ``diffusion_generate``, DiffuGuard's sampler) over ``canvas``: the
-    sequences, or with ``trace`` an output with ``sequences`` and ``commit_step``."""
-    if isinstance(model, DreamModel):
-        return diffusion_generate(
-            model, ids, mask, response=canvas, return_dict_in_generate=trace,
-            **_dream_options(settings),
-        )  # fmt: skip
+    """The family's sampler (DiffuGuard's with ``guard``) over ``canvas``: the sequences, or
+    with ``trace`` an output with ``sequences`` and ``commit_step``."""
     if guard is None:
-        return generate(model, ids, mask, response=canvas, return_trace=trace, **settings)
+        family = sampling_family(model)
+        return family.sample(
+            model, ids, mask, response=canvas, trace=trace, **_family_options(family, settings)
+        )
     schedule = {k: settings[k] for k in _SCHEDULE}
     return diffuguard_generate(
         model, ids, mask, guard=guard, response=canvas, return_details=trace, **schedule

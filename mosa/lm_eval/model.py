@@ -1,6 +1,7 @@
 """``MosaLM``: the ``mosa`` model type of lm-evaluation-harness.
 
-``generate_until`` runs ``mosa.generate`` (batched, greedy unless ``temperature`` is set) and
+``generate_until`` runs the model family's sampler (``mosa.generate`` for LLaDA,
+``mosa.diffusion_generate`` for Dream; batched, greedy unless ``temperature`` is set) and
 cuts each response at the request's stop sequences and at EOS; ``loglikelihood`` is the
 Monte-Carlo masked estimate of ``mosa.lm_eval.likelihood``. Prompts are tokenized without
 added special tokens (as lm-eval's ``hf`` model does by default): a chat template, when asked
@@ -17,9 +18,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from mosa.models import load_model
+from mosa.models import family_of, load_model
 from mosa.models.files import require_safetensors
-from mosa.sampling import generate
 from mosa.sampling.llada import REMASKING
 from mosa.sampling.predictor import CACHE_MODES
 from mosa.text.prompts import encode_prompts, load_tokenizer
@@ -57,7 +57,9 @@ class MosaLM(LM):
         gen_length, block_length, steps, cache, threshold, factor, remasking, cfg_scale,
             temperature: ``mosa.generate``'s settings for ``generate_until`` (``steps``
             defaults to ``gen_length``). The canvas is ``gen_length`` tokens whatever a task's
-            ``max_gen_toks`` says.
+            ``max_gen_toks`` says. A Dream model takes those its sampler has
+            (``ModelFamily.sampler_options``: gen_length, steps, temperature) and decodes in
+            its family's evaluation order (``eval_defaults``).
         mc_num, mc_batch_size: Monte-Carlo samples per ``loglikelihood`` request and how many
             run in one forward pass (LLaDA's evaluation: 128 and 32).
         batch_size: prompts per ``generate`` call (lm-eval's ``--batch_size``; not "auto").
@@ -132,6 +134,7 @@ class MosaLM(LM):
             model = PeftModel.from_pretrained(model, str(adapter), local_files_only=True)
             model = model.merge_and_unload()
         self.model = model.eval()
+        self.family = family_of(self.model)
         self.tokenizer = load_tokenizer(pretrained)
         self.seed = seed
         self._device = self.model.device
@@ -161,7 +164,9 @@ class MosaLM(LM):
                 self.tokenizer, [context for context, _ in chunk], chat_template=False,
                 device=self.model.device,
             )  # fmt: skip
-            sequences = generate(self.model, ids, mask, generator=generator, **self.settings)
+            sequences = self.family.sample(
+                self.model, ids, mask, generator=generator, **self._sampler_settings()
+            )
             for row, (context, options) in zip(sequences[:, ids.shape[1] :], chunk, strict=True):
                 text = self._cut(row, options.get("until"))
                 self.cache_hook.add_partial("generate_until", (context, options), text)
@@ -191,6 +196,11 @@ class MosaLM(LM):
         )
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _sampler_settings(self) -> dict:
+        """``settings`` that the family's sampler takes, over its evaluation defaults."""
+        taken = {k: v for k, v in self.settings.items() if k in self.family.sampler_options}
+        return {**self.family.eval_defaults, **taken}
 
     def _tokens(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -8,17 +8,19 @@ LoRA adapters made with ``peft`` load on the original models too, and ``from_hf(
 adopts a LLaDA or Dream model already loaded with transformers without copying its tensors.
 """
 
-from .adopt import adopt_model, from_hf
+from .adopt import adopt_model, from_hf, sampling_family
 from .base import DiffusionLM, DiffusionLMOutput
 from .cache import KVCache
 from .config import DreamConfig, LLaDAConfig
 from .dream import DreamModel
+from .families import FAMILIES, ModelFamily, family_of
 from .llada import LLaDAModel
 from .loading import build_model, load_model
 from .presets import DREAM_7B, LLADA_8B, PRESETS
 
 __all__ = [
     "DREAM_7B",
+    "FAMILIES",
     "LLADA_8B",
     "PRESETS",
     "DiffusionLM",
@@ -28,8 +30,11 @@ __all__ = [
     "KVCache",
     "LLaDAConfig",
     "LLaDAModel",
+    "ModelFamily",
     "adopt_model",
     "build_model",
+    "family_of",
     "from_hf",
     "load_model",
+    "sampling_family",
 ]

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from .base import DiffusionLM
+from .families import FAMILIES, LOGITS_FAMILY, ModelFamily, family_of, family_of_config, resolve
 from .layers import RMSNorm
-from .loading import config_of, model_class
 
 # Modules whose own forward the mosa model calls (so a LoRA wrapper around them still applies).
 _CALLED = (nn.Linear, nn.Embedding)
@@ -67,8 +67,9 @@ def _same_shape(ours: nn.Module, theirs: nn.Module) -> bool:
     )
 
 
-def _adopt(skeleton: DiffusionLM, source: nn.Module) -> None:
-    """Puts ``source``'s modules and parameters in place of the skeleton's meta ones."""
+def adopt_by_name(skeleton: DiffusionLM, source: nn.Module) -> None:
+    """Puts ``source``'s modules and parameters in place of the skeleton's meta ones, module
+    for module at the same names (the adopter of the published LLaDA and Dream layouts)."""
     head_and_embedding = {
         name
         for name, module in skeleton.named_modules()
@@ -120,31 +121,31 @@ def from_hf(model: nn.Module) -> DiffusionLM:
         raise TypeError(f"from_hf needs a torch.nn.Module, got {type(model).__name__}")
     source = _unwrap_peft(model)
     data = _config_dict(source)
-    cls = model_class(data, f"from_hf: {type(source).__name__}.config")
+    family = family_of_config(data, f"from_hf: {type(source).__name__}.config")
     with torch.device("meta"):
-        skeleton = cls(config_of(cls, data))
+        skeleton = family.model_class(family.read_config(data))
     skeleton.train(source.training)
-    _adopt(skeleton, source)
+    resolve(family.adopter)(skeleton, source)
     ours = dict(skeleton.named_parameters())
     theirs = dict(source.named_parameters())
     if ours.keys() != theirs.keys() or any(ours[n] is not theirs[n] for n in ours):
         extra = sorted(theirs.keys() - ours.keys())[:3]
         raise ValueError(
-            f"from_hf: {type(source).__name__} holds parameters the {cls.__name__} layout does "
+            f"from_hf: {type(source).__name__} holds parameters the {family.label} layout does "
             f"not use ({', '.join(extra) or 'shared differently'}); mosa adopts the published "
-            "LLaDA / Dream layouts only"
+            "layouts only"
         )
     skeleton.name_or_path = getattr(source, "name_or_path", None)
     return skeleton
 
 
-def _published_family(model) -> type[DiffusionLM] | None:
+def _published_family(model) -> ModelFamily | None:
     """The mosa family a model's transformers config names, None when it names none."""
     config = getattr(model, "config", None)
     if not hasattr(config, "to_dict"):
         return None
     try:
-        return model_class(config.to_dict())
+        return family_of_config(config.to_dict())
     except ValueError:
         return None
 
@@ -176,3 +177,15 @@ def adopt_model(model):
     if cached is None or cached[0] != layout:
         cached = _ADOPTED[model] = (layout, from_hf(model))
     return cached[1]
+
+
+def sampling_family(model) -> ModelFamily:
+    """The family whose sampler decodes ``model``: a mosa model's own (also for one
+    ``adopt_model`` adopts), LLaDA's for a model outside the table that returns ``.logits``.
+
+    Raises ValueError naming the known families for a mosa model of no registered family.
+    """
+    adopted = adopt_model(model)
+    if isinstance(adopted, DiffusionLM):
+        return family_of(adopted)
+    return FAMILIES[LOGITS_FAMILY]

@@ -34,11 +34,14 @@ class DiffusionLMOutput:
             i - 1 (``DiffusionLM.logits_shift``), position 0 keeping its own, as Dream's
             generation code does.
         cache: the ``KVCache`` that was filled or updated, when one was asked for or given.
+        aux_loss: a scalar the model adds to any training loss (an MoE router's load
+            balancing), None for the dense families; the MOSA trainer adds it when present.
     """
 
     hidden_states: torch.Tensor
     logits: torch.Tensor | None = None
     cache: KVCache | None = None
+    aux_loss: torch.Tensor | None = None
 
 
 def _key_valid(

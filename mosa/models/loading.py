@@ -9,10 +9,9 @@ from typing import Any
 import torch
 
 from .base import DiffusionLM
-from .config import DreamConfig, LLaDAConfig, read_config_json
-from .dream import DreamModel
+from .config import read_config_json
+from .families import FAMILIES, family_of, family_of_config
 from .files import read_state_dict, stored_parameter_count
-from .llada import LLaDAModel
 from .presets import PRESETS
 
 _DTYPES = {
@@ -23,30 +22,6 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-
-
-def model_class(config: dict[str, Any], source: str = "config") -> type[DiffusionLM]:
-    """The family of a parsed ``config.json``, from ``model_type`` (else ``architectures``)."""
-    model_type = config.get("model_type")
-    architectures = config.get("architectures")
-    if not isinstance(architectures, list):
-        architectures = []
-    if model_type == "llada" or (model_type is None and "LLaDAModelLM" in architectures):
-        return LLaDAModel
-    if model_type == "Dream" or (model_type is None and "DreamModel" in architectures):
-        return DreamModel
-    raise ValueError(
-        f"{source}: unknown model type {model_type!r} (architectures {architectures}); "
-        "mosa.models loads model_type 'llada' (LLaDAModelLM) and 'Dream' (DreamModel)"
-    )
-
-
-def config_of(
-    cls: type[DiffusionLM], data: dict[str, Any], source: str | None = None
-) -> LLaDAConfig | DreamConfig:
-    """The config object of family ``cls`` parsed from a ``config.json`` dict (read from the
-    file ``source``, which its errors name)."""
-    return (LLaDAConfig if cls is LLaDAModel else DreamConfig).from_dict(data, source)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -95,15 +70,13 @@ def _empty_model(cls: type[DiffusionLM], config: Any) -> DiffusionLM:
         return cls(config)
 
 
-def _parameter_count(config: LLaDAConfig | DreamConfig, layers: int) -> int:
-    cls = LLaDAModel if isinstance(config, LLaDAConfig) else DreamModel
+def _parameter_count(config, layers: int) -> int:
+    cls = family_of(config).model_class
     shrunk = dataclasses.replace(config, **{config.layers_key: layers})
     return sum(t.numel() for t in _empty_model(cls, shrunk).state_dict().values())
 
 
-def _check_parameter_count(
-    folder: Path, config: LLaDAConfig | DreamConfig, data: dict[str, Any]
-) -> None:
+def _check_parameter_count(folder: Path, config, data: dict[str, Any]) -> None:
     """Refuses a config whose parameter count disagrees with the weights' headers, naming the
     key to fix, before a model of the config's size is built (``n_layers: 1e9`` would take
     hours just to lay out on the meta device).
@@ -150,7 +123,7 @@ def load_model(
 ) -> DiffusionLM:
     """Loads a LLaDA or Dream checkpoint folder (``config.json`` + safetensors) for inference.
 
-    The family comes from ``config.json``; the weights are read straight to ``device`` as
+    The family comes from ``config.json`` (an entry of ``mosa.models.FAMILIES``); the weights are read straight to ``device`` as
     ``dtype`` (defaults: the current CUDA device in bf16 when there is one, else the CPU in
     fp32), without ``trust_remote_code``. The model is returned in eval mode.
     """
@@ -159,12 +132,12 @@ def load_model(
         raise ValueError(f"{folder} is not a checkpoint folder")
     data = read_config_json(folder)
     source = str(folder / "config.json")
-    cls = model_class(data, source)
+    family = family_of_config(data, source)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    config = config_of(cls, data, source)
+    config = family.read_config(data, source)
     _check_parameter_count(folder, config, data)
-    model = _empty_model(cls, config)
+    model = _empty_model(family.model_class, config)
     shapes = {name: t.shape for name, t in model.state_dict().items()}
     model.load_state_dict(read_state_dict(folder, shapes, dtype, device), assign=True)
     model.name_or_path = str(folder)
@@ -172,7 +145,7 @@ def load_model(
 
 
 def build_model(
-    config: str | dict[str, Any] | LLaDAConfig | DreamConfig,
+    config: str | dict[str, Any] | Any,
     *,
     device: str | torch.device = "meta",
     dtype: str | torch.dtype | None = None,
@@ -188,17 +161,17 @@ def build_model(
             raise ValueError(f"unknown preset {config!r}; presets: {', '.join(PRESETS)}")
         config = PRESETS[config]
     if isinstance(config, dict):
-        cls = model_class(config)
-        config = config_of(cls, config)
-    elif isinstance(config, LLaDAConfig | DreamConfig):
-        cls = LLaDAModel if isinstance(config, LLaDAConfig) else DreamModel
+        family = family_of_config(config)
+        config = family.read_config(config)
+    elif isinstance(config, tuple(f.config_class for f in FAMILIES.values())):
+        family = family_of(config)
     else:
         raise TypeError(
             f"config must be a preset name, a dict or a model config, got {type(config).__name__}"
         )
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
-    model = _empty_model(cls, config)
+    model = _empty_model(family.model_class, config)
     if device.type == "meta":
         return model.to(dtype)
     empty = {

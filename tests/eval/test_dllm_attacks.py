@@ -5,6 +5,8 @@ model with ``mosa demo``'s options."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import random
 
 import pytest
@@ -23,7 +25,7 @@ from mosa.eval.attacks import (
     trajhijack_attack,
 )
 from mosa.eval.runner import hijacked_canvas, refusal_span, respond, run_attacks
-from mosa.models import DREAM_7B, build_model
+from mosa.models import DREAM_7B, FAMILIES, build_model
 from mosa.sampling import diffusion_generate
 from mosa.sampling.diffuguard import DiffuGuard
 from mosa.text.prompts import encode_prompts
@@ -144,13 +146,15 @@ def test_dija_errors():
 
 
 class SamplerSpy:
-    """Wraps the runner's sampler ``runner.<name>`` (``generate``, ``diffusion_generate``):
-    records each call's arguments and output."""
+    """Wraps the sampler a family's registry entry names (LLaDA's ``generate``, Dream's
+    ``diffusion_generate``), which the runner calls: records each call's arguments and output."""
 
-    def __init__(self, monkeypatch, name: str = "generate"):
+    def __init__(self, monkeypatch, family: str = "llada"):
         self.calls = []
-        self.real = getattr(runner, name)
-        monkeypatch.setattr(runner, name, self)
+        module, _, name = FAMILIES[family].sampler.partition(":")
+        self.real = getattr(importlib.import_module(module), name)
+        functools.update_wrapper(self, self.real)  # the runner reads the sampler's signature
+        monkeypatch.setattr(importlib.import_module(module), name, self)
 
     def __call__(self, model, ids, mask, **options):
         out = self.real(model, ids, mask, **options)
@@ -449,11 +453,11 @@ def dream(tokenizer):
 def test_dream_answers_anchored_canvases_as_diffusion_generate_does(
     dream, tokenizer, monkeypatch, held_out_harmful
 ):
-    spy = SamplerSpy(monkeypatch, "diffusion_generate")
+    spy = SamplerSpy(monkeypatch, "dream")
     attacked = attacked_set(held_out_harmful[:2])[:2]  # the two pad rows
     texts = respond(dream, tokenizer, attacked, **SAMPLER)
     (call,) = spy.calls
-    assert call["options"]["alg"] == runner.DREAM_ALG
+    assert call["options"]["alg"] == FAMILIES["dream"].eval_defaults["alg"]
     assert call["options"]["max_new_tokens"] == SAMPLER["gen_length"]
     assert "block_length" not in call["options"] and "gen_length" not in call["options"]
     ids, mask = encode_prompts(
@@ -474,7 +478,7 @@ def test_dream_answers_anchored_canvases_as_diffusion_generate_does(
 def test_dream_fills_dija_slots_and_hijacks_a_committed_phrase(
     dream, tokenizer, monkeypatch, held_out_harmful
 ):
-    spy = SamplerSpy(monkeypatch, "diffusion_generate")
+    spy = SamplerSpy(monkeypatch, "dream")
     (dija,) = respond(
         dream, tokenizer, [apply_attack("dija", held_out_harmful[0], dija_template=TINY_DIJA)],
         **SAMPLER,
@@ -503,7 +507,7 @@ def test_dream_fills_dija_slots_and_hijacks_a_committed_phrase(
     ],
 )
 def test_dream_refuses_llada_only_settings(dream, tokenizer, monkeypatch, options, error):
-    spy = SamplerSpy(monkeypatch, "diffusion_generate")
+    spy = SamplerSpy(monkeypatch, "dream")
     with pytest.raises(ValueError, match=error):
         respond(dream, tokenizer, [apply_attack("none", PROMPT)], **SAMPLER, **options)
     assert spy.calls == []

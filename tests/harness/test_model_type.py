@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import mosa.tiny
 
@@ -66,3 +67,52 @@ def test_rolling_loglikelihood_is_refused_clearly():
     lm = MosaLM(pretrained=str(mosa.tiny.path()), device="cpu")
     with pytest.raises(NotImplementedError, match="rolling perplexity tasks are not supported"):
         lm.loglikelihood_rolling([SimpleNamespace(args=("a",))])
+
+
+@pytest.fixture(scope="module")
+def dream_folder(tmp_path_factory):
+    """A small random Dream checkpoint over the tiny model's tokenizer."""
+    from mosa.models import DREAM_7B, build_model
+    from mosa.text.prompts import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-dream")
+    tokenizer = load_tokenizer(mosa.tiny.path())
+    config = dict(
+        DREAM_7B, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, intermediate_size=96, vocab_size=len(tokenizer),
+        max_position_embeddings=128, mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model = build_model(config, device="cpu", seed=3)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_dream_model_generates_with_dreams_sampler(dream_folder, monkeypatch):
+    import importlib
+
+    from mosa.models import FAMILIES
+    from mosa.sampling import diffusion_generate
+
+    calls = []
+    module, _, name = FAMILIES["dream"].sampler.partition(":")
+    real = getattr(importlib.import_module(module), name)
+
+    def spy(*args, **options):
+        calls.append(options)
+        return real(*args, **options)
+
+    monkeypatch.setattr(importlib.import_module(module), name, spy)
+    lm = MosaLM(pretrained=str(dream_folder), device="cpu", gen_length=8, steps=8)
+    context = "<|user|> what is 1 plus 2 ? <|eot|> <|assistant|>"
+    (text,) = lm.generate_until([SimpleNamespace(args=(context, {"until": []}))])
+    (options,) = calls
+    assert options["max_new_tokens"] == 8 and options["alg"] == "entropy"
+    ids = lm._tokens(context)[None]
+    direct = diffusion_generate(lm.model, ids, max_new_tokens=8, steps=8, alg="entropy")
+    assert text == lm._cut(direct[0, ids.shape[1] :], [])
