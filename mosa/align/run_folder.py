@@ -1,7 +1,8 @@
 """A MOSA run's output folder: one run at a time, and the resume rules.
 
 ``exclusive`` holds ``<output_dir>/.lock`` (``fcntl.flock``) for the whole run, so a second
-run into the same folder is refused at once instead of interleaving its log with the first.
+run into the same folder is refused at once instead of interleaving its log with the first
+(``mosa eval`` holds it too, so that two runs never read-modify-write one ``results.json``).
 
 The resume rules: a checkpoint records the settings that decide its updates
 (``run_settings``); a rerun resumes from it only when its own are the same, so that resuming
@@ -46,9 +47,10 @@ _LABELS = {
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path, runtime: Runtime) -> Iterator[None]:
+def exclusive(folder: Path, runtime: Runtime, command: str = "mosa align") -> Iterator[None]:
     """Holds ``folder``'s lock for the block (the main process takes it, every process learns
-    the outcome); raises ValueError at once when another run holds it."""
+    the outcome); raises ValueError at once when another run holds it. ``command`` names the
+    kind of run in that message (``mosa eval`` takes the same lock on its ``--out``)."""
     handle = None
     busy = False
     if folder.exists() and not folder.is_dir():
@@ -67,7 +69,7 @@ def exclusive(folder: Path, runtime: Runtime) -> Iterator[None]:
         busy = bool(flag.item())
     if busy:
         raise ValueError(
-            f"{folder} is in use by another mosa align run (it holds {folder / LOCK_NAME}); "
+            f"{folder} is in use by another {command} run (it holds {folder / LOCK_NAME}); "
             "wait for that run to end or give another --out"
         )
     try:
