@@ -400,6 +400,20 @@ def test_eval_bad_judge_is_one_line(tmp_path, capsys, judge, message):
     assert message in capsys.readouterr().err
 
 
+def test_eval_judge_timeout_reaches_the_http_judge(tmp_path):
+    from mosa.cli import build_parser
+    from mosa.cli.eval_options import build_judges
+
+    http = ["--judge", "http", "--judge-endpoint", "http://127.0.0.1:9/v1", "--judge-model", "m"]
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(tmp_path), *http]
+    parsed = build_parser().parse_args([*args, "--judge-timeout", "2.5"])
+    assert build_judges(parsed, tiny=True)["http"].timeout == 2.5
+    for bad in ("0", "inf", "nan"):
+        parsed = build_parser().parse_args([*args, "--judge-timeout", bad])
+        with pytest.raises(SystemExit, match="^--judge http: timeout must be a finite number"):
+            build_judges(parsed, tiny=True)
+
+
 def test_eval_names_the_data_folder_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("MOSA_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(SystemExit, match="does not exist; set MOSA_DATA_DIR"):
