@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_cli_umask import run_under, wrong_modes
 
 from mosa.cli import main
 
@@ -12,7 +13,12 @@ pytest.importorskip("peft")
 
 
 def test_demo_quick_writes_results(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "demo"
+    # A umask that shows both owner-only files (0o600) and copied ones (0o644): see
+    # tests/test_cli_umask.py, which checks the other commands.
+    run_under(0o027, ["demo", "--quick", "--out", str(out)])
+    assert wrong_modes(out, 0o027) == {}
+    tmp_path = out
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["cells"]) == ["original", "MOSA", "initial alignment"]

@@ -466,7 +466,7 @@ def _save_final(out: Path, models: _Models, config: AlignConfig, runtime: Runtim
 def _copy_tokenizer(source: Path, target: Path) -> None:
     for path in source.iterdir():
         if path.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab")):
-            shutil.copy2(path, target / path.name)
+            shutil.copyfile(path, target / path.name)  # not copy2: the umask sets its mode
 
 
 # Training -----------------------------------------------------------------------------------
