@@ -22,7 +22,9 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -77,6 +79,37 @@ def exclusive(folder: Path, runtime: Runtime, command: str = "mosa align") -> It
     finally:
         if handle is not None:
             handle.close()  # releases the lock
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A Ctrl-C that ended a run between two steps, after it saved a checkpoint there (or, with
+    several processes, at the last ``save_every`` step): its message says where to resume."""
+
+
+@contextlib.contextmanager
+def interrupt_between_steps() -> Iterator[Callable[[], None]]:
+    """For the block, a Ctrl-C (SIGINT) is held until the current step ends: the block calls
+    the yielded ``check()`` between steps, which raises KeyboardInterrupt there, so the model
+    and optimizer are never caught half-updated. A second Ctrl-C interrupts at once. Outside
+    the main thread, where no handler can be set, Ctrl-C is left as it is."""
+    pressed = []
+
+    def hold(signum, frame):
+        pressed.append(signum)
+        signal.signal(signal.SIGINT, previous)  # the next press is not held
+
+    def check() -> None:
+        if pressed:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def data_fingerprint(

@@ -18,6 +18,7 @@ from .common import model_folder, prepare_output, read_prompt_file
 def _align(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.align import AlignConfig, Sentences, read_sentences, train
+    from mosa.align.run_folder import TrainingInterrupted
 
     model_folder(args.model)  # a typo fails here, before any work
     prepare_output("--out", args.out, folder=True)
@@ -74,7 +75,7 @@ def _align(args: argparse.Namespace) -> int:
             **settings,
         )
         out = train(config, prompts, sentences=sentences, benign_prompts=benign)
-    except ValueError as err:
+    except (ValueError, TrainingInterrupted) as err:
         raise SystemExit(f"mosa align: {err}") from None
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {out}")
