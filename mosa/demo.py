@@ -127,6 +127,16 @@ ALL_VARIANTS = (
 )
 
 
+_TRAINED = [variant.folder_name for variant in ALL_VARIANTS if variant.defense is not None]
+OUTPUT_NAMES = frozenset(
+    ["results.json", "results.md", "agreement.md", "asr.png"]
+    + _TRAINED
+    + [f"reward_{name}.png" for name in _TRAINED]
+)
+"""The names ``run_demo`` writes in its folder (``--all``'s included): a folder holding only
+these holds a previous demo, which a rerun may overwrite."""
+
+
 def evaluate_variant(
     model,
     tokenizer,

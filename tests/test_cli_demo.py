@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_cli_umask import run_under, wrong_modes
 
 from mosa.cli import main
 
@@ -12,7 +13,12 @@ pytest.importorskip("peft")
 
 
 def test_demo_quick_writes_results(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "demo"
+    # A umask that shows both owner-only files (0o600) and copied ones (0o644): see
+    # tests/test_cli_umask.py, which checks the other commands.
+    run_under(0o027, ["demo", "--quick", "--out", str(out)])
+    assert wrong_modes(out, 0o027) == {}
+    tmp_path = out
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["cells"]) == ["original", "MOSA", "initial alignment"]
@@ -63,3 +69,26 @@ def test_demo_all_quick_runs_every_defense_against_every_attack(tmp_path, capsys
     (asr_figure,) = [figure for figure, path in plotted if str(path).endswith("asr.png")]
     labels = [t.get_text() for t in asr_figure.axes[0].get_xticklabels()]
     assert labels == variants
+
+
+def test_demo_refuses_a_folder_that_is_not_a_previous_demo_s(tmp_path, monkeypatch, capsys):
+    """Checked before any work: a folder with other files is left as it is; one holding a
+    previous demo's files is overwritten, and the run says which."""
+    runs = []
+    monkeypatch.setattr("mosa.demo.run_demo", lambda out, **options: runs.append(out))
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"^--out .*: not empty and not a previous demo's .*notes"):
+        main(["demo", "--quick", "--out", str(tmp_path)])
+    assert runs == [] and (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "results.json"]
+
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "MOSA").mkdir()
+    (tmp_path / "reward_MOSA.png").write_bytes(b"png")
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert runs == [tmp_path]
+    assert "overwriting the previous demo's MOSA, results.json, reward_MOSA.png" in (
+        capsys.readouterr().err
+    )
+    assert main(["demo", "--quick", "--out", str(tmp_path / "new")]) == 0  # a new folder

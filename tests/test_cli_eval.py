@@ -322,6 +322,25 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, command):
         main([*args, "--out", str(afile)])
 
 
+def test_a_second_eval_into_a_busy_out_is_refused_and_loses_nothing(tmp_path):
+    """A run that holds ``--out`` (here: its lock, taken by the test) makes a second run into
+    the same folder stop at once, before loading the model: the first run's results.json is
+    left as it stands and nothing else is written."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    previous = b'{"written by": "the first run"}\n'
+    (out / "results.json").write_bytes(previous)
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(out), *SMALL]
+    with open(out / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit, match=r"^mosa eval: .*run is in use by another mosa eval"):
+            main([*args, "--variant", "second"])
+    assert (out / "results.json").read_bytes() == previous
+    assert sorted(path.name for path in out.iterdir()) == [".lock", "results.json"]
+
+
 def test_eval_keeps_the_responses_when_the_judge_fails(tmp_path, monkeypatch):
     from mosa.eval import Judge, Verdict
 
@@ -379,6 +398,20 @@ def test_eval_bad_judge_is_one_line(tmp_path, capsys, judge, message):
     with pytest.raises(SystemExit):
         main(["eval", "--dataset", "tiny-harmful", "--out", str(tmp_path), "--judge", judge])
     assert message in capsys.readouterr().err
+
+
+def test_eval_judge_timeout_reaches_the_http_judge(tmp_path):
+    from mosa.cli import build_parser
+    from mosa.cli.eval_options import build_judges
+
+    http = ["--judge", "http", "--judge-endpoint", "http://127.0.0.1:9/v1", "--judge-model", "m"]
+    args = ["eval", "--dataset", "tiny-harmful", "--out", str(tmp_path), *http]
+    parsed = build_parser().parse_args([*args, "--judge-timeout", "2.5"])
+    assert build_judges(parsed, tiny=True)["http"].timeout == 2.5
+    for bad in ("0", "inf", "nan"):
+        parsed = build_parser().parse_args([*args, "--judge-timeout", bad])
+        with pytest.raises(SystemExit, match="^--judge http: timeout must be a finite number"):
+            build_judges(parsed, tiny=True)
 
 
 def test_eval_names_the_data_folder_variable(tmp_path, monkeypatch):

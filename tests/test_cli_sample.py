@@ -201,3 +201,27 @@ def test_sample_truncate_prompt_left_keeps_the_end_of_the_prompt(checkpoint, cap
     out = generate(load_model(checkpoint), kept, steps=8, gen_length=8, block_length=8)
     assert record["prompt"] == LONG_PROMPT
     assert record["response"] == tokenizer.decode(out[0, 56:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ('{{ raise_exception("no system prompts here") }}', "no system prompts here"),
+        ("{% for x in %}{{ x }}{% endfor %}", "TemplateSyntaxError"),
+    ],
+    ids=["raises", "does-not-parse"],
+)
+def test_sample_names_a_chat_template_that_fails(checkpoint, tmp_path, template, problem):
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    (folder / "chat_template.jinja").write_text(template)
+    argv = ["sample", str(folder), "--prompt", "w7 w8", "--steps", "4", "--gen-length", "4"]
+    with pytest.raises(SystemExit) as failed:
+        main(argv)
+    message = str(failed.value)
+    assert message.startswith("mosa sample: the chat template of ") and "\n" not in message
+    assert problem in message and "--no-chat-template" in message
+    assert main([*argv, "--no-chat-template"]) == 0

@@ -1,7 +1,8 @@
 """A MOSA run's output folder: one run at a time, and the resume rules.
 
 ``exclusive`` holds ``<output_dir>/.lock`` (``fcntl.flock``) for the whole run, so a second
-run into the same folder is refused at once instead of interleaving its log with the first.
+run into the same folder is refused at once instead of interleaving its log with the first
+(``mosa eval`` holds it too, so that two runs never read-modify-write one ``results.json``).
 
 The resume rules: a checkpoint records the settings that decide its updates
 (``run_settings``); a rerun resumes from it only when its own are the same, so that resuming
@@ -21,7 +22,9 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -46,9 +49,10 @@ _LABELS = {
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path, runtime: Runtime) -> Iterator[None]:
+def exclusive(folder: Path, runtime: Runtime, command: str = "mosa align") -> Iterator[None]:
     """Holds ``folder``'s lock for the block (the main process takes it, every process learns
-    the outcome); raises ValueError at once when another run holds it."""
+    the outcome); raises ValueError at once when another run holds it. ``command`` names the
+    kind of run in that message (``mosa eval`` takes the same lock on its ``--out``)."""
     handle = None
     busy = False
     if folder.exists() and not folder.is_dir():
@@ -67,7 +71,7 @@ def exclusive(folder: Path, runtime: Runtime) -> Iterator[None]:
         busy = bool(flag.item())
     if busy:
         raise ValueError(
-            f"{folder} is in use by another mosa align run (it holds {folder / LOCK_NAME}); "
+            f"{folder} is in use by another {command} run (it holds {folder / LOCK_NAME}); "
             "wait for that run to end or give another --out"
         )
     try:
@@ -75,6 +79,37 @@ def exclusive(folder: Path, runtime: Runtime) -> Iterator[None]:
     finally:
         if handle is not None:
             handle.close()  # releases the lock
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A Ctrl-C that ended a run between two steps, after it saved a checkpoint there (or, with
+    several processes, at the last ``save_every`` step): its message says where to resume."""
+
+
+@contextlib.contextmanager
+def interrupt_between_steps() -> Iterator[Callable[[], None]]:
+    """For the block, a Ctrl-C (SIGINT) is held until the current step ends: the block calls
+    the yielded ``check()`` between steps, which raises KeyboardInterrupt there, so the model
+    and optimizer are never caught half-updated. A second Ctrl-C interrupts at once. Outside
+    the main thread, where no handler can be set, Ctrl-C is left as it is."""
+    pressed = []
+
+    def hold(signum, frame):
+        pressed.append(signum)
+        signal.signal(signal.SIGINT, previous)  # the next press is not held
+
+    def check() -> None:
+        if pressed:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def data_fingerprint(

@@ -62,8 +62,10 @@ from .objective import (
 )
 from .run_folder import (
     START_OVER,
+    TrainingInterrupted,
     data_fingerprint,
     exclusive,
+    interrupt_between_steps,
     resume_step,
     run_settings,
     trim_metrics,
@@ -480,7 +482,7 @@ def _save_final(out: Path, models: _Models, config: AlignConfig, runtime: Runtim
 def _copy_tokenizer(source: Path, target: Path) -> None:
     for path in source.iterdir():
         if path.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab")):
-            shutil.copy2(path, target / path.name)
+            shutil.copyfile(path, target / path.name)  # not copy2: the umask sets its mode
 
 
 # Training -----------------------------------------------------------------------------------
@@ -609,6 +611,21 @@ def _open_output(out: Path, config: AlignConfig, start: int, runtime: Runtime) -
             shutil.rmtree(out / "checkpoint")
 
 
+def _interrupted(out: Path, done: int, saved: int) -> TrainingInterrupted:
+    """What a Ctrl-C after ``done`` steps says, the last checkpoint at step ``saved``. One
+    process saves one at ``done`` first when the Ctrl-C came between steps; several keep their
+    last (saving takes all of them, and each may be stopping at another step)."""
+    if saved:
+        return TrainingInterrupted(
+            f"interrupted at step {done}; rerun the same command to resume from step {saved} "
+            f"({out / 'checkpoint'})"
+        )
+    return TrainingInterrupted(
+        f"interrupted at step {done}, before any checkpoint (--save-every N keeps one); "
+        "rerun to start over"
+    )
+
+
 def _log(record: dict, out: Path, bar, runtime: Runtime) -> None:
     if runtime.main:
         with open(out / "metrics.jsonl", "a") as log:
@@ -667,15 +684,30 @@ def train(
             _load_checkpoint(out / "checkpoint", models, optimizer, runtime.device)
         _open_output(out, config, start, runtime)
         bar = _progress(config, runtime, start, data.steps)
-        for step in bar:
-            began = time.perf_counter()
-            sums, grad_norm = _train_step(models, data, optimizer, config, step)
-            record = _step_record(step, sums, grad_norm, began, optimizer, data)
-            _log(record, out, bar, runtime)
-            if on_step is not None:
-                on_step(record)
-            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < data.steps:
-                _save_checkpoint(out / "checkpoint", models, optimizer, step + 1, settings, runtime)
+        saved = done = start
+        stepping = False  # inside a step: the weights and optimizer may be half-updated
+        try:
+            with interrupt_between_steps() as check_interrupt:
+                for step in bar:
+                    stepping, began = True, time.perf_counter()
+                    sums, grad_norm = _train_step(models, data, optimizer, config, step)
+                    record = _step_record(step, sums, grad_norm, began, optimizer, data)
+                    _log(record, out, bar, runtime)
+                    stepping, done = False, step + 1
+                    if on_step is not None:
+                        on_step(record)
+                    if config.save_every and done % config.save_every == 0 and done < data.steps:
+                        _save_checkpoint(
+                            out / "checkpoint", models, optimizer, done, settings, runtime
+                        )
+                        saved = done
+                    check_interrupt()
+        except KeyboardInterrupt:
+            bar.close()
+            if done > saved and not stepping and not runtime.distributed:
+                _save_checkpoint(out / "checkpoint", models, optimizer, done, settings, runtime)
+                saved = done
+            raise _interrupted(out, done, saved) from None
         bar.close()
         _save_final(out, models, config, runtime)
         if runtime.distributed:

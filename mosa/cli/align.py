@@ -18,6 +18,7 @@ from .common import model_folder, prepare_output, read_prompt_file
 def _align(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.align import AlignConfig, Sentences, read_sentences, train
+    from mosa.align.run_folder import TrainingInterrupted
     from mosa.text.prompts import MaskInPromptError
 
     model_folder(args.model)  # a typo fails here, before any work
@@ -82,7 +83,7 @@ def _align(args: argparse.Namespace) -> int:
         }[err.argument]
         where = f"{flag} {path}" if path else f"the tiny model's {err.argument}"
         raise SystemExit(f"mosa align: {where}: prompt {err.index + 1} {err.detail}") from None
-    except ValueError as err:
+    except (ValueError, TrainingInterrupted) as err:
         raise SystemExit(f"mosa align: {err}") from None
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {out}")

@@ -5,8 +5,27 @@ Initial-Alignment baseline, evaluate both, and print the table (see ``mosa.demo`
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from .common import prepare_output
+
+
+def _check_previous_demo(out: Path) -> None:
+    """A non-empty ``--out`` is refused unless it holds only a previous demo's files, which the
+    run overwrites (said on stderr), so that a demo never writes into someone else's folder."""
+    from mosa.demo import OUTPUT_NAMES
+
+    present = sorted(path.name for path in out.iterdir())
+    foreign = [name for name in present if name not in OUTPUT_NAMES]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise SystemExit(
+            f"--out {out}: not empty and not a previous demo's folder (it holds {listed}); "
+            "give a new or empty folder"
+        )
+    if present:
+        print(f"overwriting the previous demo's {', '.join(present)} in {out}", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -15,6 +34,7 @@ def _demo(args: argparse.Namespace) -> int:
     from mosa.demo import run_demo
 
     out = prepare_output("--out", args.out, folder=True)
+    _check_previous_demo(out)
     torch.set_num_threads(args.threads)
     run_demo(out, quick=args.quick, seed=args.seed, every=args.all)
     return 0

@@ -252,6 +252,12 @@ def add_judge_flags(p: argparse.ArgumentParser, *, several: bool = False) -> Non
     g.add_argument("--judge-rubric", choices=["harm_score", "strongreject"], default="harm_score")
     g.add_argument("--judge-cache", help="http and model judges: JSON-lines cache of verdicts")
     g.add_argument("--judge-workers", type=int, default=4, help="http judge: parallel requests")
+    g.add_argument(
+        "--judge-timeout",
+        type=float,
+        default=30.0,
+        help="http judge: seconds one request may take in all, connect to last byte (default 30)",
+    )
     g.add_argument("--judge-batch-size", type=int, default=8, help="model judges: pairs per pass")
     g.add_argument("--classifier", help="classifier judge: local HF classification model folder")
     g.add_argument(
@@ -310,6 +316,7 @@ def _build_judge(args: argparse.Namespace, kind: str, path: str | None):
                 rubric=args.judge_rubric,
                 cache_path=args.judge_cache,
                 workers=args.judge_workers,
+                timeout=args.judge_timeout,
             )
         if kind == "harmbench":
             return HarmBenchJudge(path, **local)

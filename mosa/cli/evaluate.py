@@ -399,13 +399,22 @@ def _slug(text: str) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from mosa.align.run_folder import exclusive
     from mosa.distributed import join
-    from mosa.eval import Results, plot_asr
-    from mosa.models.files import write_file_atomic
 
     model_folder(args.model)  # a typo fails here, before --out is made
     out = prepare_output("--out", args.out, folder=True)
     runtime = join(args.device)
+    # Held for the whole run: results.json is read at the start and rewritten at the end, so
+    # a second run into the same folder would silently drop one run's rows.
+    with exclusive(out, runtime, command="mosa eval"):
+        return _evaluate_locked(args, out, runtime)
+
+
+def _evaluate_locked(args: argparse.Namespace, out: Path, runtime) -> int:
+    from mosa.eval import Results, plot_asr
+    from mosa.models.files import write_file_atomic
+
     rank, world = runtime.rank, runtime.world
     model, tokenizer, tiny = load_model_and_tokenizer(args, runtime.device)
     settings = sampler_settings(args, tiny)

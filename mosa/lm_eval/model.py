@@ -10,6 +10,7 @@ for with ``--apply_chat_template``, supplies them.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -67,6 +68,32 @@ class MosaLM(LM):
         dtype, device: as ``mosa.load_model`` takes them.
         seed: seeds the masks of ``loglikelihood`` and any sampling noise.
     """
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lm-eval's constructor from a ``--model_args`` string (see ``_refuse_unknown``)."""
+        from lm_eval.utils import simple_parse_args_string
+
+        cls._refuse_unknown(simple_parse_args_string(arg_string))
+        return super().create_from_arg_string(arg_string, additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """lm-eval's constructor from parsed ``--model_args`` (see ``_refuse_unknown``)."""
+        cls._refuse_unknown(arg_dict)
+        return super().create_from_arg_obj(arg_dict, additional_config)
+
+    @classmethod
+    def _refuse_unknown(cls, model_args) -> None:
+        """A ``--model_args`` key ``__init__`` does not take is named with the keys it does,
+        instead of Python's "unexpected keyword argument"."""
+        known = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        unknown = sorted(set(model_args) - set(known))
+        if unknown:
+            raise ValueError(
+                f"mosa lm-eval model: unknown model_args key {', '.join(map(repr, unknown))}; "
+                f"the keys are {', '.join(known)}"
+            )
 
     def __init__(
         self,

@@ -181,6 +181,20 @@ def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Pat
             continue
 
 
+def _umask() -> int:
+    """The process's umask: from ``/proc`` where Linux gives it, which leaves it untouched for
+    other threads, else by setting it and putting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def _make_unique_dir(parent: Path, prefix: str) -> Path:
     return _create_unique(parent, prefix, "", lambda name: name.mkdir(0o777))[0]
 
@@ -275,10 +289,16 @@ def write_folder(
     staging = _make_unique_dir(folder.parent, f".{folder.name}.tmp-")
     try:
         fill(staging)
+        mask = _umask()
         for path in staging.rglob("*"):
+            # Writers such as safetensors' save_file (and peft's save_pretrained through it)
+            # make owner-only files, as mkstemp does: the umask decides here instead.
             if path.is_file():
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
+                os.chmod(path, 0o666 & ~mask)
+            elif path.is_dir():
+                os.chmod(path, 0o777 & ~mask)
         if folder.exists():
             for path in folder.iterdir():
                 if keep(path.name):

@@ -61,14 +61,24 @@ def load_tokenizer(folder):
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool, device) -> tuple:
-    """Token ids ``[B, P]`` (left-padded) and their attention mask."""
+    """Token ids ``[B, P]`` (left-padded) and their attention mask. A chat template that does
+    not parse or raises (the model folder's, untrusted) is a ValueError naming the folder."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            for p in prompts
-        ]
+        from jinja2 import TemplateError
+
+        try:
+            texts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+                )
+                for p in prompts
+            ]
+        except TemplateError as err:
+            raise ValueError(
+                f"the chat template of {tokenizer.name_or_path} fails ({type(err).__name__}: "
+                f"{err}); fix chat_template.jinja (or chat_template in tokenizer_config.json), "
+                "or sample without it (--no-chat-template, chat_template=False)"
+            ) from None
     else:
         texts = list(prompts)
     tokenizer.padding_side = "left"

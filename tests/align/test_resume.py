@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import signal
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from mosa.align import trainer
 from mosa.cli import main
@@ -65,6 +68,42 @@ def test_a_second_run_into_a_busy_folder_is_refused_at_once(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="is a file; give a folder for --out"):
         trainer.train(trainer.AlignConfig(model="unused", output_dir=str(a_file)), ["a prompt"])
     assert a_file.read_text() == "kept"
+
+
+def test_ctrl_c_keeps_the_steps_done_and_a_rerun_resumes_to_the_whole_run(
+    tmp_path, monkeypatch, capsys
+):
+    """A Ctrl-C (a real SIGINT, in-process) while step 1 runs: step 1 ends, a checkpoint is
+    saved at step 2, one line says so, and the rerun ends where the uninterrupted run does."""
+    whole = tmp_path / "whole"
+    assert _align(whole, "--max-steps", "4") == 0
+    step_once = trainer._train_step
+
+    def ctrl_c_in_step_1(models, data, optimizer, config, step):
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)
+        return step_once(models, data, optimizer, config, step)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer, "_train_step", ctrl_c_in_step_1)
+    message = _refusal(capsys, out, "--max-steps", "4")
+    assert message == (
+        "mosa align: interrupted at step 2; rerun the same command to resume from step 2 "
+        f"({out / 'checkpoint'})"
+    )
+    assert _steps(out) == [0, 1]
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    monkeypatch.setattr(trainer, "_train_step", step_once)
+    capsys.readouterr()
+    assert _align(out, "--max-steps", "4") == 0
+    assert "resuming from step 2" in capsys.readouterr().out
+    log = (out / "metrics.jsonl").read_text()
+    assert _values(log) == _values((whole / "metrics.jsonl").read_text())
+    want = load_file(whole / "adapter" / "adapter_model.safetensors")
+    got = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_resume_refuses_changed_settings_and_allows_free_ones(tmp_path, capsys):
