@@ -100,8 +100,11 @@ def add_parser(commands) -> None:
     g.add_argument(
         "--window", type=int, nargs=2, metavar=("FIRST", "LAST"), help="offsets (default 20 60)"
     )
-    # One flag per defense of the table; none given: the default (MOSA).
+    # A flag per defense of the table, or --defense NAME; none given: the default (MOSA).
     defenses = g.add_mutually_exclusive_group()
+    defenses.add_argument(
+        "--defense", choices=list(DEFENSES), help="the defense by name (or one of the flags below)"
+    )
     for name, defense in DEFENSES.items():
         if defense.flag is not None:
             defenses.add_argument(
