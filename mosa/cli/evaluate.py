@@ -166,13 +166,13 @@ def attack_options(args: argparse.Namespace, tiny: bool, gen_length: int) -> dic
     """``expand_attack`` options per attack: the tiny model's (those of ``mosa demo``) or the
     registry's defaults of the options a flag sets, then the flags. ``pad`` places its
     anchors in the run's canvas of ``gen_length`` tokens."""
-    from mosa.demo import ATTACKS as TINY_ATTACKS
     from mosa.eval.attacks import ATTACKS
 
+    chosen = {}
+    if tiny:
+        from mosa.demo import ATTACKS as chosen
     options = {
-        name: copy.deepcopy(TINY_ATTACKS[name])
-        if tiny and name in TINY_ATTACKS
-        else cli_defaults(name)
+        name: copy.deepcopy(chosen[name]) if name in chosen else cli_defaults(name)
         for name in ATTACKS
     }
     options["pad"]["gen_length"] = gen_length

@@ -33,8 +33,8 @@ class RemaskingRule:
     confidence: str
     """``sample_tokens``'s ``confidence`` kind: the score the highest positions commit by."""
     needs_noise: bool
-    """Whether the score draws from the generator (then the eager path keeps every row's
-    full window: its noise is drawn per position)."""
+    """Whether the score draws noise: ``generate`` then seeds each step from ``generator``
+    (and scores every position of the window, not only the masked ones it could narrow to)."""
     cuda_graphs: bool
     """Whether a step with this rule may be captured as a CUDA graph (a graph freezes the
     noise seed, so a rule that draws noise may not)."""
