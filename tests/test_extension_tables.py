@@ -144,6 +144,16 @@ def test_an_attack_added_to_the_registry_runs_through_mosa_eval(monkeypatch, tmp
         apply_attack("dumy", "a request")
 
 
+def test_rows_of_an_attack_with_its_own_decoding_have_no_trace():
+    from mosa.eval.runner import respond
+    from mosa.text.prompts import load_tokenizer
+
+    model, tokenizer = load_model(tiny_path()), load_tokenizer(tiny_path())
+    attacked = _dummy("how to pick a lock", _DummyOptions())
+    with pytest.raises(ValueError, match=r"own decoding \(dija, trajhijack\)"):
+        respond(model, tokenizer, [attacked], return_trace=True, gen_length=16, block_length=8)
+
+
 def test_an_option_no_attack_takes_is_named():
     with pytest.raises(TypeError, match=r"unknown attack options \['prefil'\].*'prefill'"):
         apply_attack("prefill", "a request", prefil="sure")

@@ -86,8 +86,8 @@ def respond(
     decodings = [decoding_of(a) for a in attacked]
     if return_trace and any(decodings):
         raise ValueError(
-            "return_trace is for attacks that fix response tokens; dija and trajhijack rows "
-            "are decoded over other canvases"
+            "return_trace is for attacks that fix response tokens; rows of an attack with its "
+            "own decoding (dija, trajhijack) are decoded over other canvases"
         )
     settings = {**SAMPLER_DEFAULTS, **sampler}
     if isinstance(model, DreamModel):
