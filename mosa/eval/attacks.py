@@ -79,6 +79,7 @@ class Attack:
     expand: Callable[[str, object], Iterator[AttackedPrompt]] | None = None
 
     def option_names(self) -> tuple[str, ...]:
+        """The keyword options the attack takes (its options dataclass's fields)."""
         return tuple(f.name for f in dataclasses.fields(self.options))
 
     def apply(self, prompt: str, **options) -> AttackedPrompt:
