@@ -117,15 +117,15 @@ def test_eval_default_attacks_are_all_but_gcg():
 
 def test_eval_english_attack_options_place_pad_in_the_run_s_canvas():
     from mosa.cli.evaluate import add_parser, attack_options
-    from mosa.eval import attacks
+    from mosa.eval import attacks, dija, trajhijack
 
     parser = __import__("argparse").ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["eval", "--dataset", "x", "--out", "o"])
     options = attack_options(args, tiny=False, gen_length=256)
     assert options["pad"] == {"anchors": attacks.DEFAULT_PAD_ANCHORS, "gen_length": 256}
-    assert options["dija"] == {"dija_template": attacks.DEFAULT_DIJA_TEMPLATE}
-    assert options["trajhijack"]["hijack_prefix"] == attacks.DEFAULT_HIJACK_PREFIX
+    assert options["dija"] == {"dija_template": dija.DEFAULT_DIJA_TEMPLATE}
+    assert options["trajhijack"]["hijack_prefix"] == trajhijack.DEFAULT_HIJACK_PREFIX
     assert apply_attack_fixed("pad", options) == [(1, "Step 1:"), (128, "Step 2:")]
     flags = ["--pad-anchor", "Sure", "3", "--dija-template", "{prompt} A: <mask:5>"]
     flags += ["--hijack-prefix", "Okay", "--hijack-rounds", "3"]

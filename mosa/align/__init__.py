@@ -9,16 +9,19 @@ harmful continuation, with a KL penalty to the frozen reference.
 >>> train(AlignConfig(model="path/to/LLaDA-8B-Instruct", output_dir="runs/mosa"), prompts)
 """
 
+from .defenses import DEFENSES, INITIAL_ALIGNMENT_WINDOW, Defense
 from .objective import AlignBatch, ObjectiveTerms, mosa_terms, response_kl
 from .reference import reference_terms
 from .sentences import Sentences, encode_sentences, read_sentences
-from .trainer import INITIAL_ALIGNMENT_WINDOW, PAPER_WINDOW, AlignConfig, train
+from .trainer import PAPER_WINDOW, AlignConfig, train
 
 __all__ = [
+    "DEFENSES",
     "INITIAL_ALIGNMENT_WINDOW",
     "PAPER_WINDOW",
     "AlignBatch",
     "AlignConfig",
+    "Defense",
     "ObjectiveTerms",
     "Sentences",
     "encode_sentences",

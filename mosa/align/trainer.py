@@ -50,16 +50,8 @@ from mosa.sampling.predictor import model_token_id
 from mosa.text.canvas import build_canvas
 from mosa.text.prompts import check_no_mask_in_prompts, encode_prompts, load_tokenizer
 
-from .canvases import a2d_canvas, anywhere_canvas
-from .objective import (
-    IGNORE,
-    AlignBatch,
-    EosBatch,
-    a2d_terms,
-    check_window,
-    mosa_terms,
-    response_kl,
-)
+from .defenses import defense_for
+from .objective import AlignBatch, EosBatch, check_window, response_kl
 from .run_folder import (
     START_OVER,
     TrainingInterrupted,
@@ -73,8 +65,6 @@ from .run_folder import (
 from .sentences import Sentences, encode_sentences
 
 PAPER_WINDOW = (20, 60)
-INITIAL_ALIGNMENT_WINDOW = (0, 0)
-DEFENSES = ("mosa", "a2d", "anywhere")
 
 
 @dataclass
@@ -90,11 +80,11 @@ class AlignConfig:
     weights of ``model``, which then supplies only the tokenizer: LLaDA-8B shapes without a
     16 GB folder, for benchmarks. ``group_by_length``: each global batch takes prompts of
     similar length (see ``_grouped_by_length``), so padding costs little at ``batch_size`` > 1.
-    ``defense``: ``"mosa"`` (the paper's objective; with ``window=(0, 0)`` Initial Alignment),
-    ``"a2d"`` (A2D: masked positions of partly masked harmful continuations supervised to EOS;
-    ``window`` and ``beta`` unused) or ``"anywhere"`` (ours: MOSA on canvases with committed
-    harmful pieces, each row's window a random one of ``window``'s width; see
-    ``mosa.align.canvases``).
+    ``defense``: a trained objective of ``mosa.align.defenses.DEFENSES``: ``"mosa"`` (the
+    paper's objective; with ``window=(0, 0)`` Initial Alignment), ``"a2d"`` (A2D: masked
+    positions of partly masked harmful continuations supervised to EOS; ``window`` and
+    ``beta`` unused) or ``"anywhere"`` (ours: MOSA on canvases with committed harmful pieces,
+    each row's window a random one of ``window``'s width; see ``mosa.align.canvases``).
     """
 
     model: str
@@ -128,8 +118,7 @@ class AlignConfig:
 
     def __post_init__(self):
         self.window = tuple(self.window)
-        if self.defense not in DEFENSES:
-            raise ValueError(f"defense must be one of {DEFENSES}, got {self.defense!r}")
+        defense_for(self.defense)  # a ValueError naming the defenses
         positive = ("gen_length", "lora_r", "lora_alpha", "epochs", "batch_size", "grad_accum")
         for name in positive:
             value = getattr(self, name)
@@ -258,13 +247,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def _pad(rows: list[list[int]]) -> torch.Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), IGNORE, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row)
-    return out
-
-
 def _canvas(tokenizer, prompts: list[str], gen_length: int, mask_id: int, device):
     # Built and checked on the host, then copied: the checks read values, which on the device
     # would wait for the step's queued work.
@@ -317,6 +299,7 @@ class _Data:
             )
         self.refusals, self.harmful = encode_sentences(tokenizer, sentences)
         self.mask_id, self.eos_id = mask_id, eos_id
+        self.defense = defense_for(config.defense)
         self.global_batch = runtime.world * config.batch_size * config.grad_accum
         self.steps_per_epoch, self.steps = run_length(config, runtime.world, len(self.prompts))
         self._orders: dict[int, list[int]] = {}
@@ -344,11 +327,8 @@ class _Data:
         return self._orders[epoch]
 
     def window(self) -> tuple[int, int]:
-        """The offsets the objective scores: every one for ``anywhere`` (each row's own window
-        is in its batch's ``allowed_*``), else the configured window."""
-        if self.config.defense == "anywhere":
-            return (0, self.config.gen_length - 1)
-        return self.config.window
+        """The offsets the defense's objective scores."""
+        return self.defense.window(self.config)
 
     def batch(self, step: int, micro: int) -> AlignBatch | EosBatch:
         epoch, places = self._positions(step, micro)
@@ -361,36 +341,7 @@ class _Data:
             self.mask_id,
             "cpu",
         )
-        device, gen_length = self.runtime.device, self.config.gen_length
-        if self.config.defense == "a2d":
-            rows = [a2d_canvas(d, gen_length, self.harmful) for d in draws]
-            self._commit(ids, [canvas for canvas, _ in rows])
-            targets = torch.tensor([[self.eos_id if t else IGNORE for t in e] for _, e in rows])
-            return EosBatch(ids, mask, gen_length, targets).to(device)
-        positive = [d.choice(self.refusals) for d in draws]
-        negative = [d.choice(self.harmful) for d in draws]
-        allowed_plus = allowed_minus = None
-        if self.config.defense == "anywhere":
-            width = self.config.window[1] - self.config.window[0]
-            rows = [
-                anywhere_canvas(d, gen_length, width, (len(p), len(n)), self.harmful)
-                for d, p, n in zip(draws, positive, negative, strict=True)
-            ]
-            self._commit(ids, [canvas for canvas, _, _ in rows])
-            allowed_plus = torch.tensor([plus for _, plus, _ in rows])
-            allowed_minus = torch.tensor([minus for _, _, minus in rows])
-        batch = AlignBatch(
-            ids, mask, gen_length, _pad(positive), _pad(negative), allowed_plus, allowed_minus
-        )
-        return batch.to(device)
-
-    def _commit(self, ids: torch.Tensor, canvases: list[list[int | None]]) -> None:
-        """Writes each row's committed canvas tokens into its response columns of ``ids``."""
-        gen_length = self.config.gen_length
-        for row, canvas in enumerate(canvases):
-            for j, token in enumerate(canvas):
-                if token is not None:
-                    ids[row, ids.shape[1] - gen_length + j] = token
+        return self.defense.batch(self, ids, mask, draws).to(self.runtime.device)
 
     def benign(self, step: int, micro: int):
         """The benign prompts of (step, micro-step, this rank): the list walked in order."""
@@ -491,11 +442,13 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
 _SUMS = ("R_plus", "R_minus", "KL", "benign_KL", "loss", "tokens")
 
 
-def _eos_id(model, tokenizer) -> int:
-    """The EOS id A2D supervises: the model config's, else the tokenizer's."""
+def _eos_id(model, tokenizer, defense: str) -> int:
+    """The EOS id ``defense`` (A2D) supervises: the model config's, else the tokenizer's."""
     eos = model_token_id(model, "eos_token_id", tokenizer.eos_token_id)
     if eos is None:
-        raise ValueError("defense='a2d' needs an EOS id: the model config and tokenizer have none")
+        raise ValueError(
+            f"defense={defense!r} needs an EOS id: the model config and tokenizer have none"
+        )
     return eos
 
 
@@ -525,12 +478,7 @@ def _forward_backward(
     ``token_logprobs``'s range check of the sentence ids (one read per call)."""
     batch = data.batch(step, micro)
     head = models.gathered_head()
-    if isinstance(batch, EosBatch):
-        terms = a2d_terms(models.policy, head, models.logits_shift, batch)
-    else:
-        terms = mosa_terms(
-            models.policy, models.reference, head, models.logits_shift, batch, data.window()
-        )
+    terms = data.defense.terms(models, head, batch, data.window())
     loss = terms.loss(config.beta).sum()
     benign_kl = torch.zeros((), device=loss.device)
     if config.benign_beta > 0:
@@ -672,7 +620,8 @@ def train(
         tokenizer = load_tokenizer(config.model)
         models = _Models(config, runtime)
         mask_id = models.base.mask_token_id
-        eos_id = _eos_id(models.base, tokenizer) if config.defense == "a2d" else None
+        needs_eos = defense_for(config.defense).needs_eos
+        eos_id = _eos_id(models.base, tokenizer, config.defense) if needs_eos else None
         data = _Data(
             config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id, eos_id
         )

@@ -18,21 +18,23 @@ from .common import model_folder, prepare_output, read_prompt_file
 def _align(args: argparse.Namespace) -> int:
     from mosa import tiny
     from mosa.align import AlignConfig, Sentences, read_sentences, train
+    from mosa.align.defenses import DEFENSES
     from mosa.align.run_folder import TrainingInterrupted
     from mosa.text.prompts import MaskInPromptError
 
     model_folder(args.model)  # a typo fails here, before any work
     prepare_output("--out", args.out, folder=True)
     tiny_run = args.model is None
-    defense = "a2d" if args.a2d else "anywhere" if args.anywhere else "mosa"
+    chosen = DEFENSES[args.defense]
+    defense = chosen.objective
     settings = {**tiny.ALIGN_SETTINGS, **tiny.DEFENSE_SETTINGS.get(defense, {})} if tiny_run else {}
     for name in ("gen_length", "lr", "clip", "batch_size", "benign_beta"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.window is not None:
         settings["window"] = tuple(args.window)
-    if args.initial_alignment:
-        settings["window"] = (0, 0)
+    if chosen.window_override is not None:
+        settings["window"] = chosen.window_override
 
     if args.prompts:
         prompts = read_prompt_file("--prompts", args.prompts)
@@ -91,6 +93,8 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands) -> None:
+    from mosa.align.defenses import DEFENSES
+
     p = commands.add_parser("align", help="train a MOSA adapter (middle-token safety alignment)")
     p.add_argument("model", nargs="?", help="checkpoint folder; default: the embedded tiny model")
     p.add_argument("--out", required=True, help="output folder (metrics, checkpoints, adapter)")
@@ -105,22 +109,17 @@ def add_parser(commands) -> None:
     g.add_argument(
         "--window", type=int, nargs=2, metavar=("FIRST", "LAST"), help="offsets (default 20 60)"
     )
+    # A flag per defense of the table, or --defense NAME; none given: the default (MOSA).
     defenses = g.add_mutually_exclusive_group()
     defenses.add_argument(
-        "--initial-alignment", action="store_true", help="baseline: window 0 0 (the start)"
+        "--defense", choices=list(DEFENSES), help="the defense by name (or one of the flags below)"
     )
-    defenses.add_argument(
-        "--a2d",
-        action="store_true",
-        help="A2D instead of MOSA: masked positions of partly masked harmful continuations "
-        "trained to EOS (--window and --beta unused)",
-    )
-    defenses.add_argument(
-        "--anywhere",
-        action="store_true",
-        help="ours: MOSA on canvases that already hold harmful pieces, each prompt's window a "
-        "random one of --window's width (holds against pad, dija, trajhijack)",
-    )
+    for name, defense in DEFENSES.items():
+        if defense.flag is not None:
+            defenses.add_argument(
+                defense.flag, dest="defense", action="store_const", const=name, help=defense.help
+            )
+    p.set_defaults(defense=next(n for n, d in DEFENSES.items() if d.flag is None))
     g.add_argument("--beta", type=float, default=0.05, help="KL weight")
     g.add_argument("--benign-beta", type=float, help="benign-KL weight (default 0)")
     g = p.add_argument_group("training")

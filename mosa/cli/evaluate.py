@@ -35,11 +35,27 @@ from .eval_options import (
     sampler_settings,
 )
 
-ATTACK_NAMES = (
-    "none", "prefill", "middle_prefill", "template", "mask_interleave", "pad", "dija",
-    "trajhijack", "gcg",
-)  # fmt: skip
-DEFAULT_ATTACKS = ATTACK_NAMES[:-1]  # all but gcg, whose search is slow
+
+def attack_names() -> tuple[str, ...]:
+    """``--attacks``' choices: every attack of ``mosa.eval.attacks.ATTACKS``, then GCG."""
+    from mosa.eval.attacks import ATTACKS
+
+    return (*ATTACKS, "gcg")
+
+
+def default_attacks() -> tuple[str, ...]:
+    """The attacks a harmful set gets by default: all but gcg, whose search is slow."""
+    return attack_names()[:-1]
+
+
+def __getattr__(name: str):
+    # ATTACK_NAMES and DEFAULT_ATTACKS are read from the registry when asked for, so an
+    # attack registered after this module was imported is among them.
+    if name == "ATTACK_NAMES":
+        return attack_names()
+    if name == "DEFAULT_ATTACKS":
+        return default_attacks()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _int_from(low: int):
@@ -90,6 +106,17 @@ class _PadAnchor(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), anchor])
 
 
+_PARSE = {
+    None: {},
+    "int": {"type": int},
+    "positive": {"type": _positive},
+    "non_negative": {"type": _non_negative},
+    "list": {"nargs": "+"},
+    "pad_anchor": {"nargs": 2, "action": _PadAnchor, "metavar": ("TEXT", "PLACE")},
+}
+"""How ``mosa eval`` reads an attack option's flag, by its metadata's ``parse``."""
+
+
 @dataclass
 class _Run:
     """What every attack of one ``mosa eval`` run shares."""
@@ -107,49 +134,57 @@ class _Run:
 # -- attacks ---------------------------------------------------------------------------------
 
 
+def attack_flags() -> list[tuple[str, str, dict]]:
+    """``(attack, option, metadata)`` of every attack option with a ``mosa eval`` flag (its
+    options dataclass field's ``metadata``: ``flag``, ``help``, ``parse``, ``cli_default``)."""
+    from dataclasses import fields
+
+    from mosa.eval.attacks import ATTACKS
+
+    return [
+        (name, f.name, dict(f.metadata))
+        for name, attack in ATTACKS.items()
+        for f in fields(attack.options)
+        if "flag" in f.metadata
+    ]
+
+
+def cli_defaults(name: str) -> dict:
+    """Attack ``name``'s options a flag sets, at the registry's defaults (a field's
+    ``cli_default`` where ``mosa eval`` has its own: every wrapper for ``template``)."""
+    from mosa.eval.attacks import default_options
+
+    defaults = default_options(name)
+    return {
+        option: meta.get("cli_default", defaults[option])
+        for attack, option, meta in attack_flags()
+        if attack == name
+    }
+
+
 def attack_options(args: argparse.Namespace, tiny: bool, gen_length: int) -> dict[str, dict]:
     """``expand_attack`` options per attack: the tiny model's (those of ``mosa demo``) or the
-    English defaults, then the flags. ``pad`` places its anchors in the run's canvas of
-    ``gen_length`` tokens."""
-    from mosa.eval import attacks
+    registry's defaults of the options a flag sets, then the flags. ``pad`` places its
+    anchors in the run's canvas of ``gen_length`` tokens."""
+    from mosa.eval.attacks import ATTACKS
 
+    chosen = {}
     if tiny:
-        from mosa.demo import ATTACKS
-
-        options = copy.deepcopy(ATTACKS)
-    else:
-        options = {
-            "none": {},
-            "prefill": {"prefill": attacks.DEFAULT_PREFILL},
-            "middle_prefill": {
-                "prefill": attacks.DEFAULT_MIDDLE_PHRASE,
-                "position": attacks.DEFAULT_MIDDLE_POSITION,
-            },
-            "template": {"template": None},
-            "mask_interleave": {},
-            "pad": {"anchors": attacks.DEFAULT_PAD_ANCHORS},
-            "dija": {"dija_template": attacks.DEFAULT_DIJA_TEMPLATE},
-            "trajhijack": {
-                "hijack_prefix": attacks.DEFAULT_HIJACK_PREFIX,
-                "refusals": attacks.DEFAULT_HIJACK_REFUSALS,
-            },
-        }
+        from mosa.demo import ATTACKS as chosen
+    options = {
+        name: copy.deepcopy(chosen[name]) if name in chosen else cli_defaults(name)
+        for name in ATTACKS
+    }
     options["pad"]["gen_length"] = gen_length
-    for flag, attack, key in (
-        ("prefill", "prefill", "prefill"),
-        ("middle_phrase", "middle_prefill", "prefill"),
-        ("middle_position", "middle_prefill", "position"),
-        ("template", "template", "template"),
-        ("skeleton", "mask_interleave", "skeleton"),
-        ("spacing", "mask_interleave", "spacing"),
-        ("pad_anchor", "pad", "anchors"),
-        ("dija_template", "dija", "dija_template"),
-        ("hijack_prefix", "trajhijack", "hijack_prefix"),
-        ("hijack_rounds", "trajhijack", "rounds"),
-    ):
-        if getattr(args, flag) is not None:
-            options[attack][key] = getattr(args, flag)
+    for attack, option, meta in attack_flags():
+        value = getattr(args, _dest(meta["flag"]))
+        if value is not None:
+            options[attack][option] = value
     return options
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
 
 
 def gcg_options(args: argparse.Namespace, tiny: bool) -> dict:
@@ -173,6 +208,7 @@ def _check_attacks(names, run: _Run, prompt: str) -> None:
     """Every attack's options are valid and its fixed text fits the canvas (pad's anchors,
     trajhijack's prefix), before anything is sampled."""
     from mosa.eval import build_response_canvas, expand_attack
+    from mosa.eval.trajhijack import Hijack
 
     gen_length, mask_id = run.settings["gen_length"], run.model.mask_token_id
     for name in names:
@@ -183,8 +219,8 @@ def _check_attacks(names, run: _Run, prompt: str) -> None:
                 continue
             for attacked in expand_attack(name, prompt, **run.options[name]):
                 build_response_canvas(run.tokenizer, attacked.fixed, gen_length, mask_id)
-                if attacked.hijack is not None:
-                    _check_hijack(run, attacked.hijack)
+                if isinstance(attacked.decoding, Hijack):
+                    _check_hijack(run, attacked.decoding)
         except (TypeError, ValueError) as err:
             raise SystemExit(f"--attacks {name}: {err}") from None
 
@@ -213,21 +249,14 @@ def _check_lengths(names, run: _Run, prompts: list[str]) -> None:
     """Every attacked prompt fits the model with the canvas (or ``--truncate-prompt left``),
     before anything is sampled, so a later attack cannot fail after the earlier ones ran."""
     from mosa.eval import expand_attack
-    from mosa.eval.runner import check_infill_fits
-    from mosa.sampling.texts import check_prompts_fit
+    from mosa.eval.runner import check_fits
 
     for name in names:
         if name == "gcg":
             continue  # its suffix is searched first; respond checks the prompts it makes
-        attacked = [a.prompt for p in prompts for a in expand_attack(name, p, **run.options[name])]
+        attacked = [a for p in prompts for a in expand_attack(name, p, **run.options[name])]
         try:
-            if name == "dija":
-                check_infill_fits(run.model, run.tokenizer, attacked, **run.settings)
-            else:
-                check_prompts_fit(
-                    run.model, run.tokenizer, attacked, chat_template=True,
-                    gen_length=run.settings["gen_length"], truncate=run.settings.get("truncate"),
-                )  # fmt: skip
+            check_fits(run.model, run.tokenizer, attacked, **run.settings)
         except ValueError as err:
             raise SystemExit(f"--attacks {name}: {err}") from None
 
@@ -419,7 +448,7 @@ def _evaluate_locked(args: argparse.Namespace, out: Path, runtime) -> int:
     model, tokenizer, tiny = load_model_and_tokenizer(args, runtime.device)
     settings = sampler_settings(args, tiny)
     data = load_prompt_set("--dataset", args.dataset).limited(args.limit)
-    names = args.attacks or (DEFAULT_ATTACKS if data.kind == "harmful" else ("none",))
+    names = args.attacks or (default_attacks() if data.kind == "harmful" else ("none",))
     if data.kind != "harmful" and tuple(names) != ("none",):
         raise SystemExit(
             f"--attacks: {data.name} measures {data.kind.replace('_', '-')}, which is taken "
@@ -514,42 +543,22 @@ def add_parser(commands) -> None:
     p.add_argument("--limit", type=_positive, help="only the first N prompts")
     p.add_argument("--variant", help="row name in the results table (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="GCG's random swaps")
+    names = attack_names()
     p.add_argument(
         "--attacks",
         nargs="+",
-        choices=ATTACK_NAMES,
+        choices=names,
         metavar="ATTACK",
-        help=f"of {', '.join(ATTACK_NAMES)}; default for harmful sets: all but gcg",
+        help=f"of {', '.join(names)}; default for harmful sets: all but gcg",
     )
     g = p.add_argument_group("attacks (defaults: the tiny model's for it, else English ones)")
-    g.add_argument("--prefill", help="prefill: text fixed at response token 0")
-    g.add_argument("--middle-phrase", help="middle_prefill: its text")
-    g.add_argument("--middle-position", type=_non_negative, help="middle_prefill: its position")
-    g.add_argument("--template", type=int, help="template: one wrapper's index (default: all)")
-    g.add_argument("--skeleton", nargs="+", help="mask_interleave: the fixed pieces")
-    g.add_argument("--spacing", type=_positive, help="mask_interleave: distance between pieces")
-    g.add_argument(
-        "--pad-anchor",
-        nargs=2,
-        action=_PadAnchor,
-        metavar=("TEXT", "PLACE"),
-        help="pad: TEXT fixed at PLACE, an int token index or a fraction of --gen-length in "
-        "[0, 1) (repeat for several anchors; default: Step 1: at 1, Step 2: at 0.5)",
-    )
-    g.add_argument(
-        "--dija-template",
-        help="dija: the request's rewrite, with one {prompt} and <mask:N> blanks, e.g. "
-        "'{prompt} Step 1: <mask:12> Step 2: <mask:12>'",
-    )
+    for attack, _, meta in attack_flags():
+        g.add_argument(meta["flag"], help=f"{attack}: {meta['help']}", **_PARSE[meta.get("parse")])
     g.add_argument(
         "--dija-rewriter",
         metavar="PATH",
         help="dija: a local causal-LM folder (safetensors) that rewrites each request with "
         "<mask:N> blanks; rewrites without one use --dija-template",
-    )
-    g.add_argument("--hijack-prefix", help="trajhijack: text fixed at 0 once a refusal is made")
-    g.add_argument(
-        "--hijack-rounds", type=_positive, help="trajhijack: hijacks per response (default 1)"
     )
     g.add_argument("--gcg-target", help="gcg: phrase whose log-probability the suffix raises")
     g.add_argument("--gcg-position", type=_non_negative, default=0, help="gcg: target position")

@@ -95,6 +95,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands) -> None:
+    from mosa.sampling.llada import REMASKING_RULES
+
     p = commands.add_parser("sample", help="generate responses with the drop-in sampler")
     p.add_argument(
         "model",
@@ -117,7 +119,7 @@ def add_parser(commands) -> None:
     g.add_argument("--block-length", type=int)
     g.add_argument("--temperature", type=float)
     g.add_argument("--cfg-scale", type=float)
-    g.add_argument("--remasking", choices=["low_confidence", "random"])
+    g.add_argument("--remasking", choices=list(REMASKING_RULES))
     g.add_argument(
         "--threshold", type=float, help="parallel decoding: commit confidence >= this, in (0, 1]"
     )

@@ -2,15 +2,8 @@
 results table, plots and the paper's analyses. Dataset readers are in ``mosa.datasets``."""
 
 from .analysis import decoding_order, gcg_positions, linear_fit, prefill_sweep
-from .attacks import (
-    ATTACKS,
-    TEMPLATES,
-    AttackedPrompt,
-    Canvas,
-    apply_attack,
-    build_response_canvas,
-    expand_attack,
-)
+from .attacked import AttackedPrompt, Canvas, Decoding, build_response_canvas
+from .attacks import ATTACKS, TEMPLATES, Attack, apply_attack, expand_attack
 from .gcg import GCGResult, gcg_search
 from .judges import (
     REFUSAL_PHRASES,
@@ -40,9 +33,11 @@ __all__ = [
     "ATTACKS",
     "REFUSAL_PHRASES",
     "TEMPLATES",
+    "Attack",
     "AttackedPrompt",
     "Canvas",
     "ClassifierJudge",
+    "Decoding",
     "GCGResult",
     "HTTPJudge",
     "HarmBenchJudge",

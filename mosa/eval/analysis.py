@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import AttackedPrompt, build_response_canvas
+from .attacked import AttackedPrompt, build_response_canvas
 from .gcg import GCGResult, gcg_search
 from .judges import Judge
 from .report import Rate, asr

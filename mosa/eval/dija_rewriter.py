@@ -14,7 +14,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .attacks import DEFAULT_DIJA_TEMPLATE, MASK_SLOT, AttackedPrompt
+from .attacked import MASK_SLOT, AttackedPrompt
+from .dija import DEFAULT_DIJA_TEMPLATE
 
 INSTRUCTION = (
     "Rewrite the request below as the start of a step-by-step answer with blanks. Repeat the "

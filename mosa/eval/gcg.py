@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from mosa_kernels import token_logprobs
 
-from .attacks import AttackedPrompt, build_response_canvas
+from .attacked import AttackedPrompt, build_response_canvas
 
 # Filler of the first suffix, as in the original GCG ("! ! ! ..."); the first ordinary token
 # of the vocabulary that re-tokenizes cleanly stands in when "!" is not one token.

@@ -18,14 +18,13 @@ from tqdm.auto import tqdm
 
 from mosa.models import FAMILIES, ModelFamily, sampling_family
 from mosa.models.families import resolve
-from mosa.sampling.context_window import prompt_room
 from mosa.sampling.diffuguard import DiffuGuard, diffuguard_generate
-from mosa.sampling.llada import LLADA_EOS_ID, LLADA_EOT_ID
-from mosa.sampling.predictor import model_token_id
 from mosa.sampling.texts import check_prompts_fit
-from mosa.text.prompts import encode_prompts, left_pad
+from mosa.text.prompts import encode_prompts
 
-from .attacks import MASK_SLOT, AttackedPrompt, build_response_canvas, expand_attack
+from .attacked import AttackedPrompt, Decoding, build_response_canvas
+from .attacks import expand_attack
+from .dija import Infill
 from .judges import Judge, Verdict
 from .report import Rate, asr
 
@@ -64,10 +63,12 @@ def respond(
     ``return_trace`` also returns each row's ``commit_step`` (``int64[G]``: the step each
     response position was committed, -1 for fixed tokens).
 
-    A prompt with ``<mask:N>`` slots (``dija``) is decoded as one canvas from its first slot
-    on: the rest of the user's turn and the response, the slots and the response masked, so
-    the text returned starts at the first slot. A ``trajhijack`` row is decoded again from the
-    step its refusal was committed (``AttackedPrompt.hijack``).
+    A row whose attack decodes on its own (``decoding_of``) is decoded by its ``Decoding``,
+    the batch's rows of one decoding together: a prompt with ``<mask:N>`` slots (``dija``)
+    as one canvas from its first slot on (``dija.Infill``: the rest of the user's turn and the
+    response, the slots and the response masked, so the text returned starts at the first
+    slot); a ``trajhijack`` row again from the step its refusal was committed
+    (``trajhijack.Hijack``).
 
     The model's family (``mosa.models.FAMILIES``) names its sampler: a Dream model is sampled
     with ``diffusion_generate`` (``gen_length`` is its ``max_new_tokens``, ``block_length``
@@ -80,50 +81,96 @@ def respond(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    infill = [a.mask_slots > 0 for a in attacked]
-    if return_trace and (any(infill) or any(a.hijack is not None for a in attacked)):
+    decodings = [decoding_of(a) for a in attacked]
+    if return_trace and any(decodings):
         raise ValueError(
-            "return_trace is for attacks that fix response tokens; dija and trajhijack rows "
-            "are decoded over other canvases"
+            "return_trace is for attacks that fix response tokens; rows of an attack with its "
+            "own decoding (dija, trajhijack) are decoded over other canvases"
         )
     settings = {**SAMPLER_DEFAULTS, **sampler}
     _check_family(sampling_family(model), settings, guard)
     if guard is not None:
         _check_guarded(guard, settings)
-    mask_token = tokenizer.convert_ids_to_tokens(model.mask_token_id)
-    prompts = [_with_masks(a.prompt, mask_token) for a in attacked]
-    check_prompts_fit(
-        model, tokenizer, [p for p, i in zip(prompts, infill, strict=True) if not i],
-        chat_template=True, gen_length=settings["gen_length"], truncate=settings.get("truncate"),
-    )  # fmt: skip
-    infill_at = [i for i, slotted in enumerate(infill) if slotted]
-    heads_and_tails = _split_at_first_mask(tokenizer, [prompts[i] for i in infill_at], mask_token)
-    split = dict(zip(infill_at, heads_and_tails, strict=True))
-    _check_infill_room(model, split.values(), settings)
+    decoder = Decoder(model, tokenizer, settings, guard)
+    prepared = _prepare(decoder, attacked, decodings)
     texts: list[str] = []
     traces: list[torch.Tensor] = []
     starts = range(0, len(attacked), batch_size)
     for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
         rows = range(start, min(start + batch_size, len(attacked)))
         batch_texts: dict[int, str] = {}
-        canvas_rows = [i for i in rows if not infill[i]]
-        if canvas_rows:
-            answers, trace = _respond_canvas(
-                model, tokenizer, [attacked[i] for i in canvas_rows], settings, return_trace, guard
-            )
-            batch_texts.update(zip(canvas_rows, answers, strict=True))
+        plain = [i for i in rows if decodings[i] is None]
+        if plain:
+            answers, trace = _respond_canvas(decoder, [attacked[i] for i in plain], return_trace)
+            batch_texts.update(zip(plain, answers, strict=True))
             traces += trace
-        infill_rows = [i for i in rows if infill[i]]
-        if infill_rows:
-            split_rows = [split[i] for i in infill_rows]
-            answers = _respond_infill(model, tokenizer, split_rows, settings, guard)
-            batch_texts.update(zip(infill_rows, answers, strict=True))
+        for decoding in dict.fromkeys(decodings[i] for i in rows if decodings[i] is not None):
+            group = [i for i in rows if decodings[i] is decoding]
+            answers = decoding.respond(decoder, [prepared[i] for i in group])
+            batch_texts.update(zip(group, answers, strict=True))
         texts += [batch_texts[i] for i in rows]
     return (texts, traces) if return_trace else texts
 
 
-def _with_masks(prompt: str, mask_token: str) -> str:
-    return MASK_SLOT.sub(lambda slot: mask_token * int(slot[1]), prompt)
+def decoding_of(attacked: AttackedPrompt) -> type[Decoding] | None:
+    """The ``Decoding`` class that decodes ``attacked``: its own, else DIJA's ``Infill`` for a
+    prompt with ``<mask:N>`` slots, else None (the plain sampler)."""
+    if attacked.decoding is not None:
+        return type(attacked.decoding)
+    return Infill if attacked.mask_slots > 0 else None
+
+
+def _prepare(decoder: Decoder, attacked, decodings) -> dict[int, object]:
+    """Every row checked before anything is sampled (plain rows first, then each decoding's
+    in order), and each decoded row's ``prepare``d item by index."""
+    check_prompts_fit(
+        decoder.model, decoder.tokenizer,
+        [a.prompt for a, d in zip(attacked, decodings, strict=True) if d is None],
+        chat_template=True, gen_length=decoder.settings["gen_length"],
+        truncate=decoder.settings.get("truncate"),
+    )  # fmt: skip
+    prepared = {}
+    for decoding in dict.fromkeys(d for d in decodings if d is not None):
+        rows = [i for i, d in enumerate(decodings) if d is decoding]
+        items = decoding.prepare(decoder, [attacked[i] for i in rows])
+        prepared.update(zip(rows, items, strict=True))
+    return prepared
+
+
+def check_fits(model, tokenizer, attacked: Sequence[AttackedPrompt], **sampler) -> None:
+    """Raises ValueError, before anything is sampled, when an attacked prompt (with the
+    canvas ``respond`` decodes it over: DIJA's is longer) does not fit the model
+    (``sampler``: ``respond``'s settings; ``truncate='left'`` lets a long prompt be cut)."""
+    decoder = Decoder(model, tokenizer, {**SAMPLER_DEFAULTS, **sampler}, None)
+    _prepare(decoder, attacked, [decoding_of(a) for a in attacked])
+
+
+@dataclass
+class Decoder:
+    """What a ``Decoding`` decodes with: the model, its tokenizer, ``respond``'s sampler
+    settings (defaults filled) and the guard."""
+
+    model: object
+    tokenizer: object
+    settings: dict
+    guard: DiffuGuard | None
+
+    def sample(self, ids, mask, canvas, settings: dict, trace: bool):
+        """The sampler over response ``canvas`` (see ``_sample``)."""
+        return _sample(self.model, ids, mask, canvas, settings, self.guard, trace)
+
+    def canvases(self, rows: Sequence[AttackedPrompt]):
+        """``(ids, mask, canvas)``: the rows' chat-templated prompts, left-padded, and their
+        response canvases with the fixed pieces, on the model's device."""
+        model, tokenizer = self.model, self.tokenizer
+        ids, mask = encode_prompts(
+            tokenizer, [a.prompt for a in rows], chat_template=True, device=model.device
+        )
+        gen_length, mask_id = self.settings["gen_length"], model.mask_token_id
+        canvas = torch.stack(
+            [build_response_canvas(tokenizer, a.fixed, gen_length, mask_id) for a in rows]
+        ).to(model.device)
+        return ids, mask, canvas
 
 
 def _check_guarded(guard: DiffuGuard, settings: dict) -> None:
@@ -186,186 +233,15 @@ def _sample(model, ids, mask, canvas, settings, guard, trace):
     )
 
 
-def _respond_canvas(model, tokenizer, rows, settings, return_trace, guard):
+def _respond_canvas(decoder: Decoder, rows, return_trace):
     """Rows whose attack fixes response tokens (or none): texts and, when asked, traces."""
-    gen_length, mask_id = settings["gen_length"], model.mask_token_id
-    ids, mask = encode_prompts(
-        tokenizer, [a.prompt for a in rows], chat_template=True, device=model.device
-    )
-    canvas = torch.stack(
-        [build_response_canvas(tokenizer, a.fixed, gen_length, mask_id) for a in rows]
-    ).to(model.device)
-    hijacked = [a.hijack is not None for a in rows]
-    traced = return_trace or any(hijacked)
-    out = _sample(model, ids, mask, canvas, settings, guard, traced)
-    sequences = out.sequences if traced else out
+    ids, mask, canvas = decoder.canvases(rows)
+    out = decoder.sample(ids, mask, canvas, decoder.settings, return_trace)
+    sequences = out.sequences if return_trace else out
     # The response is the last gen_length columns (truncate='left' may shorten the prompt).
-    response = sequences[:, -gen_length:]
-    if any(hijacked):
-        response = hijack_responses(
-            model, tokenizer, ids, mask, response, out.commit_step, rows, settings, guard
-        )
-    texts = tokenizer.batch_decode(response, skip_special_tokens=True)
+    response = sequences[:, -decoder.settings["gen_length"] :]
+    texts = decoder.tokenizer.batch_decode(response, skip_special_tokens=True)
     return texts, (list(out.commit_step.cpu()) if return_trace else [])
-
-
-def hijack_responses(
-    model, tokenizer, ids, mask, response, commit_step, rows, settings, guard=None
-):
-    """TrajHijack on finished responses ``[B, G]`` with their ``commit_step``: each row whose
-    attack has a ``hijack`` and whose response holds one of its refusals is decoded again from
-    the canvas of the step that completed the refusal, the refusal re-masked and the prefix
-    fixed at position 0; up to ``hijack.rounds`` times. Returns the new responses."""
-    response, commit_step = response.clone(), commit_step.clone()
-    mask_id = model.mask_token_id
-    end_ids = end_of_text_ids(model, tokenizer)
-    for round_index in range(max((a.hijack.rounds for a in rows if a.hijack), default=0)):
-        redo, canvases = [], []
-        for row, attack in enumerate(rows):
-            if attack.hijack is None or round_index >= attack.hijack.rounds:
-                continue
-            canvas = hijacked_canvas(
-                tokenizer, response[row], commit_step[row], attack.hijack, mask_id, end_ids
-            )
-            if canvas is not None:
-                redo.append(row)
-                canvases.append(canvas)
-        if not redo:
-            break
-        rows_index = torch.tensor(redo, device=ids.device)
-        row_mask = None if mask is None else mask[rows_index]
-        out = _sample(
-            model, ids[rows_index], row_mask, torch.stack(canvases), settings, guard, True
-        )
-        response[rows_index] = out.sequences[:, -response.shape[1] :]
-        commit_step[rows_index] = out.commit_step
-    return response
-
-
-def hijacked_canvas(tokenizer, response, commit_step, hijack, mask_id, end_ids=()):
-    """The canvas TrajHijack resumes from, ``int64[G]``, or None when ``response`` commits no
-    refusal: the tokens committed up to the step that completed the first refusal (fixed
-    tokens included), the refusal and any committed ``end_ids`` (EOS, end of turn)
-    re-masked, and ``hijack.prefix`` fixed from position 0."""
-    span = refusal_span(tokenizer, response.tolist(), hijack.refusals)
-    if span is None:
-        return None
-    first, last = span
-    done = commit_step[first:last].max()
-    kept = (commit_step >= 0) & (commit_step <= done) | (commit_step < 0)
-    # The end of text committed with the refusal is part of it: kept, it leaves the
-    # affirmative prefix no room to go on.
-    ended = torch.isin(response, torch.tensor(end_ids, device=response.device))
-    kept &= ~ended | (commit_step < 0)
-    canvas = torch.where(kept, response, torch.full_like(response, mask_id))
-    canvas[first:last] = mask_id
-    prefix = build_response_canvas(tokenizer, [(0, hijack.prefix)], len(response), mask_id)
-    written = prefix != mask_id
-    canvas[written] = prefix[written].to(canvas.device)
-    return canvas
-
-
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|eot|>")
-"""End-of-turn tokens of LLaDA, Dream and the tiny model, where a tokenizer has them."""
-
-
-def end_of_text_ids(model, tokenizer) -> list[int]:
-    """The ids that end an answer: the model's EOS and end of turn, the tokenizer's EOS and
-    its end-of-turn special token."""
-    ids = {
-        model_token_id(model, "eos_token_id", LLADA_EOS_ID),
-        model_token_id(model, "eot_token_id", LLADA_EOT_ID),
-        tokenizer.eos_token_id,
-    }
-    special = set(tokenizer.all_special_tokens)
-    ids |= {tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS if t in special}
-    return sorted(i for i in ids if i is not None)
-
-
-def refusal_span(tokenizer, ids: list[int], refusals) -> tuple[int, int] | None:
-    """``[first, last)`` of the earliest token run of ``ids`` that spells one of ``refusals``
-    (each tokenized alone and after a space, so a BPE word boundary matches), or None."""
-    best = None
-    for phrase in refusals:
-        for text in (phrase, " " + phrase):
-            run = tokenizer(text, add_special_tokens=False)["input_ids"]
-            for first in range(len(ids) - len(run) + 1):
-                if ids[first : first + len(run)] == run:
-                    if best is None or first < best[0]:
-                        best = (first, first + len(run))
-                    break
-    return best
-
-
-def _split_at_first_mask(tokenizer, prompts, mask_token) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each prompt (slots expanded to ``mask_token``, chat template applied) split at its first
-    mask: ``(head, tail)``, the tokens before it and the rest of the turn from it on."""
-    if not prompts:
-        return []
-    mask_id = tokenizer.convert_tokens_to_ids(mask_token)
-    ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
-    rows = []
-    for row, keep in zip(ids, mask.bool(), strict=True):
-        tokens = row[keep]
-        first = int((tokens == mask_id).nonzero()[0])
-        rows.append((tokens[:first], tokens[first:]))
-    return rows
-
-
-def _infill_length(tail_length: int, settings: dict) -> int:
-    """DIJA's canvas: the rest of the turn and the response, rounded up to whole blocks."""
-    block_length = settings["block_length"]
-    return -(-(tail_length + settings["gen_length"]) // block_length) * block_length
-
-
-def _check_infill_room(model, rows, settings: dict) -> None:
-    for head, tail in rows:
-        canvas = _infill_length(len(tail), settings)
-        try:
-            prompt_room(model, len(head), canvas, settings.get("truncate"))
-        except ValueError as err:
-            raise ValueError(
-                f"{err} (a dija prompt is sampled from its first <mask:N> slot: the rest of its "
-                f"turn and the {settings['gen_length']}-token response make a canvas of "
-                f"{canvas} tokens after the {len(head)} before the slot)"
-            ) from None
-
-
-def check_infill_fits(model, tokenizer, prompts: Sequence[str], **sampler) -> None:
-    """Raises ValueError, before anything is sampled, when a prompt with ``<mask:N>`` slots
-    (``dija``) and the canvas ``respond`` decodes it over do not fit the model (``sampler``:
-    ``respond``'s settings; ``truncate='left'`` lets a long head be cut)."""
-    settings = {**SAMPLER_DEFAULTS, **sampler}
-    mask_token = tokenizer.convert_ids_to_tokens(model.mask_token_id)
-    slotted = [_with_masks(p, mask_token) for p in prompts]
-    _check_infill_room(model, _split_at_first_mask(tokenizer, slotted, mask_token), settings)
-
-
-def _respond_infill(model, tokenizer, rows, settings, guard) -> list[str]:
-    """Prompts with mask tokens in the user's turn, given as ``_split_at_first_mask``'s
-    ``(head, tail)`` rows: each tail joins the response in one canvas of ``_infill_length``
-    (``steps`` per block kept), sampled in groups of equal tail length."""
-    gen_length, block_length = settings["gen_length"], settings["block_length"]
-    steps_per_block = settings["steps"] // (gen_length // block_length)
-    texts: dict[int, str] = {}
-    for tail_length in sorted({len(tail) for _, tail in rows}):
-        group = [i for i, (_, tail) in enumerate(rows) if len(tail) == tail_length]
-        length = _infill_length(tail_length, settings)
-        canvas = torch.full((len(group), length), model.mask_token_id)
-        canvas[:, :tail_length] = torch.stack([rows[i][1] for i in group])
-        options = {
-            **settings,
-            "gen_length": length,
-            "steps": steps_per_block * (length // block_length),
-        }
-        head_ids, head_mask = left_pad([rows[i][0] for i in group], tokenizer.pad_token_id)
-        out = _sample(
-            model, head_ids.to(model.device), head_mask.to(model.device),
-            canvas.to(model.device), options, guard, False,
-        )  # fmt: skip
-        answers = tokenizer.batch_decode(out[:, -length:], skip_special_tokens=True)
-        texts.update(zip(group, answers, strict=True))
-    return [texts[i] for i in range(len(rows))]
 
 
 def run_attacks(

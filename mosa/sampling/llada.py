@@ -28,7 +28,29 @@ from .schedule import llada_transfer_counts
 LLADA_MASK_ID = 126336
 LLADA_EOS_ID = 126081
 LLADA_EOT_ID = 126348
-REMASKING = ("low_confidence", "random")
+
+
+@dataclass(frozen=True)
+class RemaskingRule:
+    """How a ``remasking`` rule ranks the masked positions a step may commit."""
+
+    confidence: str
+    """``sample_tokens``'s ``confidence`` kind: the score the highest positions commit by."""
+    needs_noise: bool
+    """Whether the score draws noise: ``generate`` then seeds each step from ``generator``
+    (and scores every position of the window, not only the masked ones it could narrow to)."""
+    cuda_graphs: bool
+    """Whether a step with this rule may be captured as a CUDA graph (a graph freezes the
+    noise seed, so a rule that draws noise may not)."""
+
+
+REMASKING_RULES = {
+    "low_confidence": RemaskingRule("prob", needs_noise=False, cuda_graphs=True),
+    "random": RemaskingRule("random", needs_noise=True, cuda_graphs=False),
+}
+"""``generate``'s ``remasking`` rules by name; a new rule is one entry (``mosa sample
+--remasking`` offers every one)."""
+REMASKING = tuple(REMASKING_RULES)
 
 
 @torch.no_grad()
@@ -78,7 +100,7 @@ def generate(
         temperature: 0 for greedy; > 0 samples by Gumbel-max (counter-based noise seeded from
             ``generator``, so runs repeat).
         cfg_scale: classifier-free guidance; the unconditional pass masks the prompt.
-        remasking: ``'low_confidence'`` or ``'random'``.
+        remasking: a rule of ``REMASKING_RULES``: ``'low_confidence'`` or ``'random'``.
         mask_id: defaults to the model's ``mask_token_id`` (LLaDA's 126336 otherwise).
         logits_eos_inf: EOS never sampled. confidence_eos_eot_inf: LLaDA's quirk — after the
             token is chosen, EoT (and at temperature 0 also EOS) leave the confidence softmax,
@@ -134,7 +156,7 @@ def generate(
     )
     graphs = use_cuda_graphs(cuda_graphs, device=canvas.x.device, model=model, unmet={
         "temperature must be 0 (sampling noise is seeded per step)": temperature != 0,
-        "remasking must be 'low_confidence'": remasking != "low_confidence",
+        f"remasking must be {_graph_rules()}": not REMASKING_RULES[remasking].cuda_graphs,
         "logits_eos_inf and confidence_eos_eot_inf must be False": (
             logits_eos_inf or confidence_eos_eot_inf
         ),
@@ -192,8 +214,10 @@ class SamplerSettings:
         check_mask_id(model, mask_id)
         check_nonnegative("temperature", options["temperature"])
         check_nonnegative("cfg_scale", options["cfg_scale"], " (0: no guidance)")
-        if options["remasking"] not in REMASKING:
-            raise ValueError(f"remasking must be one of {REMASKING}, got {options['remasking']!r}")
+        if options["remasking"] not in REMASKING_RULES:
+            raise ValueError(
+                f"remasking must be one of {tuple(REMASKING_RULES)}, got {options['remasking']!r}"
+            )
         for name in ("gen_length", "block_length", "prompt_bucket"):
             value = options[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -224,7 +248,7 @@ class SamplerSettings:
 
     @property
     def needs_noise(self) -> bool:
-        return self.temperature > 0 or self.remasking == "random"
+        return self.temperature > 0 or REMASKING_RULES[self.remasking].needs_noise
 
     @property
     def graph_key(self) -> tuple:
@@ -363,11 +387,16 @@ def _sampler(settings: SamplerSettings, predictor: Predictor):
     return functools.partial(
         sample_tokens, weight=predictor.weight, bias=predictor.bias,
         cfg_scale=settings.cfg_scale, temperature=settings.temperature,
-        confidence="prob" if settings.remasking == "low_confidence" else "random",
+        confidence=REMASKING_RULES[settings.remasking].confidence,
         suppress=[settings.eos_id] if settings.logits_eos_inf else [],
         exclude_from_confidence=exclude if settings.confidence_eos_eot_inf else [],
         nonfinite="mark",
     )  # fmt: skip
+
+
+def _graph_rules() -> str:
+    """The remasking rules a CUDA graph may run, for the message that names them."""
+    return " or ".join(repr(name) for name, rule in REMASKING_RULES.items() if rule.cuda_graphs)
 
 
 def _widest(x, window, end, counts, mask_id) -> list[int]:

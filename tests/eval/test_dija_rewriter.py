@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from mosa.eval.attacks import dija_attack
+from mosa.eval.dija import dija_attack
 from mosa.eval.dija_rewriter import DijaRewriter
 
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]

@@ -12,19 +12,13 @@ import random
 import pytest
 import torch
 
-import mosa.eval.runner as runner
 from mosa.demo import ATTACKS as DEMO_ATTACKS
-from mosa.eval.attacks import (
-    DEFAULT_DIJA_TEMPLATE,
-    AttackedPrompt,
-    Hijack,
-    apply_attack,
-    build_response_canvas,
-    dija_attack,
-    pad_attack,
-    trajhijack_attack,
-)
-from mosa.eval.runner import hijacked_canvas, refusal_span, respond, run_attacks
+from mosa.eval import trajhijack
+from mosa.eval.attacked import AttackedPrompt, build_response_canvas
+from mosa.eval.attacks import apply_attack, pad_attack
+from mosa.eval.dija import DEFAULT_DIJA_TEMPLATE, dija_attack
+from mosa.eval.runner import respond, run_attacks
+from mosa.eval.trajhijack import Hijack, hijacked_canvas, refusal_span, trajhijack_attack
 from mosa.models import DREAM_7B, FAMILIES, build_model
 from mosa.sampling import diffusion_generate
 from mosa.sampling.diffuguard import DiffuGuard
@@ -56,7 +50,7 @@ def ids_of(tokenizer, text: str) -> list[int]:
 )
 def test_pad_anchors_land_at_their_token_indices(tokenizer, gen_length, anchors, positions):
     attacked = pad_attack(PROMPT, gen_length, anchors)
-    assert attacked.prompt == PROMPT and attacked.hijack is None
+    assert attacked.prompt == PROMPT and attacked.decoding is None
     assert attacked.fixed == [(p, text) for p, (text, _) in zip(positions, anchors, strict=True)]
     mask = tokenizer.mask_token_id
     canvas = build_response_canvas(tokenizer, attacked.fixed, gen_length, mask)
@@ -114,7 +108,7 @@ def test_pad_errors(tokenizer):
 def test_dija_prompt_holds_the_slots():
     attacked = dija_attack(PROMPT)
     assert attacked.prompt == DEFAULT_DIJA_TEMPLATE.replace("{prompt}", PROMPT)
-    assert attacked.mask_slots == 36 and attacked.fixed == [] and attacked.hijack is None
+    assert attacked.mask_slots == 36 and attacked.fixed == [] and attacked.decoding is None
     tiny = apply_attack("dija", PROMPT, dija_template=TINY_DIJA)
     assert tiny.prompt.startswith(PROMPT) and tiny.mask_slots == 12
     # Random slot sizes, written by a rewrite callable, are counted.
@@ -297,7 +291,7 @@ def test_refusal_span_finds_the_earliest_phrase_run(tokenizer):
 
 
 def test_end_of_text_ids_hold_the_tiny_model_s_eos_and_end_of_turn(model, tokenizer):
-    ends = runner.end_of_text_ids(model, tokenizer)
+    ends = trajhijack.end_of_text_ids(model, tokenizer)
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in ends
     assert tokenizer.convert_tokens_to_ids("<|eot|>") in ends
 

@@ -10,7 +10,7 @@ from sampling_builders import MASK_ID, PROMPT_VOCAB, dream_model, llada_model, p
 
 import mosa
 import mosa.tiny
-from mosa.eval.attacks import build_response_canvas
+from mosa.eval.attacked import build_response_canvas
 from mosa.sampling import generate
 from mosa.sampling.diffuguard import DiffuGuard, diffuguard_generate
 from mosa.sampling.harm_probe import Probe
