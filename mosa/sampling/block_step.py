@@ -94,7 +94,12 @@ class StepShape:
 class BlockStep:
     """One step of the shape ``shape`` over ``state``. Parallel decoding commits by
     ``threshold`` or ``factor`` (``select_transfer``'s rules); with neither, the fixed
-    schedule commits ``state.k_table``'s count for the step."""
+    schedule commits ``state.k_table``'s count for the step.
+
+    ``rank``, when given, replaces the confidence the commits are chosen by: it gets the
+    confidence and the window's positions (``int64[B, W]``) and returns the score
+    (DiffuGuard's annealed ranking). Eager steps only: it may read the host.
+    """
 
     state: StepState
     shape: StepShape
@@ -105,6 +110,7 @@ class BlockStep:
     mask_id: int
     check_ids: Callable[[int], None]
     generator: torch.Generator | None
+    rank: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def parallel(self) -> bool:
@@ -132,6 +138,8 @@ class BlockStep:
         else:
             token, conf = _sample_masked(sample, rows, rows_uncond, is_masked, narrow)
         token = keep_masked_where_nonfinite(token, is_masked, state.nonfinite, self.mask_id)
+        if self.rank is not None:
+            conf = self.rank(conf, index)
         if self.parallel:
             commit = select_transfer(conf, is_masked, threshold=self.threshold, factor=self.factor)
         else:

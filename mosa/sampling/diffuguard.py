@@ -52,6 +52,7 @@ only sound risky, which still get answered.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,17 +60,14 @@ from dataclasses import dataclass
 import torch
 
 from mosa.models import DiffusionLM, adopt_model
-from mosa.text.canvas import Canvas, build_canvas, first_masked_position
+from mosa.text.canvas import build_canvas
 from mosa.text.prompts import encode_prompts
-from mosa_kernels import sample_tokens, select_transfer
 
 from .arguments import check_sampler_arguments
 from .context_window import fit_prompt
 from .harm_probe import DEFAULT_SHRINKAGE, Probe, pooled_features
-from .predictor import model_token_id
-from .schedule import llada_transfer_counts
+from .llada import SamplerSettings, StepHooks, _Generation
 
-LLADA_MASK_ID = 126336
 CALIBRATION_SAMPLER = {"steps": 128, "gen_length": 128, "block_length": 32}
 """``calibrate``'s default schedule: ``mosa.eval.runner``'s (LLaDA's evaluation settings)."""
 
@@ -250,36 +248,35 @@ def _run(
     collect: bool = False,
     fill_prompt_masks: bool = False,
 ) -> GuardOutput:
-    """The sampler; ``collect`` also returns the audit features of every block end."""
+    """The sampler: ``generate``'s blocks and steps, ranked by ``_Annealing`` and audited at
+    each block end; ``collect`` also returns the audit features of every block end."""
     check_sampler_arguments(model, prompt, steps)
-    blocks = _check_schedule(steps, gen_length, block_length)
-    if mask_id is None:
-        mask_id = model_token_id(model, "mask_token_id", LLADA_MASK_ID)
-    if isinstance(mask_id, bool) or not isinstance(mask_id, int):
-        raise TypeError(f"mask_id must be an int token id, got {mask_id!r}")
+    settings = _sampler_settings(model, steps, gen_length, block_length, mask_id)
     probe = guard.audit
     if probe is not None:
         probe.check_model(model)
     prompt, attention_mask = fit_prompt(model, prompt, attention_mask, gen_length, None)
-    canvas = build_canvas(prompt, attention_mask, gen_length, mask_id, response, fill_prompt_masks)
-    state = _State(model, canvas, mask_id)
-    batch, length = state.x.shape
-    per_block = steps // blocks
-    alphas = guard.alphas(steps)
-    main_noise = _noise(torch.Generator().manual_seed(guard.seed), batch, length)
-    everyone = torch.arange(batch, device=state.x.device)
-    repairs = torch.zeros(batch, blocks, dtype=torch.long)
-    scores = torch.zeros(batch, blocks) if probe is not None else None
+    canvas = build_canvas(
+        prompt, attention_mask, gen_length, settings.mask_id, response, fill_prompt_masks
+    )
+    batch, length = canvas.x.shape
+    per_block = settings.steps_per_block
+    everyone = torch.arange(batch, device=canvas.x.device)
+    annealing = _Annealing(
+        guard.alphas(steps), _noise(torch.Generator().manual_seed(guard.seed), batch, length),
+        everyone,
+    )  # fmt: skip
+    repairs = torch.zeros(batch, settings.num_blocks, dtype=torch.long)
+    scores = torch.zeros(batch, settings.num_blocks) if probe is not None else None
     features = [] if collect else None
-    for block in range(blocks):
-        start = state.prompt_length + block * block_length
-        end = start + block_length
-        block_slice = slice(start, end)
-        state.decode(everyone, start, end, alphas[block * per_block : (block + 1) * per_block],
-                     main_noise)  # fmt: skip
-        if probe is None and not collect:
-            continue
-        feature = pooled_features(model, state.x, state.key_valid, state.prompt_length, block_slice)
+
+    def audit(generation: _Generation, block: int) -> None:
+        """Scores the block just committed; decodes flagged rows' block again (alpha 1)."""
+        start, end = generation.block_span(block)
+        block_slice, prompt_length = slice(start, end), generation.prompt_length
+        feature = pooled_features(
+            model, generation.x, generation.key_valid, prompt_length, block_slice
+        )
         if probe is not None:
             score = probe.score(feature)
             for repair in range(guard.max_repairs):
@@ -288,76 +285,69 @@ def _run(
                     break
                 seed = _repair_seed(guard.seed, block, repair)
                 noise = _noise(torch.Generator().manual_seed(seed), batch, length)
-                state.repair(rows, start, end, [1.0] * per_block, noise)
+                with annealing.switched([1.0] * per_block, noise, rows):
+                    generation.redo_block(block, rows)
+                key_valid = None if generation.key_valid is None else generation.key_valid[rows]
                 feature[rows] = pooled_features(
-                    model, state.x[rows], state.rows_valid(rows), state.prompt_length, block_slice
+                    model, generation.x[rows], key_valid, prompt_length, block_slice
                 )
                 score[rows] = probe.score(feature[rows])
                 repairs[rows.cpu(), block] += 1
             scores[:, block] = score.cpu()
         if collect:
             features.append(feature.cpu())
+
+    hooks = StepHooks(rank=annealing, block_end=audit if probe is not None or collect else None)
+    generation = _Generation(model, settings, canvas, None, hooks=hooks).run()
     return GuardOutput(
-        sequences=state.x,
-        commit_step=state.trace[:, state.prompt_length :],
-        steps=state.count,
+        sequences=generation.x,
+        commit_step=generation.trace[:, generation.prompt_length :],
+        steps=int(generation.count),
         repairs=repairs,
         scores=scores,
         features=None if features is None else torch.stack(features, dim=1),
     )
 
 
-class _State:
-    """The canvas being denoised, its commit trace, and the steps run so far."""
+def _sampler_settings(model, steps, gen_length, block_length, mask_id) -> SamplerSettings:
+    """``generate``'s settings for SAR's steps: temperature 0, no guidance, no cache, LLaDA's
+    fixed schedule (``SamplerSettings.check`` names a bad length or mask id)."""
+    return SamplerSettings.check(
+        model, steps=steps, gen_length=gen_length, block_length=block_length, mask_id=mask_id,
+        eos_id=None, eot_id=None, temperature=0.0, cfg_scale=0.0, remasking="low_confidence",
+        logits_eos_inf=False, confidence_eos_eot_inf=False, threshold=None, factor=None,
+        cache=None, stop_at_eos=False, prompt_bucket=1,
+    )  # fmt: skip
 
-    def __init__(self, model: DiffusionLM, canvas: Canvas, mask_id: int):
-        self.model, self.mask_id = model, mask_id
-        self.x, self.key_valid = canvas.x, canvas.attention_mask
-        self.prompt_length = canvas.prompt_length
-        # Prompt tokens and fixed response tokens: never remasked by a repair.
-        self.fixed = self.x != self.mask_id
-        self.trace = torch.full_like(self.x, -1)
-        self.count = 0
 
-    def rows_valid(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return None if self.key_valid is None else self.key_valid[rows]
+class _Annealing:
+    """SAR's ranking (``BlockStep.rank``): ``(1 - alpha_t) * confidence + alpha_t * u`` with
+    one ``alpha_t`` per step and ``u`` the noise of the step's window for ``rows``.
 
-    def decode(self, rows, start: int, end: int, alphas: list[float], noise) -> None:
-        """Runs one step per entry of ``alphas`` over block ``[start, end)`` for ``rows``,
-        committing LLaDA's scheduled count of masked positions per step, ranked by SAR."""
-        mask_id, model = self.mask_id, self.model
-        x, key_valid, trace = self.x[rows], self.rows_valid(rows), self.trace[rows]
-        counts = llada_transfer_counts(x[:, start:end] == mask_id, len(alphas))
-        # As mosa.generate: masked positions left of the block stay candidates.
-        window = first_masked_position(x[:, :start], mask_id, default=start)
-        positions = torch.arange(window, end, device=x.device)
-        sources = (positions - model.logits_shift).clamp(min=0)
-        for i, alpha in enumerate(alphas):
-            uniform = noise()  # drawn every step, for every row: the stream stays aligned
-            hidden = model(x, key_valid).hidden_states.index_select(1, sources)
-            token, confidence = sample_tokens(
-                hidden, weight=model.lm_head_weight, bias=model.lm_head_bias
-            )
-            current = x[:, window:end]
-            rank = confidence
-            if alpha > 0:
-                u = uniform[rows.cpu(), window:end].to(confidence.device)
-                rank = (1 - alpha) * confidence + alpha * u
-            commit = select_transfer(rank, current == mask_id, k=counts[:, i])
-            x[:, window:end] = torch.where(commit, token, current)
-            # Committing the mask token itself fills nothing (as in mosa.generate).
-            filled = commit & (token != mask_id)
-            trace[:, window:end] = torch.where(filled, self.count, trace[:, window:end])
-            self.count += 1
-        self.x[rows], self.trace[rows] = x, trace
+    ``noise`` is drawn every step for every row of the batch, whichever rows the step runs, so
+    the stream stays aligned.
+    """
 
-    def repair(self, rows, start: int, end: int, alphas: list[float], noise) -> None:
-        """Re-masks the non-fixed positions of block ``[start, end)`` of ``rows`` and decodes
-        the block again."""
-        free = ~self.fixed[rows, start:end]
-        self.x[rows, start:end] = self.x[rows, start:end].masked_fill(free, self.mask_id)
-        self.trace[rows, start:end] = self.trace[rows, start:end].masked_fill(free, -1)
-        self.decode(rows, start, end, alphas, noise)
+    def __init__(self, alphas, noise: Callable[[], torch.Tensor], rows: torch.Tensor):
+        self.alphas, self.noise, self.rows = iter(alphas), noise, rows
+
+    @contextlib.contextmanager
+    def switched(self, alphas, noise: Callable[[], torch.Tensor], rows: torch.Tensor):
+        """Ranks with ``alphas``, ``noise`` and ``rows`` inside the block (a repair)."""
+        saved = self.alphas, self.noise, self.rows
+        self.alphas, self.noise, self.rows = iter(alphas), noise, rows
+        try:
+            yield
+        finally:
+            self.alphas, self.noise, self.rows = saved
+
+    def __call__(self, confidence: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        alpha = next(self.alphas)
+        uniform = self.noise()
+        if alpha == 0:
+            return confidence
+        u = uniform[self.rows.cpu()].to(confidence.device).gather(1, index)
+        return (1 - alpha) * confidence + alpha * u
 
 
 def _noise(generator: torch.Generator, batch: int, length: int) -> Callable[[], torch.Tensor]:
@@ -378,20 +368,3 @@ def _check_model(model) -> DiffusionLM:
             f"that mosa.from_hf adopts) for its hidden states, got {type(model).__name__}"
         )
     return model
-
-
-def _check_schedule(steps: int, gen_length, block_length) -> int:
-    """The number of blocks; ValueError naming the bad length."""
-    for name, value in (("gen_length", gen_length), ("block_length", block_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if gen_length % block_length:
-        raise ValueError(
-            f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
-        )
-    blocks = gen_length // block_length
-    if steps < blocks or steps % blocks:
-        raise ValueError(
-            f"steps ({steps}) must be a positive multiple of the number of blocks ({blocks})"
-        )
-    return blocks

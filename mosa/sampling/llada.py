@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -257,13 +258,32 @@ class SamplerSettings:
                 None if self.parallel else self.steps_per_block)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class StepHooks:
+    """How a sampler built on ``generate``'s steps (DiffuGuard) changes them; eager only.
+
+    Attributes:
+        rank: ``BlockStep.rank``, the score a step commits by instead of the confidence.
+        block_end: called as ``block_end(generation, block)`` after each block is committed
+            (an audit, which may decode the block again with ``_Generation.redo_block``).
+    """
+
+    rank: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    block_end: Callable[[_Generation, int], None] | None = None
+
+
 class _Generation:
     """The canvas, trace and step count of one ``generate`` call, run block by block by the
     step sets of its batch shapes (rows leave the batch with ``stop_at_eos``), or by
-    ``graphed``, a set of the whole batch replaying CUDA graphs."""
+    ``graphed``, a set of the whole batch replaying CUDA graphs. ``hooks`` (eager only)
+    change the steps and follow each block."""
 
-    def __init__(self, model, settings: SamplerSettings, canvas: Canvas, generator, graphed=None):
+    def __init__(
+        self, model, settings: SamplerSettings, canvas: Canvas, generator, graphed=None,
+        hooks: StepHooks | None = None,
+    ):  # fmt: skip
         self.model, self.settings, self.graphed = model, settings, graphed
+        self.hooks = StepHooks() if hooks is None else hooks
         self.graphs = graphed is not None
         # A copy: a graph path that fails mid-call leaves the caller's canvas for the eager run.
         self.x, self.prompt_length = canvas.x.clone(), canvas.prompt_length
@@ -279,13 +299,32 @@ class _Generation:
         for block in range(self.settings.num_blocks):
             if not self.block(block):
                 break
+            if self.hooks.block_end is not None:
+                self.hooks.block_end(self, block)
         return self
+
+    def block_span(self, block: int) -> tuple[int, int]:
+        """The canvas positions ``[start, end)`` of block ``block``."""
+        start = self.prompt_length + block * self.settings.block_length
+        return start, start + self.settings.block_length
+
+    def redo_block(self, block: int, rows: torch.Tensor) -> None:
+        """Re-masks block ``block`` of ``rows`` (its given tokens stay) and decodes it again
+        for those rows alone; its steps count as steps of the generation."""
+        start, end = self.block_span(block)
+        free = ~self.given[rows, start:end]
+        self.x[rows, start:end] = self.x[rows, start:end].masked_fill(free, self.settings.mask_id)
+        self.trace[rows, start:end] = self.trace[rows, start:end].masked_fill(free, -1)
+        everyone, self.active = self.active, rows
+        try:
+            self.block(block)
+        finally:
+            self.active = everyone
 
     def block(self, block: int) -> bool:
         """Runs block ``block``; False when every row has finished (``stop_at_eos``)."""
         settings = self.settings
-        start = self.prompt_length + block * settings.block_length
-        end = start + settings.block_length
+        start, end = self.block_span(block)
         if settings.stop_at_eos and block > 0:
             running = _drop_finished(
                 self.x, self.active, self.prompt_length, start, settings.mask_id, settings.eos_id
@@ -318,9 +357,10 @@ class _Generation:
             )
             state.k_table.copy_(counts)
             state.step_in_block.zero_()
+            # A rank hook scores every position of the window, as noise does.
             narrow = (
                 None
-                if self.graphs or settings.needs_noise
+                if self.graphs or settings.needs_noise or self.hooks.rank is not None
                 else _widest(state.x, window, end, counts, settings.mask_id)
             )
             for i in range(settings.steps_per_block):
@@ -333,7 +373,9 @@ class _Generation:
         if self.graphed is not None:
             return self.graphed
         canvas = Canvas(self.x, self.key_valid, self.prompt_length)
-        return _make_step_set(self.model, self.settings, canvas, rows, None, self.generator)
+        return _make_step_set(
+            self.model, self.settings, canvas, rows, None, self.generator, self.hooks.rank
+        )
 
     def _load(self, steps: StepSet) -> StepSet:
         """Copies the active rows into the set's tensors (the ones its graphs read)."""
@@ -355,10 +397,11 @@ class _Generation:
 
 
 def _make_step_set(
-    model, settings: SamplerSettings, canvas: Canvas, rows: int, sets, generator=None
+    model, settings: SamplerSettings, canvas: Canvas, rows: int, sets, generator=None, rank=None
 ) -> StepSet:
     """A set of ``rows`` rows of ``canvas``'s length; with ``sets`` (a ``GraphCache``) its
-    steps are replayed as CUDA graphs, and it shares the KV cache of a set of its shape."""
+    steps are replayed as CUDA graphs, and it shares the KV cache of a set of its shape.
+    ``rank``: ``BlockStep.rank`` (eager sets only)."""
     padded = canvas.attention_mask is not None
     state = StepState.allocate(
         rows, canvas.x.shape[1], canvas.x.device, padded,
@@ -377,6 +420,7 @@ def _make_step_set(
         sample=_sampler(settings, predictor), threshold=settings.threshold,
         factor=settings.factor, mask_id=settings.mask_id,
         check_ids=functools.partial(_check_special_ids, settings), generator=generator,
+        rank=rank,
     )  # fmt: skip
     return StepSet(state, predictor, options, sets is not None, sets)
 
