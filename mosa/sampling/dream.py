@@ -144,63 +144,28 @@ def diffusion_generate(
     })  # fmt: skip
     if graphs:
         bucketed, added = bucket_canvas(canvas, prompt_bucket, bucket_pad_id(model, mask_id))
-        out = _graphed_generation(
-            model, cuda_graphs, bucketed, mask_id, steps, eps, ALGORITHMS[alg]
-        )
+        out = _graphed_generation(model, cuda_graphs, bucketed, mask_id, steps, eps, alg)
         if out is not None:  # None: the graph path failed and "auto" falls back to eager
             out.sequences = out.sequences[:, added:]
             return out if return_dict_in_generate else out.sequences
-    predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
-    x, prompt_length = canvas.x, canvas.prompt_length
-    given = x != mask_id
-    start, end = first_masked_position(x, mask_id, default=x.shape[1]), x.shape[1]
-    timesteps = dream_timesteps(steps, eps)
-    commit_step = torch.full((x.shape[0], max_new_tokens), -1, dtype=torch.long, device=x.device)
+    # Eager: the step the graph path captures, over the caller's canvas, with the options a
+    # graph cannot replay.
+    step = _dream_step(
+        model, canvas, mask_id, steps, eps, alg, temperature=temperature, alg_temp=alg_temp,
+        top_p=top_p if filtered else None, top_k=top_k if filtered else None,
+        generator=generator,
+    )  # fmt: skip
     history = [] if output_history else None
-    nonfinite = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-
-    for i in range(steps):
-        is_masked = x[:, start:end] == mask_id
-        rows, _ = predictor.rows(x, canvas.attention_mask, given, start, end - start, refresh=True)
-        if filtered:
-            rows = _filtered_logits(rows, predictor, temperature, top_p, top_k)
-            head, bias, sample_temperature = None, None, (1.0 if temperature > 0 else 0.0)
-        else:
-            head, bias, sample_temperature = predictor.weight, predictor.bias, temperature
-        seed = seed_from(generator) if sample_temperature > 0 else 0
-        if alg == "origin":
-            token, _ = sample_tokens(
-                rows, head, bias=bias, temperature=sample_temperature, seed=seed,
-                nonfinite="mark",
-            )  # fmt: skip
-            p_transfer = 1 - float(timesteps[i + 1] / timesteps[i]) if i < steps - 1 else 1.0
-            draws = torch.rand(is_masked.shape, generator=generator).to(x.device)
-            commit = is_masked & (draws < p_transfer)
-        else:
-            token, conf = sample_tokens(
-                rows, head, bias=bias, temperature=sample_temperature, confidence=ALGORITHMS[alg],
-                tempered_confidence=True, seed=seed, nonfinite="mark",
-            )  # fmt: skip
-            count = dream_transfer_count(x == mask_id, timesteps, i).expand(x.shape[0])
-            if alg_temp:
-                # Gumbel-top-k: `count` masked positions drawn without replacement from
-                # softmax(confidence / alg_temp), as Dream's torch.multinomial does.
-                rows_index = torch.arange(conf.shape[0], device=conf.device)[:, None]
-                cols_index = torch.arange(conf.shape[1], device=conf.device)[None]
-                noise = gumbel(seed_from(generator), rows_index, cols_index)
-                commit = select_scheduled((conf / alg_temp + noise).float(), is_masked, count)
-            else:
-                commit = select_scheduled(conf, is_masked, count)
-        token = keep_masked_where_nonfinite(token, is_masked, nonfinite, mask_id)
-        x[:, start:end] = torch.where(commit, token, x[:, start:end])
-        record_commits(commit_step, commit, token, mask_id, start, prompt_length, i)
+    for _ in range(steps):
+        step()
         if history is not None:
-            history.append(x.clone())
-    raise_on_nonfinite(nonfinite)
+            history.append(step.canvas.x.clone())
+    raise_on_nonfinite(step.nonfinite)
 
+    x = step.canvas.x
     if not return_dict_in_generate:
         return x
-    return GenerateOutput(sequences=x, commit_step=commit_step, steps=steps, history=history)
+    return GenerateOutput(sequences=x, commit_step=step.trace, steps=steps, history=history)
 
 
 def _filtered_logits(rows, predictor, temperature, top_p, top_k):
@@ -218,12 +183,17 @@ def _filtered_logits(rows, predictor, temperature, top_p, top_k):
 
 
 @dataclass
-class _ConfidenceStep:
-    """One step of a confidence algorithm at temperature 0, in place on tensors that stay put
-    (what a CUDA graph replays); the step number is read from the 0-d tensor ``step``.
+class _DreamStep:
+    """One step of ``diffusion_generate``, in place on tensors that stay put; the step number
+    is read from the 0-d tensor ``step``. One window ``[start, L)``, the head on all of it.
 
-    The same arithmetic as ``diffusion_generate``'s eager loop: one window ``[start, L)``,
-    the head on all of it, ``dream_transfer_count`` on the device.
+    The graph path captures this step with a confidence algorithm at temperature 0 and no
+    ``alg_temp`` or filter: then it reads nothing on the host (``dream_transfer_count`` on
+    the device) and draws no noise. The eager loop calls the same step with the options a
+    graph cannot replay, which keep branches of their own: ``'origin'`` (per-position
+    Bernoulli draws from ``generator`` with ``1 - s/t`` read on the host), ``top_p`` /
+    ``top_k`` (full logits, filtered before sampling), ``alg_temp`` (Gumbel-top-k choice)
+    and ``temperature > 0`` (noise seeded per step from ``generator``).
     """
 
     predictor: Predictor
@@ -233,9 +203,14 @@ class _ConfidenceStep:
     step: torch.Tensor
     timesteps: torch.Tensor
     start: int
-    confidence: str
+    alg: str
     mask_id: int
     nonfinite: torch.Tensor
+    temperature: float = 0.0
+    alg_temp: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    generator: torch.Generator | None = None
 
     def __call__(self) -> None:
         x, start = self.canvas.x, self.start
@@ -243,12 +218,32 @@ class _ConfidenceStep:
         rows, _ = self.predictor.rows(
             x, self.canvas.attention_mask, self.given, start, x.shape[1] - start, refresh=True
         )
-        token, conf = sample_tokens(
-            rows, self.predictor.weight, bias=self.predictor.bias, confidence=self.confidence,
-            tempered_confidence=True, nonfinite="mark",
-        )  # fmt: skip
-        count = dream_transfer_count(x == self.mask_id, self.timesteps, self.step)
-        commit = select_scheduled(conf, is_masked, count.expand(x.shape[0]))
+        if self.top_p is not None or self.top_k is not None:
+            rows = _filtered_logits(rows, self.predictor, self.temperature, self.top_p, self.top_k)
+            head, bias = None, None
+            temperature = 1.0 if self.temperature > 0 else 0.0  # the logits are tempered
+        else:
+            head, bias, temperature = self.predictor.weight, self.predictor.bias, self.temperature
+        seed = seed_from(self.generator) if temperature > 0 else 0
+        if self.alg == "origin":
+            token, _ = sample_tokens(
+                rows, head, bias=bias, temperature=temperature, seed=seed, nonfinite="mark"
+            )
+            commit = is_masked & (self._origin_draws(is_masked) < self._origin_probability())
+        else:
+            token, conf = sample_tokens(
+                rows, head, bias=bias, temperature=temperature, confidence=ALGORITHMS[self.alg],
+                tempered_confidence=True, seed=seed, nonfinite="mark",
+            )  # fmt: skip
+            count = dream_transfer_count(x == self.mask_id, self.timesteps, self.step)
+            if self.alg_temp:
+                # Gumbel-top-k: `count` masked positions drawn without replacement from
+                # softmax(confidence / alg_temp), as Dream's torch.multinomial does.
+                rows_index = torch.arange(conf.shape[0], device=conf.device)[:, None]
+                cols_index = torch.arange(conf.shape[1], device=conf.device)[None]
+                noise = gumbel(seed_from(self.generator), rows_index, cols_index)
+                conf = (conf / self.alg_temp + noise).float()
+            commit = select_scheduled(conf, is_masked, count.expand(x.shape[0]))
         token = keep_masked_where_nonfinite(token, is_masked, self.nonfinite, self.mask_id)
         x[:, start:] = torch.where(commit, token, x[:, start:])
         record_commits(
@@ -256,13 +251,48 @@ class _ConfidenceStep:
         )
         self.step += 1
 
+    def _origin_probability(self) -> float:
+        """``'origin'``'s chance of decoding a masked position: ``1 - s/t`` (1 on the last
+        step), computed on the CPU as Dream does."""
+        i = int(self.step)
+        if i == self.timesteps.numel() - 2:
+            return 1.0
+        t, s = self.timesteps[i : i + 2].cpu()
+        return 1 - float(s / t)
+
+    def _origin_draws(self, is_masked: torch.Tensor) -> torch.Tensor:
+        return torch.rand(is_masked.shape, generator=self.generator).to(is_masked.device)
+
+
+def _dream_step(model, canvas: Canvas, mask_id, steps, eps, alg, **options) -> _DreamStep:
+    """A step over ``canvas`` (written in place) from the first masked position on, its
+    trace all -1 and its count 0; ``options``: ``_DreamStep``'s eager-only fields."""
+    x = canvas.x
+    return _DreamStep(
+        predictor=Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True),
+        canvas=canvas,
+        given=x != mask_id,
+        trace=torch.full(
+            (x.shape[0], x.shape[1] - canvas.prompt_length), -1, dtype=torch.long, device=x.device
+        ),
+        step=torch.zeros((), dtype=torch.long, device=x.device),
+        # Made on the CPU as Dream makes them, then moved, so every path truncates alike.
+        timesteps=dream_timesteps(steps, eps).to(x.device),
+        start=first_masked_position(x, mask_id, default=x.shape[1]),
+        alg=alg,
+        mask_id=mask_id,
+        nonfinite=torch.zeros(x.shape[0], dtype=torch.bool, device=x.device),
+        **options,
+    )
+
 
 class _GraphedSteps:
-    """A ``_ConfidenceStep`` over tensors of one shape, run eagerly once (which compiles its
+    """A ``_DreamStep`` (a confidence algorithm, temperature 0, no ``alg_temp`` or filter)
+    over tensors of one shape, run eagerly once (which compiles its
     kernels), then captured and replayed (``GraphedStep``), by this and by later calls of the
     same shape."""
 
-    def __init__(self, step: _ConfidenceStep, cache):
+    def __init__(self, step: _DreamStep, cache):
         self.step = step
         self.device = step.canvas.x.device
         self.graphed = GraphedStep(step, self.device, torch.cuda.graph_pool_handle(), cache)
@@ -288,42 +318,19 @@ class _GraphedSteps:
         state.nonfinite.zero_()
 
 
-def _graphed_generation(
-    model, requested, canvas: Canvas, mask_id, steps, eps, confidence
-) -> GenerateOutput | None:
+def _graphed_generation(model, requested, canvas: Canvas, mask_id, steps, eps, alg):
     """The graph path (``run_graphed``); None when it failed and "auto" runs eagerly."""
     x = canvas.x
     start = first_masked_position(x, mask_id, default=x.shape[1])
     padded = canvas.attention_mask is not None
     key = (
-        "dream", mask_id, steps, eps, confidence, tuple(x.shape), start, canvas.prompt_length,
-        padded,
+        "dream", mask_id, steps, eps, alg, tuple(x.shape), start, canvas.prompt_length, padded,
     )  # fmt: skip
 
     def make(cache) -> _GraphedSteps:
-        predictor = Predictor(model, mask_id=mask_id, cfg_scale=0.0, cache=None, shift_logits=True)
-        return _GraphedSteps(
-            _ConfidenceStep(
-                predictor=predictor,
-                canvas=Canvas(
-                    x.clone(),
-                    None if not padded else canvas.attention_mask.clone(),
-                    canvas.prompt_length,
-                ),
-                given=torch.empty_like(x, dtype=torch.bool),
-                trace=torch.empty(
-                    x.shape[0], x.shape[1] - canvas.prompt_length, dtype=torch.long, device=x.device
-                ),
-                step=torch.zeros((), dtype=torch.long, device=x.device),
-                # Made on the CPU as the eager loop makes them, so both truncate alike.
-                timesteps=dream_timesteps(steps, eps).to(x.device),
-                start=start,
-                confidence=confidence,
-                mask_id=mask_id,
-                nonfinite=torch.zeros(x.shape[0], dtype=torch.bool, device=x.device),
-            ),
-            cache,
-        )
+        mask = None if not padded else canvas.attention_mask.clone()
+        own = Canvas(x.clone(), mask, canvas.prompt_length)
+        return _GraphedSteps(_dream_step(model, own, mask_id, steps, eps, alg), cache)
 
     def run(graphed: _GraphedSteps) -> GenerateOutput:
         graphed.load(canvas, mask_id)
