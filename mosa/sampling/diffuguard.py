@@ -34,8 +34,9 @@ Differences from the paper, which this is a simplified version of:
   correction guided by the model's internal representations, which is not reproduced here.
 - The noise comes from seeded generators (the main pass from ``seed``, each block's repair
   rounds from seeds of their own), so a call repeats and a row's answer does not depend on
-  which other rows were repaired. A plain loop without a cache: one full forward per step,
-  plus one per audit.
+  which other rows were repaired. It is ``generate``'s block loop and step (``BlockStep``)
+  with ``StepHooks``: SAR ranks through ``rank``, audit and repair run at ``block_end``;
+  eager, without a cache: one full forward per step, plus one per audit.
 
 Measured on the shipped tiny model (``mosa.tiny``; held-out prompts of ``corpus.splits(0)``,
 40 tokens, blocks of 8, 40 steps; probe calibrated on the 90 harmful and first 90 benign
