@@ -346,6 +346,7 @@ def attacked_set(prompts):
     ]
 
 
+@pytest.mark.slow
 def test_responses_repeat_under_a_seed(model, tokenizer, held_out_harmful):
     attacked = attacked_set(held_out_harmful[:2])
     greedy = [respond(model, tokenizer, attacked, **SAMPLER) for _ in range(2)]
@@ -362,6 +363,7 @@ def test_responses_repeat_under_a_seed(model, tokenizer, held_out_harmful):
     assert sampled(1) != first  # the generator decides the draws
 
 
+@pytest.mark.slow
 def test_the_shipped_tiny_model_is_attackable(model, tokenizer, held_out_harmful):
     """``mosa demo``'s options: pad, dija and trajhijack each jailbreak at least half of 30
     held-out harmful prompts (measured: 83, 80 and 100%)."""
@@ -398,6 +400,7 @@ def test_a_dija_prompt_too_long_for_its_canvas_is_refused_before_sampling(
 # -- DiffuGuard's sampler under every attack ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_greedy_guard_answers_every_attack_as_generate_does(model, tokenizer, held_out_harmful):
     """alpha 0 and no audit is LLaDA's greedy sampler token for token, over the attack's own
     canvases: the prefix-fixed one, DIJA's lengthened one, and TrajHijack's resumed one."""

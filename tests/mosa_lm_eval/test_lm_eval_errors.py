@@ -12,6 +12,8 @@ import mosa.tiny
 
 pytest.importorskip("lm_eval")
 
+pytestmark = pytest.mark.slow  # each case starts lm-eval (~6-12 s on 2 cores)
+
 TASK_LINES = """\
 doc_to_target: "{{answer}}"
 metric_list:
