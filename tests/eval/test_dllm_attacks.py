@@ -199,6 +199,7 @@ def test_dija_slots_become_masks_in_the_user_turn_and_are_filled(
         assert text.index("step 2 :") < text.index("step 3 :")
 
 
+@pytest.mark.slow
 def test_dija_rows_keep_their_order_among_other_rows(model, tokenizer, held_out_harmful):
     plain, harmful = held_out_harmful[:2]
     others = [apply_attack("none", plain), apply_attack("prefill", harmful, prefill="sure ,")]

@@ -91,6 +91,7 @@ def dream_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_a_dream_model_generates_with_dreams_sampler(dream_folder, monkeypatch):
     import importlib
 
