@@ -12,6 +12,7 @@ pytest.importorskip("peft")
 from benchmarks import align_end_to_end, common  # noqa: E402
 
 
+@pytest.mark.slow
 def test_quick_run_trains_and_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
 

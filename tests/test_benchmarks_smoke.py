@@ -94,6 +94,7 @@ print(json.dumps(shadowed))
 """
 
 
+@pytest.mark.slow
 def test_no_benchmark_module_shadows_an_installed_package():
     # As scripts with their folder on sys.path, `kernels.py` hid the `kernels` package that
     # transformers 5 imports, and `benchmarks/align.py` failed on a fresh install.

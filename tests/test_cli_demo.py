@@ -12,6 +12,7 @@ from mosa.cli import main
 pytest.importorskip("peft")
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_results(tmp_path, capsys):
     out = tmp_path / "demo"
     # A umask that shows both owner-only files (0o600) and copied ones (0o644): see
@@ -43,6 +44,7 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert all(p.stat().st_size > 1000 for p in plots)
 
 
+@pytest.mark.slow
 def test_demo_all_quick_runs_every_defense_against_every_attack(tmp_path, capsys, monkeypatch):
     from mosa.eval import report
 

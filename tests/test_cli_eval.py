@@ -420,6 +420,7 @@ def test_eval_names_the_data_folder_variable(tmp_path, monkeypatch):
         main(["eval", "--dataset", "advbench", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_responses(tmp_path):
     attacks = ["--attacks", "none", "gcg", "--gcg-steps", "2", "--gcg-candidates", "8"]
     args = ["eval", "--dataset", "tiny-harmful", *attacks, *SMALL]

@@ -54,6 +54,7 @@ def test_a_model_path_typo_fails_at_once(tmp_path, argv):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_custom_tokenizer_code_is_never_run(tmp_path):
     """A ``tokenizer_config.json`` whose ``auto_map`` points at a ``.py`` file in the folder:
     transformers would ask "run the custom code? [y/N]" and run it on "y". Here stdin is closed

@@ -34,6 +34,7 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads through /proc")
+@pytest.mark.slow
 def test_destroying_the_group_stops_gloo_threads(tmp_path):
     # A gloo thread alive at interpreter exit aborts the process when it frees a tensor
     # ('terminate called without an active exception'), as `mosa eval` did now and then.

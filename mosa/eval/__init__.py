@@ -2,7 +2,7 @@
 results table, plots and the paper's analyses. Dataset readers are in ``mosa.datasets``."""
 
 from .analysis import decoding_order, gcg_positions, linear_fit, prefill_sweep
-from .attacked import AttackedPrompt, Canvas, Decoding, build_response_canvas
+from .attacked import AttackedPrompt, Decoding, FixedPieces, build_response_canvas
 from .attacks import ATTACKS, TEMPLATES, Attack, apply_attack, expand_attack
 from .gcg import GCGResult, gcg_search
 from .judges import (
@@ -35,9 +35,9 @@ __all__ = [
     "TEMPLATES",
     "Attack",
     "AttackedPrompt",
-    "Canvas",
     "ClassifierJudge",
     "Decoding",
+    "FixedPieces",
     "GCGResult",
     "HTTPJudge",
     "HarmBenchJudge",

@@ -12,7 +12,9 @@ import torch
 
 from mosa.sampling.texts import check_prompts_fit
 
-Canvas = list[tuple[int, str]]
+FixedPieces = list[tuple[int, str]]
+"""``(response position, text)`` pieces an attack fixes in the response (not to be confused
+with ``mosa.text.canvas.Canvas``, the whole prompt-plus-response sequence a sampler denoises)."""
 
 MASK_SLOT = re.compile(r"<mask:(\d+)>")
 """A DIJA slot in a prompt: ``<mask:N>`` is N mask tokens the sampler fills."""
@@ -57,7 +59,7 @@ class AttackedPrompt:
     """
 
     prompt: str
-    fixed: Canvas = field(default_factory=list)
+    fixed: FixedPieces = field(default_factory=list)
     decoding: Decoding | None = None
 
     @property
@@ -67,7 +69,7 @@ class AttackedPrompt:
 
 
 def build_response_canvas(
-    tokenizer, fixed: Canvas, gen_length: int, mask_id: int
+    tokenizer, fixed: FixedPieces, gen_length: int, mask_id: int
 ) -> torch.LongTensor:
     """The sampler's ``response`` tensor ``int64[gen_length]``: ``mask_id`` everywhere but the
     fixed pieces, each tokenized without special tokens and written from its position.

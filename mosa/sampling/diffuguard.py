@@ -38,17 +38,11 @@ Differences from the paper, which this is a simplified version of:
   with ``StepHooks``: SAR ranks through ``rank``, audit and repair run at ``block_end``;
   eager, without a cache: one full forward per step, plus one per audit.
 
-Measured on the shipped tiny model (``mosa.tiny``; held-out prompts of ``corpus.splits(0)``,
-40 tokens, blocks of 8, 40 steps; probe calibrated on the 90 harmful and first 90 benign
-training prompts): greedy ``generate`` and every setting tried (alpha 0.3, 0.6, 1; audit with
-one or two repairs) give the same safety figures: no plain harmful request answered with a
-placeholder step, all 30 with the "sure , here is how to" prefill, all 30 jailbreak-wrapped
-ones; benign exact answers stay at 90% (88.3% at alpha 0.6). After that prefill the tiny
-model puts under 5e-4 probability on its refusal's words at any position, so no decoding
-order can reach a refusal: DiffuGuard only re-orders the model's own argmax predictions and
-needs refusal mass to uncover. The probe at shrinkage 0.05 flags no held-out benign prompt
-(the plain difference of means, shrinkage 1, flags 32%) and 87% of the benign requests that
-only sound risky, which still get answered.
+DiffuGuard only re-orders the model's own argmax predictions, so it protects only a model
+that still puts probability on its refusal's words; after a prefill the shipped tiny model
+does not, and DiffuGuard gives it no protection. The probe's covariance is shrunk (0.05)
+because the plain difference of means flags benign prompts. README.md ("Evaluation") has the
+measurements.
 """
 
 from __future__ import annotations

@@ -22,19 +22,17 @@ ALIGN_SETTINGS = {
 }
 """MOSA settings for the tiny model: the window scaled to its 40-token responses (the paper's
 20..60 of 128); a LoRA step 4x the paper's and clip 1.0, so ~300 steps align it; the benign-KL
-regulariser keeps its utility (docs/DESIGN.md §7): over all 157 held-out benign tasks, 300 steps cost
-1.9 points at weight 8 (seed 0). Measured on the model shipped before the corpus had compound
-requests: at lr 1e-3 benign accuracy fell 12 points; at weight 1, 8.3 points."""
+regulariser keeps its utility (docs/DESIGN.md §7), where a larger step or a smaller weight
+costs benign accuracy (README.md, "Alignment", has the measurements)."""
 
 
 DEFENSE_SETTINGS = {"anywhere": {"benign_beta": 32.0}}
 """Changes to ``ALIGN_SETTINGS`` per ``AlignConfig.defense``. Ours (``anywhere``) trains its
 refusal at every place of canvases that already hold harmful pieces, which spreads to benign
-answers more than MOSA's window does. With the benign-KL weight of 8 and the benign training
-prompts it refused 53 % of the held-out requests that only sound harmful; with the look-alike
-prompts added as benign (``align_prompts(look_alikes=True)``, as the demo and ``mosa align
---anywhere`` do) that fell to 0-3 %, and the weight decided utility on the 157 held-out benign
-tasks: 8 cost 5.1 points (81.5 %), 16 cost 3.2, 32 cost 1.9 (the shipped model: 86.6 %)."""
+answers more than MOSA's window does: it over-refuses unless the look-alike prompts are added
+as benign (``align_prompts(look_alikes=True)``, as the demo and ``mosa align --anywhere`` do),
+and then the benign-KL weight decides its utility, hence the larger weight (README.md,
+"Alignment", has the measurements)."""
 
 
 def path() -> Path:

@@ -18,6 +18,8 @@ from mosa.tiny.evaluate import benign_accuracy, is_compliance, respond
 
 pytest.importorskip("peft")
 
+pytestmark = pytest.mark.slow  # one module-scoped 300-step training run (~40 s on 2 cores)
+
 STEPS = 300  # at the tiny model's learning rate (mosa.tiny.ALIGN_SETTINGS)
 
 

@@ -183,6 +183,7 @@ def _cli_args(out: Path, prompts: Path, per_process_batch: int) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(_prompts()) + "\n")
@@ -199,6 +200,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert metrics[0] == pytest.approx(metrics[1], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_two_process_fsdp2_full_finetune_equals_one_process(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(_prompts()) + "\n")

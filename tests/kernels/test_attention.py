@@ -217,6 +217,7 @@ def test_padding_matches_keys_removed(monkeypatch, device):
 
 
 @pytest.mark.parametrize("mask", ["left", "right", "middle", "gap", "random"])
+@pytest.mark.slow
 def test_masked_keys_are_never_read(monkeypatch, device, mask):
     """NaN in every masked key changes nothing, whether the key lies outside the range of valid
     keys (skipped) or in a hole inside it (loads masked)."""

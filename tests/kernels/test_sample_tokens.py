@@ -285,6 +285,7 @@ def chi_square(counts, probs):
     return stat.item(), torch.special.gammaincc(df, stat / 2).item()
 
 
+@pytest.mark.slow
 def test_sampling_follows_tempered_softmax(backend, device):
     # One row of 8 logits repeated; each row index gets its own noise. The interpreter pays
     # per program (row), so Triton on the CPU gets fewer rows (and the test less power).
@@ -305,6 +306,7 @@ def test_sampling_follows_tempered_softmax(backend, device):
     assert_close(conf, expected_conf, rel=FP32_TOL, floor=0.0, what="confidence")
 
 
+@pytest.mark.slow
 def test_seeds(backend, device):
     x = randn((32, 8), seed=2, scale=0.3, device=device)
     settings = dict(temperature=1.0, confidence="random")

@@ -48,6 +48,18 @@ TINY_CONFIGS = {
 }
 
 
+def dream_config_over(tokenizer) -> dict:
+    """A small Dream config over ``tokenizer``'s vocabulary and special tokens (the tiny
+    model's, say), so its prompts and chat template serve a Dream model too."""
+    return dict(
+        DREAM_7B, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, intermediate_size=96, vocab_size=len(tokenizer),
+        max_position_embeddings=128, mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+
+
 def random_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """fp32 weights at scales that make attention patterns and logits far from uniform."""
     generator = torch.Generator().manual_seed(seed)

@@ -184,6 +184,7 @@ def calibrated() -> DiffuGuard:
     return DiffuGuard.calibrate(model, tokenizer, harmful, benign, alpha=0.3, **TINY)
 
 
+@pytest.mark.slow
 def test_calibrated_audit_flags_harmful_prompts_and_leaves_benign_ones_alone():
     model, _ = tiny()
     guard = calibrated()

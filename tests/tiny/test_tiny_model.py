@@ -126,6 +126,7 @@ def test_shipped_checkpoint_loads(tokenizer):
     assert size <= 20 * 2**20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", THRESHOLDS)
 def test_shipped_model_behaviour(figures, name, record_property):
     print(f"\n{name}: {figures[name]:.1f} % (threshold {THRESHOLDS[name]:.0f} %)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,6 +10,9 @@ import pytest
 import torch
 
 import mosa.tiny
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from tiny_checkpoints import dream_config_over  # noqa: E402
 
 lm_eval_registry = pytest.importorskip("lm_eval.api.registry")
 
@@ -72,18 +76,12 @@ def test_rolling_loglikelihood_is_refused_clearly():
 @pytest.fixture(scope="module")
 def dream_folder(tmp_path_factory):
     """A small random Dream checkpoint over the tiny model's tokenizer."""
-    from mosa.models import DREAM_7B, build_model
+    from mosa.models import build_model
     from mosa.text.prompts import load_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-dream")
     tokenizer = load_tokenizer(mosa.tiny.path())
-    config = dict(
-        DREAM_7B, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        num_hidden_layers=2, intermediate_size=96, vocab_size=len(tokenizer),
-        max_position_embeddings=128, mask_token_id=tokenizer.mask_token_id,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+    config = dream_config_over(tokenizer)
     model = build_model(config, device="cpu", seed=3)
     with torch.no_grad():
         for param in model.parameters():
@@ -93,6 +91,7 @@ def dream_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_a_dream_model_generates_with_dreams_sampler(dream_folder, monkeypatch):
     import importlib
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from local_tasks import local_task
 
 import mosa.tiny
 from mosa.tiny import corpus
@@ -23,35 +24,21 @@ pytest.importorskip("lm_eval")
 EXAMPLES = 4
 COLORS = sorted({color for color, _ in corpus.WORLD.values()})
 
-SUMS_TASK = """\
-task: tiny_sums
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{answer}}}}"
+TASK_LINES = {
+    ("sums", "generate_until"): """\
+doc_to_target: "{{answer}}"
 generation_kwargs:
   until: [" ."]
 metric_list:
   - metric: exact_match
-"""
-COLORS_TASK = """\
-task: tiny_colors
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
+""",
+    ("colors", "multiple_choice"): """\
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{label}}"
 metric_list:
   - metric: acc
-"""
+""",
+}
 
 
 def _chat(tokenizer, prompt: str) -> str:
@@ -87,10 +74,11 @@ def _write_tasks(folder: Path) -> None:
                 "label": choices.index(f"{color} ."),
             }
         )
-    for name, task in (("sums", SUMS_TASK), ("colors", COLORS_TASK)):
+    for (name, output_type), lines in TASK_LINES.items():
         data = folder / f"{name}.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows[name]))
-        (folder / f"tiny_{name}.yaml").write_text(task.format(data=data))
+        task = local_task(f"tiny_{name}", data, output_type, lines)
+        (folder / f"tiny_{name}.yaml").write_text(task)
 
 
 @pytest.mark.slow

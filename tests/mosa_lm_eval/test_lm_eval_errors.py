@@ -6,21 +6,16 @@ from __future__ import annotations
 import sys
 
 import pytest
+from local_tasks import local_task
 
 import mosa.tiny
 
 pytest.importorskip("lm_eval")
 
-TASK = """\
-task: tiny_never_read
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{answer}}}}"
+pytestmark = pytest.mark.slow  # each case starts lm-eval (~6-12 s on 2 cores)
+
+TASK_LINES = """\
+doc_to_target: "{{answer}}"
 metric_list:
   - metric: exact_match
 """
@@ -39,7 +34,8 @@ metric_list:
 def test_bad_model_args_are_one_line(tmp_path, monkeypatch, model_args, message):
     from mosa.lm_eval.__main__ import main
 
-    (tmp_path / "tiny_never_read.yaml").write_text(TASK.format(data=tmp_path / "none.jsonl"))
+    task = local_task("tiny_never_read", tmp_path / "none.jsonl", "generate_until", TASK_LINES)
+    (tmp_path / "tiny_never_read.yaml").write_text(task)
     model_args = model_args.format(tiny=mosa.tiny.path(), missing=tmp_path / "missing")
     argv = ["mosa.lm_eval", "--model", "mosa", "--model_args", model_args, "--device", "cpu"]
     argv += ["--tasks", "tiny_never_read", "--include_path", str(tmp_path)]
