@@ -68,3 +68,15 @@ def seed_from(generator: torch.Generator | None) -> int:
             "no device synchronisation happens); pass torch.Generator().manual_seed(s)"
         )
     return int(torch.randint(0, 2**32, (1,), generator=generator, dtype=torch.int64))
+
+
+SEED_MIX = 1_000_003  # an odd prime: distinct (seed, parts) keep distinct seeds in practice
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A seed of its own for ``parts`` (an epoch, a block and repair round, ...) under
+    ``seed``: ``seed * SEED_MIX + part`` folded over ``parts``, reduced below ``2**63`` so that
+    ``torch.Generator.manual_seed`` takes it."""
+    for part in parts:
+        seed = seed * SEED_MIX + part
+    return seed % 2**63

@@ -49,6 +49,8 @@ from mosa.models.files import write_checkpoint, write_folder
 from mosa.sampling.predictor import model_token_id
 from mosa.text.canvas import build_canvas
 from mosa.text.prompts import check_no_mask_in_prompts, encode_prompts, load_tokenizer
+from mosa_kernels.ops._checks import check_positive_int
+from mosa_kernels.random import derive_seed
 
 from .defenses import defense_for
 from .objective import AlignBatch, EosBatch, check_window, response_kl
@@ -121,9 +123,7 @@ class AlignConfig:
         defense_for(self.defense)  # a ValueError naming the defenses
         positive = ("gen_length", "lora_r", "lora_alpha", "epochs", "batch_size", "grad_accum")
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         for name in ("beta", "benign_beta", "weight_decay", "lora_dropout", "save_every"):
@@ -243,7 +243,7 @@ def run_length(config: AlignConfig, world: int, n_prompts: int) -> tuple[int, in
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
     return torch.randperm(n, generator=generator).tolist()
 
 
@@ -275,7 +275,7 @@ def _grouped_by_length(
     batches shuffled (seeded by ``seed`` and ``epoch``); the dropped tail stays last."""
     full = len(order) // global_batch * global_batch
     window = GROUP_WINDOW_BATCHES * global_batch
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_000)
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch + 500_000))
     grouped = []
     for start in range(0, full, window):
         ranked = sorted(order[start : min(start + window, full)], key=lambda i: lengths[i])

@@ -10,6 +10,7 @@ it runs data parallel.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from .common import model_folder, prepare_output, read_prompt_file
@@ -92,8 +93,17 @@ def _align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_defaults() -> dict:
+    """``AlignConfig``'s field defaults: the flags' defaults and help read them."""
+    from mosa.align.trainer import AlignConfig
+
+    return {f.name: f.default for f in dataclasses.fields(AlignConfig)}
+
+
 def add_parser(commands) -> None:
     from mosa.align.defenses import DEFENSES
+
+    default = _config_defaults()
 
     p = commands.add_parser("align", help="train a MOSA adapter (middle-token safety alignment)")
     p.add_argument("model", nargs="?", help="checkpoint folder; default: the embedded tiny model")
@@ -105,9 +115,15 @@ def add_parser(commands) -> None:
     p.add_argument("--refusals", help="positive sentences: one per line or a JSON list")
     p.add_argument("--harmful", help="negative sentences: one per line or a JSON list")
     g = p.add_argument_group("objective (defaults: the paper's)")
-    g.add_argument("--gen-length", type=int, help="response canvas length (default 128)")
     g.add_argument(
-        "--window", type=int, nargs=2, metavar=("FIRST", "LAST"), help="offsets (default 20 60)"
+        "--gen-length", type=int, help=f"response canvas length (default {default['gen_length']})"
+    )
+    g.add_argument(
+        "--window",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        help="offsets (default {} {})".format(*default["window"]),
     )
     # A flag per defense of the table, or --defense NAME; none given: the default (MOSA).
     defenses = g.add_mutually_exclusive_group()
@@ -120,24 +136,32 @@ def add_parser(commands) -> None:
                 defense.flag, dest="defense", action="store_const", const=name, help=defense.help
             )
     p.set_defaults(defense=next(n for n, d in DEFENSES.items() if d.flag is None))
-    g.add_argument("--beta", type=float, default=0.05, help="KL weight")
-    g.add_argument("--benign-beta", type=float, help="benign-KL weight (default 0)")
+    g.add_argument("--beta", type=float, default=default["beta"], help="KL weight")
+    g.add_argument(
+        "--benign-beta", type=float, help=f"benign-KL weight (default {default['benign_beta']:g})"
+    )
     g = p.add_argument_group("training")
     g.add_argument("--full-finetune", action="store_true", help="train every weight, no LoRA")
     g.add_argument("--fsdp", action="store_true", help="full fine-tuning sharded with FSDP2")
-    g.add_argument("--lora-r", type=int, default=32)
-    g.add_argument("--lora-alpha", type=int, default=64)
-    g.add_argument("--lr", type=float, help="AdamW learning rate (default 5e-5)")
-    g.add_argument("--clip", type=float, help="gradient-norm clip (default 0.01)")
-    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--lora-r", type=int, default=default["lora_r"])
+    g.add_argument("--lora-alpha", type=int, default=default["lora_alpha"])
+    g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {default['lr']:g})")
+    g.add_argument("--clip", type=float, help=f"gradient-norm clip (default {default['clip']:g})")
+    g.add_argument("--epochs", type=int, default=default["epochs"])
     g.add_argument("--max-steps", type=int)
-    g.add_argument("--batch-size", type=int, help="prompts per process and micro-step (1)")
-    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"prompts per process and micro-step ({default['batch_size']})",
+    )
+    g.add_argument("--grad-accum", type=int, default=default["grad_accum"])
     g.add_argument(
         "--group-by-length", action="store_true", help="batch prompts of similar length together"
     )
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
+    g.add_argument("--seed", type=int, default=default["seed"])
+    g.add_argument(
+        "--save-every", type=int, default=default["save_every"], help="checkpoint every N steps"
+    )
     g.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--export-merged", action="store_true", help="also write merged weights")

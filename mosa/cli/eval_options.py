@@ -114,10 +114,20 @@ def model_label(args: argparse.Namespace) -> str:
 
 
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampler (greedy LLaDA; defaults: 40/8/40 for the tiny model)")
-    g.add_argument("--gen-length", type=int, help="response canvas (default 128)")
+    from mosa.sampling.settings import LLADA_EVALUATION, TINY_EVALUATION
+
+    tiny = TINY_EVALUATION
+    g = p.add_argument_group(
+        "sampler (greedy LLaDA; defaults: "
+        f"{tiny.gen_length}/{tiny.block_length}/{tiny.steps} for the tiny model)"
+    )
     g.add_argument(
-        "--block-length", type=int, help="default 32, or --gen-length if it is not a multiple"
+        "--gen-length", type=int, help=f"response canvas (default {LLADA_EVALUATION.gen_length})"
+    )
+    g.add_argument(
+        "--block-length",
+        type=int,
+        help=f"default {LLADA_EVALUATION.block_length}, or --gen-length if it is not a multiple",
     )
     g.add_argument("--steps", type=int, help="denoising steps (default: --gen-length)")
     g.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")

@@ -50,7 +50,7 @@ def _check_threshold(threshold: float | None) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from mosa.models import load_model, sampling_family
     from mosa.models.files import write_file_atomic
-    from mosa.sampling import sample_texts
+    from mosa.sampling import LLADA_REFERENCE, sample_texts
     from mosa.text.prompts import load_tokenizer
 
     _check_threshold(args.threshold)
@@ -64,7 +64,7 @@ def _sample(args: argparse.Namespace) -> int:
     # A short --gen-length alone should just work: one block, one step per token.
     if args.gen_length is not None:
         blocks = "block_length" in sampling_family(model).sampler_options
-        if blocks and args.block_length is None and args.gen_length % 128:
+        if blocks and args.block_length is None and args.gen_length % LLADA_REFERENCE.block_length:
             args.block_length = args.gen_length
         if args.steps is None:
             args.steps = args.gen_length

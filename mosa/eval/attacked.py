@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mosa.sampling.texts import check_prompts_fit
+from mosa_kernels.ops._checks import check_positive_int
 
 FixedPieces = list[tuple[int, str]]
 """``(response position, text)`` pieces an attack fixes in the response (not to be confused
@@ -79,8 +80,7 @@ def build_response_canvas(
     Raises ``ValueError`` when a piece overflows the canvas, two pieces overlap, or a piece
     tokenizes to nothing, to the mask id or to the unknown token.
     """
-    if isinstance(gen_length, bool) or not isinstance(gen_length, int) or gen_length < 1:
-        raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
+    check_positive_int("gen_length", gen_length)
     if isinstance(mask_id, bool) or not isinstance(mask_id, int):
         raise TypeError(f"mask_id must be an int token id, got {mask_id!r}")
     canvas = torch.full((gen_length,), mask_id, dtype=torch.long)

@@ -38,6 +38,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from mosa_kernels.ops._checks import check_positive_int
+
 from .attacked import AttackedPrompt, check_position, check_prompt, check_text
 from .dija import DijaOptions, apply_dija
 from .trajhijack import TrajHijackOptions, apply_trajhijack
@@ -138,8 +140,7 @@ def pad_attack(
     """PAD: each ``(text, place)`` of ``anchors`` fixed in the fully masked canvas of
     ``gen_length`` tokens; ``place`` is a token index (int) or a fraction of ``gen_length``
     (float in [0, 1), rounded down)."""
-    if isinstance(gen_length, bool) or not isinstance(gen_length, int) or gen_length < 1:
-        raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
+    check_positive_int("gen_length", gen_length)
     if isinstance(anchors, str) or not anchors:
         raise TypeError("anchors must be a non-empty sequence of (text, place) pairs")
     fixed = []

@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from mosa_kernels.ops._checks import check_positive_int
+
 from .attacked import MASK_SLOT, AttackedPrompt
 from .dija import DEFAULT_DIJA_TEMPLATE
 
@@ -61,8 +63,7 @@ class DijaRewriter:
             ("max_masks", max_masks),
             ("batch_size", batch_size),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+            check_positive_int(label, value, expected="an int >= 1")
         # Left padding: every row's prompt ends where its generated text starts.
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from mosa.models import FAMILIES, ModelFamily, sampling_family
 from mosa.models.families import resolve
 from mosa.sampling.diffuguard import DiffuGuard, diffuguard_generate
+from mosa.sampling.settings import LLADA_EVALUATION, LLADA_REFERENCE
 from mosa.sampling.texts import check_prompts_fit
 from mosa.text.prompts import encode_prompts
 
@@ -28,9 +29,13 @@ from .dija import Infill
 from .judges import Judge, Verdict
 from .report import Rate, asr
 
-SAMPLER_DEFAULTS = {"gen_length": 128, "block_length": 32, "steps": 128, "temperature": 0.0}
+SAMPLER_DEFAULTS = LLADA_EVALUATION.schedule()
 _SCHEDULE = ("steps", "gen_length", "block_length")
-_GREEDY = {"temperature": 0.0, "remasking": "low_confidence", "truncate": None}
+_GREEDY = {
+    "temperature": LLADA_REFERENCE.temperature,
+    "remasking": LLADA_REFERENCE.remasking,
+    "truncate": None,
+}
 """The ``generate`` settings DiffuGuard's sampler shares (any other is refused with a guard)."""
 
 

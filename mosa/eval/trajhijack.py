@@ -15,6 +15,7 @@ import torch
 
 from mosa.sampling.llada import LLADA_EOS_ID, LLADA_EOT_ID
 from mosa.sampling.predictor import model_token_id
+from mosa_kernels.ops._checks import check_positive_int
 
 from .attacked import AttackedPrompt, Decoding, build_response_canvas, check_prompt, check_text
 
@@ -78,8 +79,7 @@ def trajhijack_attack(
     if isinstance(refusals, str) or not refusals:
         raise TypeError("refusals must be a non-empty sequence of phrases, e.g. ('I cannot',)")
     checked = tuple(check_text(f"refusals[{i}]", r) for i, r in enumerate(refusals))
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    check_positive_int("rounds", rounds, expected="an int >= 1")
     hijack = Hijack(check_text("prefix", prefix), checked, rounds)
     return AttackedPrompt(check_prompt(prompt), [], hijack)
 

@@ -23,7 +23,9 @@ from mosa.models import family_of, load_model
 from mosa.models.files import require_safetensors
 from mosa.sampling.llada import REMASKING
 from mosa.sampling.predictor import CACHE_MODES
+from mosa.sampling.settings import LLADA_EVALUATION
 from mosa.text.prompts import encode_prompts, load_tokenizer
+from mosa_kernels.ops._checks import check_positive_int
 
 from .likelihood import masked_loglikelihood
 
@@ -31,9 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"mosa lm-eval model: {name} must be a positive integer, got {value!r}")
-    return value
+    return check_positive_int(f"mosa lm-eval model: {name}", value, expected="a positive integer")
 
 
 def _available(device: str | None) -> str | None:
@@ -56,8 +56,8 @@ class MosaLM(LM):
         pretrained: checkpoint folder (``mosa.tiny.path()`` for the embedded tiny model).
         adapter: optional peft adapter folder, merged into the weights for evaluation.
         gen_length, block_length, steps, cache, threshold, factor, remasking, cfg_scale,
-            temperature: ``mosa.generate``'s settings for ``generate_until`` (``steps``
-            defaults to ``gen_length``). The canvas is ``gen_length`` tokens whatever a task's
+            temperature: ``mosa.generate``'s settings for ``generate_until``, by default
+            ``mosa.sampling.LLADA_EVALUATION``'s (``steps`` defaults to ``gen_length``). The canvas is ``gen_length`` tokens whatever a task's
             ``max_gen_toks`` says. A Dream model takes those its sampler has
             (``ModelFamily.sampler_options``: gen_length, steps, temperature) and decodes in
             its family's evaluation order (``eval_defaults``).
@@ -99,15 +99,15 @@ class MosaLM(LM):
         self,
         pretrained: str | None = None,
         adapter: str | None = None,
-        gen_length: int = 128,
-        block_length: int = 32,
+        gen_length: int = LLADA_EVALUATION.gen_length,
+        block_length: int = LLADA_EVALUATION.block_length,
         steps: int | None = None,
         cache: str | None = None,
         threshold: float | None = None,
         factor: float | None = None,
-        remasking: str = "low_confidence",
-        cfg_scale: float = 0.0,
-        temperature: float = 0.0,
+        remasking: str = LLADA_EVALUATION.remasking,
+        cfg_scale: float = LLADA_EVALUATION.cfg_scale,
+        temperature: float = LLADA_EVALUATION.temperature,
         mc_num: int = 128,
         mc_batch_size: int = 32,
         batch_size: int | str = 1,

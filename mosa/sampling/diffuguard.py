@@ -57,14 +57,13 @@ import torch
 from mosa.models import DiffusionLM, adopt_model
 from mosa.text.canvas import build_canvas
 from mosa.text.prompts import encode_prompts
+from mosa_kernels.random import derive_seed
 
 from .arguments import check_sampler_arguments
 from .context_window import fit_prompt
 from .harm_probe import DEFAULT_SHRINKAGE, Probe, pooled_features
 from .llada import SamplerSettings, StepHooks, _Generation
-
-CALIBRATION_SAMPLER = {"steps": 128, "gen_length": 128, "block_length": 32}
-"""``calibrate``'s default schedule: ``mosa.eval.runner``'s (LLaDA's evaluation settings)."""
+from .settings import LLADA_EVALUATION
 
 
 @dataclass(frozen=True)
@@ -115,9 +114,9 @@ class DiffuGuard:
         harmful: Sequence[str],
         benign: Sequence[str],
         *,
-        steps: int = CALIBRATION_SAMPLER["steps"],
-        gen_length: int = CALIBRATION_SAMPLER["gen_length"],
-        block_length: int = CALIBRATION_SAMPLER["block_length"],
+        steps: int = LLADA_EVALUATION.steps,
+        gen_length: int = LLADA_EVALUATION.gen_length,
+        block_length: int = LLADA_EVALUATION.block_length,
         batch_size: int = 32,
         shrinkage: float = DEFAULT_SHRINKAGE,
         **settings,
@@ -126,7 +125,8 @@ class DiffuGuard:
         separates ``harmful`` from ``benign`` prompts.
 
         Each prompt (chat template applied) is answered with SAR under the guard's settings
-        and the sampler schedule given (use the one the guard will run with); the audit
+        and the sampler schedule given (use the one the guard will run with; by default
+        ``LLADA_EVALUATION``'s, the eval runner's); the audit
         feature is taken at every block end, and ``Probe.fit`` (with ``shrinkage``) makes
         the probe: harmful minus benign mean feature, whitened, and the midpoint of their
         projections as the threshold.
@@ -353,7 +353,7 @@ def _noise(generator: torch.Generator, batch: int, length: int) -> Callable[[], 
 def _repair_seed(seed: int, block: int, repair: int) -> int:
     """A seed of its own for each (block, repair round): a row's noise then does not depend
     on which other rows were flagged before."""
-    return ((seed * 1_000_003 + block) * 1_000_003 + repair + 1) % 2**63
+    return derive_seed(seed, block, repair + 1)
 
 
 def _check_model(model) -> DiffusionLM:

@@ -24,6 +24,7 @@ from .nonfinite import keep_masked_where_nonfinite, raise_on_nonfinite
 from .output import GenerateOutput, record_commits
 from .predictor import Predictor, model_token_id
 from .schedule import dream_timesteps, dream_transfer_count
+from .settings import DREAM_REFERENCE
 
 DREAM_MASK_ID = 151666
 ALGORITHMS = {
@@ -42,12 +43,12 @@ def diffusion_generate(
     *,
     max_new_tokens: int | None = None,
     max_length: int | None = None,
-    steps: int = 512,
-    eps: float = 1e-3,
-    temperature: float = 0.0,
+    steps: int = DREAM_REFERENCE.steps,
+    eps: float = DREAM_REFERENCE.eps,
+    temperature: float = DREAM_REFERENCE.temperature,
     top_p: float | None = None,
     top_k: int | None = None,
-    alg: str = "origin",
+    alg: str = DREAM_REFERENCE.alg,
     alg_temp: float | None = None,
     mask_token_id: int | None = None,
     output_history: bool = False,

@@ -11,7 +11,7 @@ import torch
 from mosa.models import adopt_model
 from mosa.text.canvas import Canvas, build_canvas, first_masked_position
 from mosa_kernels import sample_tokens
-from mosa_kernels.ops._checks import check_nonnegative
+from mosa_kernels.ops._checks import check_nonnegative, check_positive_int
 from mosa_kernels.ops.select_transfer import check_threshold
 from mosa_kernels.random import check_generator
 
@@ -25,6 +25,7 @@ from .nonfinite import raise_on_nonfinite
 from .output import GenerateOutput
 from .predictor import Predictor, model_token_id
 from .schedule import llada_transfer_counts
+from .settings import LLADA_REFERENCE
 
 LLADA_MASK_ID = 126336
 LLADA_EOS_ID = 126081
@@ -59,12 +60,12 @@ def generate(
     model,
     prompt: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    steps: int = 128,
-    gen_length: int = 128,
-    block_length: int = 128,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
+    steps: int = LLADA_REFERENCE.steps,
+    gen_length: int = LLADA_REFERENCE.gen_length,
+    block_length: int = LLADA_REFERENCE.block_length,
+    temperature: float = LLADA_REFERENCE.temperature,
+    cfg_scale: float = LLADA_REFERENCE.cfg_scale,
+    remasking: str = LLADA_REFERENCE.remasking,
     mask_id: int | None = None,
     logits_eos_inf: bool = False,
     confidence_eos_eot_inf: bool = False,
@@ -220,9 +221,7 @@ class SamplerSettings:
                 f"remasking must be one of {tuple(REMASKING_RULES)}, got {options['remasking']!r}"
             )
         for name in ("gen_length", "block_length", "prompt_bucket"):
-            value = options[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, options[name])
         gen_length, block_length = options["gen_length"], options["block_length"]
         if gen_length % block_length:
             raise ValueError(

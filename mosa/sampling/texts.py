@@ -11,8 +11,10 @@ from mosa.models import sampling_family
 from mosa.text.prompts import encode_prompts
 
 from .context_window import prompt_room
+from .settings import LLADA_REFERENCE
 
-DEFAULT_GEN_LENGTH = 128
+DEFAULT_GEN_LENGTH = LLADA_REFERENCE.gen_length
+"""``sample_texts``'s canvas for either family (Dream's ``max_new_tokens``)."""
 
 
 def check_prompts_fit(

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mosa_kernels.ops._checks import check_positive_int
+
 
 @dataclass
 class Canvas:
@@ -55,8 +57,7 @@ def build_canvas(
         raise ValueError(
             f"prompt is empty (shape {tuple(prompt.shape)}); give at least one token per row"
         )
-    if isinstance(gen_length, bool) or not isinstance(gen_length, int) or gen_length < 1:
-        raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
+    check_positive_int("gen_length", gen_length)
     device = prompt.device
     x = torch.full((batch, prompt_length + gen_length), mask_id, dtype=torch.long, device=device)
     x[:, :prompt_length] = prompt

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mosa.eval import AttackedPrompt, Judge, Verdict, runner
+from mosa.sampling.settings import TINY_EVALUATION
 
 from . import corpus
 
-SAMPLER_DEFAULTS = {"gen_length": 40, "block_length": 8, "steps": 40, "temperature": 0.0}
+SAMPLER_DEFAULTS = TINY_EVALUATION.schedule()
 
 
 def _words(text: str) -> str:

@@ -22,6 +22,14 @@ def check_tensor(name: str, value, *, ndim_min: int = 1, floating: bool | None =
         raise TypeError(f"{name} must be an integer tensor of token ids, got {value.dtype}")
 
 
+def check_positive_int(name: str, value, *, expected: str = "a positive int") -> int:
+    """``value`` must be an int >= 1 (a bool is not one); else a ValueError
+    ``"{name} must be {expected}, got {value!r}"`` (``expected`` keeps a caller's wording)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
 def check_nonnegative(name: str, value, fix: str = "") -> None:
     """``value`` must be a finite real number >= 0 (NaN and inf are refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):

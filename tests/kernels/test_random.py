@@ -10,7 +10,7 @@ import pytest
 import torch
 from inputs import needs_cuda
 
-from mosa_kernels.random import RANDOM_CONFIDENCE_COLUMN, gumbel, seed_from, uniform
+from mosa_kernels.random import RANDOM_CONFIDENCE_COLUMN, derive_seed, gumbel, seed_from, uniform
 
 MASK = 0xFFFFFFFF
 
@@ -182,3 +182,13 @@ def test_seed_from_cpu_generator():
 def test_seed_from_rejects_cuda_generator():
     with pytest.raises(ValueError, match="CPU"):
         seed_from(torch.Generator(device="cuda").manual_seed(0))
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3])
+def test_derive_seed_keeps_the_mixing_the_trainer_and_diffuguard_used(seed):
+    # The formulas written out where they were (align/trainer.py, sampling/diffuguard.py), so
+    # shuffles and repair noise stay the same numbers.
+    assert derive_seed(seed, 3) == (seed * 1_000_003 + 3) % 2**63
+    assert derive_seed(seed, 2 + 500_000) == (seed * 1_000_003 + 2 + 500_000) % 2**63
+    assert derive_seed(seed, 5, 1 + 1) == ((seed * 1_000_003 + 5) * 1_000_003 + 1 + 1) % 2**63
+    assert derive_seed(seed, 1, 2) != derive_seed(seed, 2, 1)
