@@ -15,10 +15,11 @@ pytest.importorskip("peft")
 @pytest.mark.slow
 def test_demo_quick_writes_results(tmp_path, capsys):
     out = tmp_path / "demo"
-    # A umask that shows both owner-only files (0o600) and copied ones (0o644): see
-    # tests/test_cli_umask.py, which checks the other commands.
-    run_under(0o027, ["demo", "--quick", "--out", str(out)])
-    assert wrong_modes(out, 0o027) == {}
+    # Under 0077 a copied file must not keep its source's 0o644; the --all test below runs
+    # under 0022, where an owner-only (0o600) file is wrong. tests/test_cli_umask.py checks the
+    # other commands under both.
+    run_under(0o077, ["demo", "--quick", "--out", str(out)])
+    assert wrong_modes(out, 0o077) == {}
     tmp_path = out
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
@@ -50,7 +51,10 @@ def test_demo_all_quick_runs_every_defense_against_every_attack(tmp_path, capsys
 
     plotted = []
     monkeypatch.setattr(report, "_save", lambda figure, path: plotted.append((figure, path)))
-    assert main(["demo", "--quick", "--all", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "demo"
+    run_under(0o022, ["demo", "--quick", "--all", "--out", str(out)])
+    assert wrong_modes(out, 0o022) == {}
+    tmp_path = out
     results = json.loads((tmp_path / "results.json").read_text())
     variants = ["original", "MOSA", "initial alignment", "A2D", "DiffuGuard", "anywhere (ours)"]
     assert list(results["cells"]) == variants

@@ -1,8 +1,8 @@
 """Every file-writing ``mosa`` command, on the embedded tiny model with its smallest settings,
 under umask 0022 and 0077: each file it writes gets 0o666 and each folder 0o777 less the umask,
 as any file the user writes (safetensors and peft make owner-only files of their own, and a
-copied file keeps its source's mode). ``mosa demo`` is checked in its own test
-(tests/test_cli_demo.py), which runs it under a third umask."""
+copied file keeps its source's mode). ``mosa demo`` is checked by its own tests
+(tests/test_cli_demo.py), one under each umask."""
 
 from __future__ import annotations
 
