@@ -207,7 +207,7 @@ class _DreamStep:
     alg: str
     mask_id: int
     nonfinite: torch.Tensor
-    temperature: float = 0.0
+    temperature: float
     alg_temp: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -331,7 +331,9 @@ def _graphed_generation(model, requested, canvas: Canvas, mask_id, steps, eps, a
     def make(cache) -> _GraphedSteps:
         mask = None if not padded else canvas.attention_mask.clone()
         own = Canvas(x.clone(), mask, canvas.prompt_length)
-        return _GraphedSteps(_dream_step(model, own, mask_id, steps, eps, alg), cache)
+        # The graph path runs greedy decoding only (``use_cuda_graphs``' conditions).
+        step = _dream_step(model, own, mask_id, steps, eps, alg, temperature=0.0)
+        return _GraphedSteps(step, cache)
 
     def run(graphed: _GraphedSteps) -> GenerateOutput:
         graphed.load(canvas, mask_id)
