@@ -55,9 +55,11 @@ _TINY_MODEL_DIRS = ("models", "sampling", "align", "eval", "tiny")
 
 @pytest.fixture(autouse=True)
 def one_thread_for_tiny_models(request):
-    """Tests of tiny models run torch on one thread: thread start-up would dominate them,
-    worse on a loaded machine. Kernel tests keep every thread (the C++ kernels use them)."""
-    if request.path.parent.name not in _TINY_MODEL_DIRS:
+    """Tests of tiny models (those folders, or marked ``tiny_model``) run torch on one thread:
+    thread start-up would dominate them, worse on a loaded machine. Kernel tests keep every
+    thread (the C++ kernels use them)."""
+    marked = request.node.get_closest_marker("tiny_model") is not None
+    if request.path.parent.name not in _TINY_MODEL_DIRS and not marked:
         yield
         return
     threads = torch.get_num_threads()

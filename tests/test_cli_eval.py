@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mosa.cli import main
 from mosa.datasets import shared_data_dir
@@ -19,13 +18,7 @@ from mosa.datasets import shared_data_dir
 SMALL = ["--limit", "3", "--gen-length", "16", "--block-length", "8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model runs on one thread: thread start-up would dominate it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.tiny_model
 
 
 def responses(out: Path, attack: str, variant: str = "tiny", dataset: str = "tiny-harmful"):

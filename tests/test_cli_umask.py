@@ -11,11 +11,11 @@ import stat
 from pathlib import Path
 
 import pytest
-import torch
 
 from mosa.cli import main
 
 pytest.importorskip("peft")
+pytestmark = pytest.mark.tiny_model
 
 SMALL = ["--limit", "2", "--gen-length", "16", "--block-length", "8"]
 
@@ -42,7 +42,6 @@ def wrong_modes(root: Path, mask: int) -> dict[str, str]:
 
 @pytest.mark.parametrize("mask", [0o022, 0o077], ids=["umask-0022", "umask-0077"])
 def test_every_command_writes_with_the_umask_s_permissions(tmp_path, mask, capsys):
-    torch.set_num_threads(1)
     commands = {
         "sample.jsonl": ["sample", "--prompt", "w1 w2", "--gen-length", "8", "--steps", "8"],
         "eval": ["eval", "--dataset", "tiny-harmful", "--attacks", "none", *SMALL],

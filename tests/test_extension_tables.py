@@ -33,13 +33,7 @@ TINY_EVAL = ["--dataset", "tiny-harmful", "--limit", "2", "--gen-length", "16"]
 TINY_EVAL += ["--block-length", "8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model runs on one thread: thread start-up would dominate it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.tiny_model
 
 
 def last_error_line(capsys) -> str:
