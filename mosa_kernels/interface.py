@@ -70,12 +70,15 @@ class Backend(Protocol):
 
     def attention_forward(
         self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor | None, scale: float,
+        block_length: int,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """``(out [B, Lq, Hq, D], stats)``: ``stats``, what this backend's backward needs besides
-        the inputs and ``out`` (Triton: the rows' log-sum-exp; torch: nothing, an empty tensor)."""
+        the inputs and ``out`` (Triton: the rows' log-sum-exp; torch: nothing, an empty tensor).
+        ``block_length`` 0: non-causal; > 0: block-causal over the last Lq positions."""
 
     def attention_backward(
         self, grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor | None,
         out: Tensor, stats: Tensor, scale: float, needs_dq: bool, needs_dkdv: bool,
+        block_length: int,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
         """``(dq, dk, dv)``, None where not asked for; ``stats`` from the same backend's forward."""

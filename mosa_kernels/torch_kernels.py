@@ -187,25 +187,41 @@ def kl_rows(
     return kl
 
 
+def _block_causal(
+    key_valid: torch.Tensor | None, block_length: int, lq: int, lk: int, device: torch.device
+) -> torch.Tensor:
+    """``bool[B or 1, Lq, Lk]``: the keys each of the last ``lq`` positions may attend to
+    (valid, in a block no later than the query's)."""
+    key_block = torch.arange(lk, device=device) // block_length
+    query_block = torch.arange(lk - lq, lk, device=device) // block_length
+    allowed = (key_block[None, :] <= query_block[:, None])[None]
+    return allowed if key_valid is None else allowed & key_valid[:, None, :]
+
+
 def _attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     key_valid: torch.Tensor | None,
     scale: float,
+    block_length: int,
 ) -> torch.Tensor:
-    """SDPA over the valid keys, in and out of the ``[B, L, H, D]`` layout (GQA included)."""
+    """SDPA over the allowed keys, in and out of the ``[B, L, H, D]`` layout (GQA included)."""
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     gqa = kh.shape[1] != qh.shape[1]
-    if key_valid is None:
+    if block_length:
+        allowed = _block_causal(key_valid, block_length, q.shape[1], k.shape[1], q.device)
+    elif key_valid is None:
         out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=gqa)
         return out.transpose(1, 2)
-    has_key = key_valid.any(dim=1)
-    # SDPA makes NaN of a row with no valid key: such an item attends to every key, then is zeroed
-    # (masked_fill also zeroes the gradients that would flow through it).
-    mask = (key_valid | ~has_key[:, None])[:, None, None, :]
+    else:
+        allowed = key_valid[:, None, :]  # one row of keys for every query
+    has_key = allowed.any(dim=2, keepdim=True)
+    # SDPA makes NaN of a row with no allowed key: such a row attends to every key, then is
+    # zeroed (masked_fill also zeroes the gradients that would flow through it).
+    mask = (allowed | ~has_key)[:, None]
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa)
-    return out.transpose(1, 2).masked_fill(~has_key[:, None, None, None], 0.0)
+    return out.masked_fill(~has_key[:, None], 0.0).transpose(1, 2)
 
 
 def attention_forward(
@@ -214,16 +230,20 @@ def attention_forward(
     v: torch.Tensor,
     key_valid: torch.Tensor | None,
     scale: float,
+    block_length: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-causal attention over the valid keys: ``softmax(q k^T * scale) v`` per head.
+    """Attention over the allowed keys: ``softmax(q k^T * scale) v`` per head.
 
     q ``[B, Lq, Hq, D]``, k/v ``[B, Lk, Hkv, D]`` with ``Hq % Hkv == 0`` (q head h reads kv
-    head ``h // (Hq / Hkv)``); ``key_valid`` ``bool[B, Lk]`` or None (every key valid). Returns
-    ``out`` ``[B, Lq, Hq, D]`` in q's dtype, zeros for a batch item with no valid key, and the
-    statistics the backward needs: none here (an empty tensor), since it recomputes the forward.
-    Runs ``scaled_dot_product_attention`` in the inputs' dtype.
+    head ``h // (Hq / Hkv)``); ``key_valid`` ``bool[B, Lk]`` or None (every key valid).
+    ``block_length`` > 0 makes it block-causal: the queries are the sequence's last Lq
+    positions, and query position i attends to key j only if ``j // block_length <=
+    i // block_length``. Returns ``out`` ``[B, Lq, Hq, D]`` in q's dtype, zeros for a query
+    row with no allowed key, and the statistics the backward needs: none here (an empty
+    tensor), since it recomputes the forward. Runs ``scaled_dot_product_attention`` in the
+    inputs' dtype.
     """
-    return _attention(q, k, v, key_valid, scale), q.new_empty(0, dtype=torch.float32)
+    return _attention(q, k, v, key_valid, scale, block_length), q.new_empty(0, dtype=torch.float32)
 
 
 def attention_backward(
@@ -237,19 +257,20 @@ def attention_backward(
     scale: float,
     needs_dq: bool,
     needs_dkdv: bool,
+    block_length: int = 0,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(dq, dk, dv)`` of ``attention_forward`` for the output gradient ``grad_out``.
 
     The forward is run again under autograd and differentiated (SDPA's own backward), so ``out``
     and ``stats`` go unused; dq is None unless ``needs_dq``, dk and dv None unless
-    ``needs_dkdv``. A batch item with no valid key gets zero gradients.
+    ``needs_dkdv``. A query row with no allowed key gets zero gradients.
     """
     inputs = [
         t.detach().requires_grad_(needed)
         for t, needed in ((q, needs_dq), (k, needs_dkdv), (v, needs_dkdv))
     ]
     with torch.enable_grad():
-        recomputed = _attention(*inputs, key_valid, scale)
+        recomputed = _attention(*inputs, key_valid, scale, block_length)
     wanted = [t for t in inputs if t.requires_grad]
     grads = iter(torch.autograd.grad(recomputed, wanted, grad_out) if wanted else ())
     return tuple(next(grads) if t.requires_grad else None for t in inputs)

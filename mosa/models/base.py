@@ -153,6 +153,7 @@ class DiffusionLM(nn.Module):
         start: int | torch.Tensor | None = None,
         return_cache: bool = False,
         return_logits: bool = False,
+        block_length: int | None = None,
     ) -> DiffusionLMOutput:
         """Runs the model on ``input_ids`` ``[B, L]``.
 
@@ -173,6 +174,11 @@ class DiffusionLM(nn.Module):
             return_cache: also return a new ``KVCache`` of the whole sequence.
             return_logits: also return the logits (HF compatibility; costs a ``[B, L, V]``
                 tensor — the fused ops take ``hidden_states`` and ``lm_head_weight`` instead).
+            block_length: block-causal attention (block diffusion, LLaDA2): a position attends
+                to its own block and to earlier ones, blocks of ``block_length`` counted from
+                slot 0. With a cache, the slice must end the attended keys (``start + L ==
+                max(cache.length, start + L)``, e.g. after ``cache.truncate(start)``). None:
+                bidirectional.
         """
         given, name = self._check_inputs(input_ids, inputs_embeds)
         batch, length = given.shape[:2]
@@ -206,7 +212,14 @@ class DiffusionLM(nn.Module):
                 cache.length = max(cache.length, start + length)
             key_valid = None if cache.key_valid is None else cache.key_valid[:, : cache.length]
         cos, sin = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
-        inputs = AttentionInputs(cos, sin, self.rope_in_fp32, key_valid, cache, start)
+        if block_length is not None and cache is not None and not isinstance(start, torch.Tensor):
+            if start + length != cache.length:
+                raise ValueError(
+                    f"block_length with a cache needs the slice to end the attended keys: "
+                    f"slice [{start}, {start + length}) of cache.length {cache.length}; "
+                    f"call cache.truncate({start}) first"
+                )
+        inputs = AttentionInputs(cos, sin, self.rope_in_fp32, key_valid, cache, start, block_length)
 
         x = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         checkpointing = self.gradient_checkpointing and self.training and cache is None

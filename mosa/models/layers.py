@@ -75,7 +75,9 @@ class AttentionInputs:
     ``cos``/``sin`` are the rotary tables of the query positions; ``key_valid`` masks the keys
     attended to (all of the sequence, or the cache's ``[0, length)``); with a ``cache``, the
     layer writes its fresh keys/values at ``start`` (a position, or the slice's slots as an
-    ``int64[L]`` device tensor) and attends to the cached ones.
+    ``int64[L]`` device tensor) and attends to the cached ones. ``block_length`` makes the
+    attention block-causal (``mosa_kernels.attention``): the queries are the last positions of
+    the keys attended to.
     """
 
     cos: torch.Tensor
@@ -84,6 +86,7 @@ class AttentionInputs:
     key_valid: torch.Tensor | None
     cache: KVCache | None
     start: int | torch.Tensor
+    block_length: int | None = None
 
 
 def self_attention(
@@ -107,7 +110,9 @@ def self_attention(
     v = v.view(batch, length, kv_heads, head_dim)
     if inputs.cache is not None:
         k, v = inputs.cache.store(layer, inputs.start, k, v)
-    out = attention(q, k, v, inputs.key_valid, scale=head_dim**-0.5)
+    out = attention(
+        q, k, v, inputs.key_valid, scale=head_dim**-0.5, block_length=inputs.block_length
+    )
     return out.reshape(batch, length, width)
 
 

@@ -1,4 +1,4 @@
-"""``attention``: bidirectional masked attention (docs/DESIGN.md §4.1).
+"""``attention``: bidirectional (or block-causal) masked attention (docs/DESIGN.md §4.1).
 
 One autograd Function for every backend: the forward keeps what the backend's kernel returns
 for the backward (Triton: the rows' log-sum-exp) and hands it back to the same backend.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import backend_name, kernels_for
-from ._checks import check_same_device, check_tensor
+from ._checks import check_positive_int, check_same_device, check_tensor
 
 TRITON_HEAD_DIMS = (32, 64, 128)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -17,9 +17,11 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, key_valid, scale):
-        ctx.scale = scale
-        out, stats = kernels_for(q.device).attention_forward(q, k, v, key_valid, scale)
+    def forward(ctx, q, k, v, key_valid, scale, block_length):
+        ctx.scale, ctx.block_length = scale, block_length
+        out, stats = kernels_for(q.device).attention_forward(
+            q, k, v, key_valid, scale, block_length
+        )
         ctx.save_for_backward(q, k, v, key_valid, out, stats)
         return out
 
@@ -30,8 +32,9 @@ class _Attention(torch.autograd.Function):
             grad_out, q, k, v, key_valid, out, stats, ctx.scale,
             needs_dq=ctx.needs_input_grad[0],
             needs_dkdv=ctx.needs_input_grad[1] or ctx.needs_input_grad[2],
+            block_length=ctx.block_length,
         )  # fmt: skip
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 def attention(
@@ -41,8 +44,9 @@ def attention(
     key_valid: torch.Tensor | None = None,
     *,
     scale: float | None = None,
+    block_length: int | None = None,
 ) -> torch.Tensor:
-    """Non-causal attention with a key mask, in the layout projections produce.
+    """Non-causal (or block-causal) attention with a key mask, in the layout projections produce.
 
     Args:
         q: ``[B, Lq, Hq, D]``; k, v: ``[B, Lk, Hkv, D]`` with ``Hq % Hkv == 0`` (GQA) and
@@ -51,6 +55,12 @@ def attention(
         key_valid: ``bool[B, Lk]``, True where a key may be attended (any pattern; left
             padding is the common case). A batch item with no valid key outputs zeros.
         scale: softmax scale, default ``D ** -0.5``.
+        block_length: block-causal attention (LLaDA2's block diffusion): the queries are the
+            sequence's last ``Lq`` positions (all of it when ``Lq == Lk``, a cached prefix
+            before them otherwise), and query position i attends to key j only if
+            ``j // block_length <= i // block_length``: bidirectional inside a block, causal
+            across blocks, blocks counted from key position 0. None: every key. A query row
+            with no allowed key outputs zeros.
 
     Returns ``[B, Lq, Hq, D]`` in q's dtype; differentiable w.r.t. q, k and v.
     """
@@ -81,12 +91,14 @@ def attention(
                 f"key_valid must be bool [B, Lk] = {(batch, k.shape[1])}, "
                 f"got {key_valid.dtype} {tuple(key_valid.shape)}"
             )
+    if block_length is not None:
+        check_positive_int("block_length", block_length)
     device = check_same_device(q=q, k=k, v=v, key_valid=key_valid)
     if scale is None:
         scale = head_dim**-0.5
     if backend_name(device) == "triton":
         _check_triton_support(head_dim, q.dtype)
-    return _Attention.apply(q, k, v, key_valid, float(scale))
+    return _Attention.apply(q, k, v, key_valid, float(scale), block_length or 0)
 
 
 def _check_triton_support(head_dim: int, dtype: torch.dtype) -> None:

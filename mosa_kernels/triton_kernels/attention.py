@@ -597,13 +597,16 @@ def _mask_args(
 
 
 def attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None, scale: float,
+    block_length: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """See ``mosa_kernels.torch_kernels.attention_forward``; D in {32, 64, 128}, fp32/fp16/bf16.
 
     The statistics returned are the rows' log-sum-exp ``[B, Hq, Lq]`` float32, base 2 (of the
     scores times ``log2(e)``), as the backward reads them.
     """
+    if block_length:
+        raise NotImplementedError("block-causal attention in Triton: in progress")
     batch, seqlen_q, q_heads, head_dim = q.shape
     seqlen_k, kv_heads = k.shape[1], k.shape[2]
     valid, key_range = _mask_args(q, key_valid)
@@ -644,7 +647,7 @@ def attention_forward(
 def attention_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     key_valid: torch.Tensor | None, out: torch.Tensor, stats: torch.Tensor, scale: float,
-    needs_dq: bool, needs_dkdv: bool,
+    needs_dq: bool, needs_dkdv: bool, block_length: int = 0,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
     """See ``mosa_kernels.torch_kernels.attention_backward``; ``stats`` is the log-sum-exp that
     ``attention_forward`` returned.
