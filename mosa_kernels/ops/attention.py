@@ -93,6 +93,11 @@ def attention(
             )
     if block_length is not None:
         check_positive_int("block_length", block_length)
+        if q.shape[1] > k.shape[1]:
+            raise ValueError(
+                f"block_length needs Lq <= Lk (the queries are the sequence's last Lq "
+                f"positions), got Lq = {q.shape[1]} > Lk = {k.shape[1]}; pass the whole K/V"
+            )
     device = check_same_device(q=q, k=k, v=v, key_valid=key_valid)
     if scale is None:
         scale = head_dim**-0.5

@@ -16,8 +16,19 @@ changes nothing). The dK/dV kernel, which owns one key tile per program, runs no
 tile has no valid key and stores zeros. Masked keys are never read, so they may hold anything
 (even NaN).
 
-A batch item with no valid key outputs zeros and gets zero gradients: its key range is empty,
-so no loop runs and the accumulators stay zero.
+Block-causal mode (``CAUSAL``, LLaDA2's block diffusion): the queries are the sequence's last
+Lq positions (query row i sits at key position ``query_offset + i``, ``query_offset = Lk - Lq``)
+and position p sees key j only if ``j // block_length <= p // block_length``, so row p sees the
+keys before ``_block_end(p)``. A query tile's key loop stops at its last row's block end: later
+key tiles are never loaded, and the boundary tile loads no key past it. Key tiles that every row
+of the tile sees run the plain loop; only the ones past the tile's first row's block end mask
+key by key. The dK/dV kernel likewise starts its query loop at the first query tile whose last
+block reaches its key tile and masks key by key only until every row sees the whole tile.
+
+A query row with no key to attend (a batch item with no valid key, or a row whose blocks hold
+only padding) outputs zeros and gets zero gradients: no allowed score reaches its softmax, its
+sum stays zero, and its log-sum-exp is stored as +inf so that the backward's probabilities for
+it are exp2(-inf) = 0.
 """
 
 from __future__ import annotations
@@ -51,10 +62,11 @@ class _Launcher:
         self.kernel = kernel
         self.tuned = None
         if not _INTERPRETING:
-            # A masked launch compiles a second copy of the key loop, so it may want other tiles.
-            self.tuned = triton.autotune(configs=tuned_configs, key=["HEAD_DIM", "HAS_MASK"])(
-                kernel
-            )
+            # A masked or block-causal launch compiles more copies of the key loop, so it may
+            # want other tiles.
+            self.tuned = triton.autotune(
+                configs=tuned_configs, key=["HEAD_DIM", "HAS_MASK", "CAUSAL"]
+            )(kernel)
         self.fp32_config = fp32_config
         self.interpreter_config = interpreter_config
 
@@ -155,6 +167,70 @@ def _key_tile(keys, offs_n, offs_d, start, end, HOLES: tl.constexpr, DOT_DTYPE: 
 
 
 @triton.jit
+def _block_end(position, block_length):
+    """One past the last key that query ``position`` sees under block-causal attention: the end
+    of its block."""
+    return (position // block_length + 1) * block_length
+
+
+@triton.jit
+def _query_key_bounds(
+    first, end, pid_m, offs_m, seqlen_q, query_offset, block_length,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """``(split, stop, row_end)`` for the query tile ``pid_m`` over the key range ``first ..
+    end``: its key loop runs over ``first .. stop`` in tiles from ``first``, tiles before
+    ``split`` being seen whole by every row and those from ``split`` on needing the per-row
+    bound ``row_end`` (one past each row's last visible key). Non-causal: every key to ``end``
+    is seen by every row."""
+    if CAUSAL:
+        last_row = tl.minimum((pid_m + 1) * BLOCK_M, seqlen_q) - 1
+        stop = tl.minimum(end, _block_end(query_offset + last_row, block_length))
+        # Keys before the first row's block end are seen by every row of the tile.
+        seen_by_all = tl.minimum(stop, _block_end(query_offset + pid_m * BLOCK_M, block_length))
+        split = first + tl.maximum(seen_by_all - first, 0) // BLOCK_N * BLOCK_N
+        row_end = _block_end(query_offset + offs_m, block_length)
+    else:
+        stop = end
+        split = end
+        row_end = offs_m  # unused
+    return split, stop, row_end
+
+
+@triton.jit
+def _forward_steps(
+    q, acc, row_max, row_sum, keys, offs_n, offs_d, lo, hi, end, row_end, qk_scale_log2,
+    HOLES: tl.constexpr, PER_ROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The forward's online softmax over the key tiles starting at ``lo, lo + BLOCK_N, ..``
+    below ``hi``, keys before ``end`` (and, where ``PER_ROW``, before the row's ``row_end``)."""
+    for start in range(lo, hi, BLOCK_N):
+        k, v, key_ok = _key_tile(keys, offs_n, offs_d, start, end, HOLES, DOT_DTYPE)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        if PER_ROW:
+            allowed = key_ok[None, :] & ((start + offs_n)[None, :] < row_end[:, None])
+            scores = tl.where(allowed, scores, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+            # A row that has seen no allowed key yet keeps a max of -inf; exp2 against 0 keeps
+            # its terms zero instead of exp2(-inf - -inf) = NaN.
+            base = tl.where(new_max == float("-inf"), 0.0, new_max)
+        else:
+            scores = tl.where(key_ok[None, :], scores, float("-inf"))
+            # These tiles start at the range's first key, which every row sees, so new_max is
+            # finite from the first tile on, and a tile of invalid keys adds exp2(-inf) = 0.
+            new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+            base = new_max
+        rescale = tl.exp2(row_max - base)
+        p = tl.exp2(scores - base[:, None])
+        row_sum = row_sum * rescale + tl.sum(p, axis=1)
+        acc = acc * rescale[:, None]
+        acc = tl.dot(p.to(DOT_DTYPE), v, acc, input_precision=DOT_PRECISION)
+        row_max = new_max
+    return acc, row_max, row_sum
+
+
+@triton.jit
 def _forward_kernel(
     q_ptr,
     k_ptr,
@@ -185,15 +261,19 @@ def _forward_kernel(
     seqlen_q,
     seqlen_k,
     qk_scale_log2,
+    block_length,
+    query_offset,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One program: BLOCK_M query rows of one (batch, q head); loops over the key range."""
+    """One program: BLOCK_M query rows of one (batch, q head); loops over the key range (up to
+    the tile's last visible key where ``CAUSAL``)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = pid_bh // q_heads
@@ -215,6 +295,9 @@ def _forward_kernel(
     valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b
     keys = (k_rows, v_rows, valid_row, stride_kn, stride_kd, stride_vn, stride_vd, stride_valid_n)
     first, end, holes = _key_range(key_range_ptr, batch, seqlen_k, HAS_MASK)
+    split, stop, row_end = _query_key_bounds(
+        first, end, pid_m, offs_m, seqlen_q, query_offset, block_length, CAUSAL, BLOCK_M, BLOCK_N
+    )
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -222,25 +305,21 @@ def _forward_kernel(
 
     # One copy of the loop per value of HOLES, picked per batch item: the copy for a range
     # without holes loads no mask, so nothing it loads waits on another load and Triton can
-    # fetch tiles ahead.
+    # fetch tiles ahead. Block-causal launches add a copy for the tiles masked row by row.
     for variant in tl.static_range(1 + HAS_MASK):
         if holes == variant:
-            for start in range(first, end, BLOCK_N):
-                k, v, key_ok = _key_tile(keys, offs_n, offs_d, start, end, variant, DOT_DTYPE)
-                scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
-                scores = tl.where(key_ok[None, :], scores, float("-inf"))
-                # The range starts at a valid key, so new_max is finite from the first tile on,
-                # and a tile of invalid keys inside it adds exp2(-inf) = 0.
-                new_max = tl.maximum(row_max, tl.max(scores, axis=1))
-                rescale = tl.exp2(row_max - new_max)
-                p = tl.exp2(scores - new_max[:, None])
-                row_sum = row_sum * rescale + tl.sum(p, axis=1)
-                acc = acc * rescale[:, None]
-                acc = tl.dot(p.to(DOT_DTYPE), v, acc, input_precision=DOT_PRECISION)
-                row_max = new_max
+            acc, row_max, row_sum = _forward_steps(
+                q, acc, row_max, row_sum, keys, offs_n, offs_d, first, split, stop, row_end,
+                qk_scale_log2, variant, False, DOT_DTYPE, DOT_PRECISION, BLOCK_N,
+            )  # fmt: skip
+            if CAUSAL:
+                acc, row_max, row_sum = _forward_steps(
+                    q, acc, row_max, row_sum, keys, offs_n, offs_d, split, stop, stop, row_end,
+                    qk_scale_log2, variant, True, DOT_DTYPE, DOT_PRECISION, BLOCK_N,
+                )  # fmt: skip
 
     has_key = row_sum > 0.0
-    # Rows with no valid key have acc == 0 and row_sum == 0: dividing by 1 leaves zeros.
+    # Rows with no key to attend have acc == 0 and row_sum == 0: dividing by 1 leaves zeros.
     row_sum = tl.where(has_key, row_sum, 1.0)
     out = acc / row_sum[:, None]
     tl.store(
@@ -248,7 +327,7 @@ def _forward_kernel(
         out.to(o_ptr.dtype.element_ty),
         mask=row_ok[:, None],
     )
-    # +inf for a row with no valid key makes any exp2(score - lse) zero, never NaN.
+    # +inf for a row with no key to attend makes any exp2(score - lse) zero, never NaN.
     lse = tl.where(has_key, row_max + tl.log2(row_sum), float("inf"))
     tl.store(lse_ptr + pid_bh.to(tl.int64) * seqlen_q + offs_m, lse, mask=row_ok)
 
@@ -297,6 +376,59 @@ def _delta_kernel(
 
 
 @triton.jit
+def _dkdv_steps(
+    k, v, key_ok, dk, dv, offs_key, queries, batch, kv_head, offs_m, offs_d, has_key, tile_lo,
+    tile_hi, q_heads, seqlen_q, qk_scale_log2, block_length, query_offset,
+    PER_ROW: tl.constexpr, GROUP: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """dK and dV (unscaled) of one key tile summed over the query tiles ``tile_lo ..
+    tile_hi - 1`` of every q head of the kv head's group; ``PER_ROW``: masked to the keys each
+    row sees (block-causal). No step runs unless ``has_key``."""
+    (q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qb, stride_qm, stride_qh, stride_qd,
+     stride_dob, stride_dom, stride_doh, stride_dod) = queries  # fmt: skip
+    q_tiles = tile_hi - tile_lo
+    num_steps = tl.where(has_key, GROUP * q_tiles, 0)
+    # One flat loop over (q head of the group, query tile) so the compiler pipelines its loads.
+    for step in range(0, num_steps):
+        head = kv_head * GROUP + step // q_tiles
+        rows = (tile_lo + step % q_tiles) * BLOCK_M + offs_m
+        row_ok = rows < seqlen_q
+        q = tl.load(
+            _tile_ptrs(
+                q_ptr, batch, head, rows, offs_d, stride_qb, stride_qm, stride_qh, stride_qd
+            ),
+            mask=row_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        do = tl.load(
+            _tile_ptrs(
+                do_ptr, batch, head, rows, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
+            ),
+            mask=row_ok[:, None],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        stats_offset = (batch * q_heads + head).to(tl.int64) * seqlen_q + rows
+        lse = tl.load(lse_ptr + stats_offset, mask=row_ok, other=0.0)
+        delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
+
+        # Transposed scores [keys, rows], so dK and dV come out of dots without transposes.
+        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
+        p_t = tl.exp2(scores_t - lse[None, :])
+        # Rows past seqlen_q load as zeros (q, dO, delta), so they add nothing to dK or dV.
+        allowed = key_ok[:, None]
+        if PER_ROW:
+            row_end = _block_end(query_offset + rows, block_length)
+            allowed = allowed & (offs_key[:, None] < row_end[None, :])
+        p_t = tl.where(allowed, p_t, 0.0)
+        dv = tl.dot(p_t.to(DOT_DTYPE), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(DOT_DTYPE), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def _dkdv_kernel(
     q_ptr,
     k_ptr,
@@ -339,16 +471,20 @@ def _dkdv_kernel(
     seqlen_k,
     softmax_scale,
     qk_scale_log2,
+    block_length,
+    query_offset,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """One program: dK and dV of BLOCK_N keys of one (batch, kv head), summed over every query
-    tile of every q head in the kv head's group (so GQA needs no atomics)."""
+    tile (that sees them, where ``CAUSAL``) of every q head in the kv head's group (so GQA needs
+    no atomics)."""
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     batch = pid_bkv // kv_heads
@@ -369,39 +505,30 @@ def _dkdv_kernel(
     q_tiles = tl.cdiv(seqlen_q, BLOCK_M)
     # A tile with no valid key (padding) gets zero gradients: its K/V loads are masked off, it
     # runs no step, and it only stores the zeros (cheaper than zero-filling all of dK and dV).
-    num_steps = tl.where(tl.max(key_ok.to(tl.int32), axis=0) > 0, GROUP * q_tiles, 0)
-    # One flat loop over (q head of the group, query tile) so the compiler pipelines its loads.
-    for step in range(0, num_steps):
-        head = kv_head * GROUP + step // q_tiles
-        rows = (step % q_tiles) * BLOCK_M + offs_m
-        row_ok = rows < seqlen_q
-        q = tl.load(
-            _tile_ptrs(
-                q_ptr, batch, head, rows, offs_d, stride_qb, stride_qm, stride_qh, stride_qd
-            ),
-            mask=row_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        do = tl.load(
-            _tile_ptrs(
-                do_ptr, batch, head, rows, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
-            ),
-            mask=row_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        stats_offset = (batch * q_heads + head).to(tl.int64) * seqlen_q + rows
-        lse = tl.load(lse_ptr + stats_offset, mask=row_ok, other=0.0)
-        delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
-
-        # Transposed scores [keys, rows], so dK and dV come out of dots without transposes.
-        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
-        p_t = tl.exp2(scores_t - lse[None, :])
-        # Rows past seqlen_q load as zeros (q, dO, delta), so they add nothing to dK or dV.
-        p_t = tl.where(key_ok[:, None], p_t, 0.0)
-        dv = tl.dot(p_t.to(DOT_DTYPE), do, dv, input_precision=DOT_PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(DOT_DTYPE), q, dk, input_precision=DOT_PRECISION)
+    has_key = tl.max(key_ok.to(tl.int32), axis=0) > 0
+    queries = (q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qb, stride_qm, stride_qh, stride_qd,
+               stride_dob, stride_dom, stride_doh, stride_dod)  # fmt: skip
+    if CAUSAL:
+        # Query tiles before the one holding the first row whose block reaches this key tile
+        # see none of it and are skipped; those before the first row that sees all of it
+        # mask row by row.
+        key_end = tl.minimum((pid_n + 1) * BLOCK_N, seqlen_k)
+        first_row = (pid_n * BLOCK_N) // block_length * block_length - query_offset
+        full_row = (key_end - 1) // block_length * block_length - query_offset
+        tile_seen = tl.maximum(first_row, 0) // BLOCK_M
+        tile_whole = tl.cdiv(tl.maximum(full_row, 0), BLOCK_M)
+        dk, dv = _dkdv_steps(
+            k, v, key_ok, dk, dv, offs_key, queries, batch, kv_head, offs_m, offs_d, has_key,
+            tile_seen, tile_whole, q_heads, seqlen_q, qk_scale_log2, block_length,
+            query_offset, True, GROUP, DOT_DTYPE, DOT_PRECISION, BLOCK_M,
+        )  # fmt: skip
+    else:
+        tile_whole = 0
+    dk, dv = _dkdv_steps(
+        k, v, key_ok, dk, dv, offs_key, queries, batch, kv_head, offs_m, offs_d, has_key,
+        tile_whole, q_tiles, q_heads, seqlen_q, qk_scale_log2, block_length, query_offset,
+        False, GROUP, DOT_DTYPE, DOT_PRECISION, BLOCK_M,
+    )  # fmt: skip
 
     dk = dk * softmax_scale
     key_in_range = offs_key < seqlen_k
@@ -419,6 +546,27 @@ def _dkdv_kernel(
         dv.to(dv_ptr.dtype.element_ty),
         mask=key_in_range[:, None],
     )
+
+
+@triton.jit
+def _dq_steps(
+    q, do, lse, delta, dq, keys, offs_n, offs_d, lo, hi, end, row_end, qk_scale_log2,
+    HOLES: tl.constexpr, PER_ROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """dQ (unscaled) summed over the key tiles starting at ``lo, lo + BLOCK_N, ..`` below
+    ``hi``, keys before ``end`` (and, where ``PER_ROW``, before the row's ``row_end``)."""
+    for start in range(lo, hi, BLOCK_N):
+        k, v, key_ok = _key_tile(keys, offs_n, offs_d, start, end, HOLES, DOT_DTYPE)
+        allowed = key_ok[None, :]
+        if PER_ROW:
+            allowed = allowed & ((start + offs_n)[None, :] < row_end[:, None])
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        p = tl.where(allowed, tl.exp2(scores - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(DOT_DTYPE), k, dq, input_precision=DOT_PRECISION)
+    return dq
 
 
 @triton.jit
@@ -459,15 +607,19 @@ def _dq_kernel(
     seqlen_k,
     softmax_scale,
     qk_scale_log2,
+    block_length,
+    query_offset,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One program: dQ of BLOCK_M query rows of one (batch, q head) over the key range."""
+    """One program: dQ of BLOCK_M query rows of one (batch, q head) over the key range (up to
+    the tile's last visible key where ``CAUSAL``), as the forward walks it."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = pid_bh // q_heads
@@ -499,18 +651,23 @@ def _dq_kernel(
     valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b
     keys = (k_rows, v_rows, valid_row, stride_kn, stride_kd, stride_vn, stride_vd, stride_valid_n)
     first, end, holes = _key_range(key_range_ptr, batch, seqlen_k, HAS_MASK)
+    split, stop, row_end = _query_key_bounds(
+        first, end, pid_m, offs_m, seqlen_q, query_offset, block_length, CAUSAL, BLOCK_M, BLOCK_N
+    )
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # One copy of the loop per value of HOLES, as in the forward.
+    # One copy of the loop per value of HOLES and, block-causal, per masking, as in the forward.
     for variant in tl.static_range(1 + HAS_MASK):
         if holes == variant:
-            for start in range(first, end, BLOCK_N):
-                k, v, key_ok = _key_tile(keys, offs_n, offs_d, start, end, variant, DOT_DTYPE)
-                scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
-                p = tl.where(key_ok[None, :], tl.exp2(scores - lse[:, None]), 0.0)
-                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-                ds = p * (dp - delta[:, None])
-                dq = tl.dot(ds.to(DOT_DTYPE), k, dq, input_precision=DOT_PRECISION)
+            dq = _dq_steps(
+                q, do, lse, delta, dq, keys, offs_n, offs_d, first, split, stop, row_end,
+                qk_scale_log2, variant, False, DOT_DTYPE, DOT_PRECISION, BLOCK_N,
+            )  # fmt: skip
+            if CAUSAL:
+                dq = _dq_steps(
+                    q, do, lse, delta, dq, keys, offs_n, offs_d, split, stop, stop, row_end,
+                    qk_scale_log2, variant, True, DOT_DTYPE, DOT_PRECISION, BLOCK_N,
+                )  # fmt: skip
 
     dq = dq * softmax_scale
     tl.store(
@@ -596,6 +753,13 @@ def _mask_args(
     return valid, _key_ranges(valid)
 
 
+def _causal_args(block_length: int, seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
+    """The kernels' runtime block-causal arguments: the block length and the key position of
+    query row 0, ``Lk - Lq`` (the queries are the sequence's last positions; the op has checked
+    ``Lq <= Lk``); zeros, unread, when ``block_length`` is 0 (non-causal)."""
+    return block_length, (seqlen_k - seqlen_q if block_length else 0)
+
+
 def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None, scale: float,
     block_length: int = 0,
@@ -605,8 +769,6 @@ def attention_forward(
     The statistics returned are the rows' log-sum-exp ``[B, Hq, Lq]`` float32, base 2 (of the
     scores times ``log2(e)``), as the backward reads them.
     """
-    if block_length:
-        raise NotImplementedError("block-causal attention in Triton: in progress")
     batch, seqlen_q, q_heads, head_dim = q.shape
     seqlen_k, kv_heads = k.shape[1], k.shape[2]
     valid, key_range = _mask_args(q, key_valid)
@@ -635,9 +797,11 @@ def attention_forward(
         seqlen_q,
         seqlen_k,
         qk_scale_log2,
+        *_causal_args(block_length, seqlen_q, seqlen_k),
         GROUP=q_heads // kv_heads,
         HEAD_DIM=head_dim,
         HAS_MASK=key_valid is not None,
+        CAUSAL=block_length > 0,
         DOT_DTYPE=dot_dtype,
         DOT_PRECISION=dot_precision,
     )
@@ -661,10 +825,12 @@ def attention_backward(
     valid, key_range = _mask_args(q, key_valid)
     dot_dtype, dot_precision = _dot_settings(q.dtype)
     qk_scale_log2 = scale * math.log2(math.e)
+    causal = _causal_args(block_length, seqlen_q, seqlen_k)
     common = {
         "GROUP": q_heads // kv_heads,
         "HEAD_DIM": head_dim,
         "HAS_MASK": key_valid is not None,
+        "CAUSAL": block_length > 0,
         "DOT_DTYPE": dot_dtype,
         "DOT_PRECISION": dot_precision,
     }
@@ -712,6 +878,7 @@ def attention_backward(
             seqlen_k,
             scale,
             qk_scale_log2,
+            *causal,
             **common,
         )
     if needs_dq:
@@ -740,6 +907,7 @@ def attention_backward(
             seqlen_k,
             scale,
             qk_scale_log2,
+            *causal,
             **common,
         )
     return dq, dk, dv
