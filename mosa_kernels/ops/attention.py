@@ -57,10 +57,10 @@ def attention(
         scale: softmax scale, default ``D ** -0.5``.
         block_length: block-causal attention (LLaDA2's block diffusion): the queries are the
             sequence's last ``Lq`` positions (all of it when ``Lq == Lk``, a cached prefix
-            before them otherwise), and query position i attends to key j only if
-            ``j // block_length <= i // block_length``: bidirectional inside a block, causal
-            across blocks, blocks counted from key position 0. None: every key. A query row
-            with no allowed key outputs zeros.
+            before them otherwise; ``Lq > Lk`` is refused), and query position i attends to
+            key j only if ``j // block_length <= i // block_length``: bidirectional inside a
+            block, causal across blocks, blocks counted from key position 0. None: every key.
+            A query row with no allowed key outputs zeros.
 
     Returns ``[B, Lq, Hq, D]`` in q's dtype; differentiable w.r.t. q, k and v.
     """

@@ -1,4 +1,5 @@
-"""Bidirectional masked attention in Triton: FlashAttention-2 forward and backward (docs/DESIGN.md §4.1).
+"""Bidirectional or block-causal masked attention in Triton: FlashAttention-2 forward and backward
+(docs/DESIGN.md §4.1).
 
 Layout is the one projections produce: q ``[B, Lq, Hq, D]``, k/v ``[B, Lk, Hkv, D]``, read
 through their strides. The forward keeps a running max and sum per query row over key tiles
@@ -376,6 +377,32 @@ def _delta_kernel(
 
 
 @triton.jit
+def _query_tile(queries, batch, head, rows, offs_d, q_heads, seqlen_q, DOT_DTYPE: tl.constexpr):
+    """q, dO, log-sum-exp and delta of the query rows ``rows`` of one (batch, q head), where
+    ``queries`` holds the pointers to q, dO, lse and delta and the strides of q and dO (see the
+    callers). Rows past ``seqlen_q`` load as zeros."""
+    (q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qb, stride_qm, stride_qh, stride_qd,
+     stride_dob, stride_dom, stride_doh, stride_dod) = queries  # fmt: skip
+    row_ok = rows < seqlen_q
+    q = tl.load(
+        _tile_ptrs(q_ptr, batch, head, rows, offs_d, stride_qb, stride_qm, stride_qh, stride_qd),
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    do = tl.load(
+        _tile_ptrs(
+            do_ptr, batch, head, rows, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
+        ),
+        mask=row_ok[:, None],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    stats_offset = (batch * q_heads + head).to(tl.int64) * seqlen_q + rows
+    lse = tl.load(lse_ptr + stats_offset, mask=row_ok, other=0.0)
+    delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _dkdv_steps(
     k, v, key_ok, dk, dv, offs_key, queries, batch, kv_head, offs_m, offs_d, has_key, tile_lo,
     tile_hi, q_heads, seqlen_q, qk_scale_log2, block_length, query_offset,
@@ -385,32 +412,15 @@ def _dkdv_steps(
     """dK and dV (unscaled) of one key tile summed over the query tiles ``tile_lo ..
     tile_hi - 1`` of every q head of the kv head's group; ``PER_ROW``: masked to the keys each
     row sees (block-causal). No step runs unless ``has_key``."""
-    (q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qb, stride_qm, stride_qh, stride_qd,
-     stride_dob, stride_dom, stride_doh, stride_dod) = queries  # fmt: skip
     q_tiles = tile_hi - tile_lo
     num_steps = tl.where(has_key, GROUP * q_tiles, 0)
     # One flat loop over (q head of the group, query tile) so the compiler pipelines its loads.
     for step in range(0, num_steps):
         head = kv_head * GROUP + step // q_tiles
         rows = (tile_lo + step % q_tiles) * BLOCK_M + offs_m
-        row_ok = rows < seqlen_q
-        q = tl.load(
-            _tile_ptrs(
-                q_ptr, batch, head, rows, offs_d, stride_qb, stride_qm, stride_qh, stride_qd
-            ),
-            mask=row_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        do = tl.load(
-            _tile_ptrs(
-                do_ptr, batch, head, rows, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
-            ),
-            mask=row_ok[:, None],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        stats_offset = (batch * q_heads + head).to(tl.int64) * seqlen_q + rows
-        lse = tl.load(lse_ptr + stats_offset, mask=row_ok, other=0.0)
-        delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
+        q, do, lse, delta = _query_tile(
+            queries, batch, head, rows, offs_d, q_heads, seqlen_q, DOT_DTYPE
+        )
 
         # Transposed scores [keys, rows], so dK and dV come out of dots without transposes.
         scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
@@ -631,21 +641,11 @@ def _dq_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seqlen_q
 
-    q = tl.load(
-        _tile_ptrs(q_ptr, batch, head, offs_m, offs_d, stride_qb, stride_qm, stride_qh, stride_qd),
-        mask=row_ok[:, None],
-        other=0.0,
-    ).to(DOT_DTYPE)
-    do = tl.load(
-        _tile_ptrs(
-            do_ptr, batch, head, offs_m, offs_d, stride_dob, stride_dom, stride_doh, stride_dod
-        ),
-        mask=row_ok[:, None],
-        other=0.0,
-    ).to(DOT_DTYPE)
-    stats_offset = pid_bh.to(tl.int64) * seqlen_q + offs_m
-    lse = tl.load(lse_ptr + stats_offset, mask=row_ok, other=0.0)
-    delta = tl.load(delta_ptr + stats_offset, mask=row_ok, other=0.0)
+    queries = (q_ptr, do_ptr, lse_ptr, delta_ptr, stride_qb, stride_qm, stride_qh, stride_qd,
+               stride_dob, stride_dom, stride_doh, stride_dod)  # fmt: skip
+    q, do, lse, delta = _query_tile(
+        queries, batch, head, offs_m, offs_d, q_heads, seqlen_q, DOT_DTYPE
+    )
     k_rows = k_ptr + batch.to(tl.int64) * stride_kb + kv_head * stride_kh
     v_rows = v_ptr + batch.to(tl.int64) * stride_vb + kv_head * stride_vh
     valid_row = valid_ptr + batch.to(tl.int64) * stride_valid_b

@@ -320,13 +320,18 @@ def test_later_key_blocks_are_never_read(monkeypatch, device, offset, block_leng
     expected = _forward_backward(q, k, v, key_valid, grad_out, block_length=block_length)
     k_nan, v_nan = k.clone(), v.clone()
     k_nan[:, unseen:] = v_nan[:, unseen:] = float("nan")
-    out, dq, _, _ = _forward_backward(q, k_nan, v_nan, key_valid, grad_out, block_length=block_length)
+    out, dq, _, _ = _forward_backward(
+        q, k_nan, v_nan, key_valid, grad_out, block_length=block_length
+    )
     assert out[:, rows:].isnan().any(), "the later rows see the NaN keys"
     assert torch.equal(out[:, :rows], expected[0][:, :rows]), "out"
     assert torch.equal(dq[:, :rows], expected[1][:, :rows]), "dq"
 
 
-@pytest.mark.parametrize("offset, block_length", [(0, 3), (-3, 16)])
+@pytest.mark.parametrize(
+    "offset, block_length",
+    [pytest.param(0, 3, id="whole-block3"), pytest.param(-3, 16, id="slice-block16")],
+)
 def test_query_tiles_before_a_key_block_are_never_read(monkeypatch, device, offset, block_length):
     """NaN in q and the output gradient of the first query tiles leaves dK and dV of the keys
     past those rows' blocks exactly as with a zero gradient there: the dK/dV kernel starts its
