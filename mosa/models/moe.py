@@ -68,12 +68,13 @@ class ExpertMLP(nn.Module):
 class RoutedExperts(nn.ModuleList):
     """The routed experts of one layer; ``self(x, expert_ids, weights)`` runs ``moe_swiglu``.
 
-    The packs are made on the first forward (or by ``pack()``) and each expert's weight
+    The packs are made at construction, after ``load_state_dict`` and ``.to()``, by
+    ``pack()`` / ``pack_experts``, and else by the next forward; each expert's weight
     Parameter is re-pointed (``.data``) to its slice, so anything else holding the same
     Parameter objects (a transformers model adopted by ``from_hf``, peft, an optimiser) shares
     the packed storage. Each forward checks in O(1) that the packs are still what the first and
-    last experts' weights view (``.to()``, ``load_state_dict(assign=True)`` or adoption break
-    that) and packs again if not. Experts whose projections are not plain ``nn.Linear`` (peft
+    last experts' weights view (adoption, or a weight replaced by hand, breaks that) and packs
+    again if not. Experts whose projections are not plain ``nn.Linear`` (peft
     LoRA wrappers) run one by one through their modules (``moe_expert_loop``). When autograd
     needs the expert weights' gradients (full fine-tuning), the weights are stacked afresh
     each forward, a differentiable copy.
@@ -87,6 +88,8 @@ class RoutedExperts(nn.ModuleList):
         self._checked_version = -1
         self._plain = False
         self._packs: tuple[torch.Tensor, ...] | None = None
+        self.register_load_state_dict_post_hook(_pack_after_load)
+        self.pack()
 
     def __setitem__(self, idx: int, module: nn.Module) -> None:
         """Puts an expert in place; a module that is not an ``ExpertMLP`` is adopted
@@ -135,11 +138,12 @@ class RoutedExperts(nn.ModuleList):
         return True
 
     def _apply(self, fn, recurse=True):
-        # .to() / .float() give the weights new tensors: the old packs are dropped now, not
-        # at the next forward (they would hold the old copy's memory until then).
+        # .to() / .float() give the weights new tensors: packed again at once, so the old
+        # packs' memory goes now and the parameters stay the same tensors from here on.
         result = super()._apply(fn, recurse)
         if not self._packs_current():
             self._packs = None
+            self.pack()
         return result
 
     def _packs_current(self) -> bool:
@@ -176,6 +180,24 @@ class RoutedExperts(nn.ModuleList):
 
     def _stack(self) -> tuple[torch.Tensor, ...]:
         return tuple(torch.stack(self._weights(name)) for name in PROJECTIONS)
+
+
+def _pack_after_load(experts: RoutedExperts, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: ``assign=True`` (how checkpoints are loaded) puts new
+    tensors in place; packing them now keeps the parameters stable from the first forward on."""
+    if not experts._packs_current():
+        experts.pack()
+
+
+def pack_experts(module: nn.Module) -> int:
+    """Packs every ``RoutedExperts`` inside ``module`` (e.g. after ``from_hf`` adopted a model's
+    modules, so that the first forward does not change the parameters' storage); returns how
+    many it packed."""
+    packed = 0
+    for child in module.modules():
+        if isinstance(child, RoutedExperts) and (child._packs_current() or child.pack()):
+            packed += 1
+    return packed
 
 
 class LLaDA2Gate(nn.Module):
