@@ -106,7 +106,13 @@ class RoutedExperts(nn.ModuleList):
         """``[N, d]`` hidden states, ``int64[N, k]`` experts and ``[N, k]`` weights -> ``[N, d]``."""
         if not self._all_plain_linear():
             return moe_expert_loop(x, expert_ids, weights, list(self))
-        return moe_swiglu(x, expert_ids, weights, *self.stacked_weights())
+        stacked = self.stacked_weights()
+        if torch.is_autocast_enabled(x.device.type):
+            # What nn.Linear experts would do under autocast (the trainer's bf16 on CUDA); a
+            # no-op for a model already in that dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, stacked = x.to(dtype), tuple(w.to(dtype) for w in stacked)
+        return moe_swiglu(x, expert_ids, weights, *stacked)
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(gate [E, I, d], up [E, I, d], down [E, d, I])``: the packs (made if needed), or
@@ -118,10 +124,11 @@ class RoutedExperts(nn.ModuleList):
             return self._stack()
         return self._packs
 
-    @torch.no_grad()
     def pack(self) -> bool:
         """Packs the expert weights (one copy) and re-points each weight to its slice;
-        False, changing nothing, where they cannot be packed."""
+        False, changing nothing, where they cannot be packed. The packs are ordinary tensors
+        even when this runs under ``torch.inference_mode`` (a first forward there), so the
+        parameters stay usable by autograd afterwards."""
         weights = [self._weights(name) for name in PROJECTIONS]
         first = weights[0][0]
         if first.device.type == "meta" or any(
@@ -129,11 +136,12 @@ class RoutedExperts(nn.ModuleList):
         ):
             return False
         packs = []
-        for params in weights:
-            stacked = torch.stack([p.detach() for p in params])
-            for e, param in enumerate(params):
-                param.data = stacked[e]
-            packs.append(stacked)
+        with torch.inference_mode(False), torch.no_grad():
+            for params in weights:
+                stacked = torch.stack([p.detach() for p in params])
+                for e, param in enumerate(params):
+                    param.data = stacked[e]
+                packs.append(stacked)
         self._packs = tuple(packs)
         return True
 

@@ -338,6 +338,31 @@ def test_gradients_reach_hidden_states_and_expert_weights():
     assert_close(grad_up, experts64[1].grad, rel=GRAD_TOL, what="d up_proj")
 
 
+def test_a_pack_made_under_inference_mode_stays_usable_by_autograd():
+    block = _lladamoe()
+    foreign = [_randomise(_ForeignExpert(), seed=e) for e in range(EXPERTS)]
+    for e, expert in enumerate(foreign):
+        block.experts[e] = expert
+    h = _hidden()
+    with torch.inference_mode():
+        block(h)  # packs the adopted experts here
+    _assert_packed(block.experts)
+    assert not any(p.is_inference() for p in block.experts.parameters())
+    block.requires_grad_(False)
+    h = h.clone().requires_grad_(True)
+    block(h).sum().backward()
+    assert torch.isfinite(h.grad).all()
+
+
+def test_autocast_runs_the_experts_in_its_dtype():
+    block = _llada2()
+    h = _hidden()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(h)
+    assert out.dtype == torch.bfloat16
+    assert_close(out, _llada2_reference(block, h), rel=BF16_TOL)
+
+
 def test_frozen_experts_use_the_packs_under_autograd():
     block = _llada2()
     block.requires_grad_(False)
