@@ -129,13 +129,14 @@ def moe_swiglu(
 
     ``expert_e(h) = down_w[e] @ (silu(gate_w[e] @ h) * (up_w[e] @ h))``, the three products
     and the activation in x's dtype (as ``nn.Linear`` experts compute), the weighted sum over
-    the ``k`` experts in fp32, in the order of ``expert_ids``' columns, then cast to x's dtype.
+    the ``k`` experts in fp32 (float64 for float64 x), in the order of ``expert_ids``'
+    columns, then cast to x's dtype.
 
     Args:
         x: ``[N, d]`` hidden states (fp32, fp16, bf16; float64 on the CPU path).
         expert_ids: ``int64[N, k]`` expert of each (token, slot), in ``[0, E)`` (not checked:
             that would read the device; the routers' ids are valid).
-        weights: ``[N, k]`` float weights (used in fp32).
+        weights: ``[N, k]`` float weights (used in the accumulation dtype).
         gate_w, up_w: ``[E, I, d]``; down_w: ``[E, d, I]`` (``nn.Linear`` weights stacked),
             x's dtype and device.
         path: ``"grouped"``: tokens sorted by expert, three grouped GEMMs through
@@ -144,7 +145,9 @@ def moe_swiglu(
             tokens (reads the counts on the host; CPU tensors only: the twin the grouped
             path is tested against, and float64); ``"auto"``: ``"grouped"`` for fp32, fp16
             and bf16 on every device (so a CPU run takes the path a GPU takes, host-read
-            free), ``"loop"`` for float64.
+            free), ``"loop"`` for float64. On CUDA, torch runs a fused grouped GEMM for
+            bf16 on sm90/sm100 (H100, H200); other cases take torch's own fallback, a loop
+            of matmuls that reads the offsets on the host.
 
     Returns ``[N, d]`` in x's dtype, differentiable w.r.t. x, weights and the expert weights.
     """
