@@ -50,6 +50,8 @@ class ModelFamily:
         eval_defaults: options a deterministic evaluation (the eval runner, lm-eval) sets
             unless told otherwise.
         diffuguard: whether DiffuGuard's sampler (LLaDA's block schedule with hooks) runs it.
+        block_diffusion: whether its attention is block-causal (LLaDA2.x), so that only
+            ``mosa.block_generate`` decodes it and ``mosa.generate`` refuses it.
         adopter: ``"module:function"`` that puts a transformers model's modules in place of a
             meta skeleton's (``from_hf``).
     """
@@ -64,6 +66,7 @@ class ModelFamily:
     sampler_options: tuple[str, ...]
     eval_defaults: Mapping[str, Any] = field(default_factory=dict)
     diffuguard: bool = False
+    block_diffusion: bool = False
     adopter: str = "mosa.models.adopt:adopt_by_name"
 
     @property
@@ -174,6 +177,15 @@ def family_of_config(config: dict[str, Any], source: str = "config") -> ModelFam
         f"{source}: unknown model type {model_type!r} (architectures {architectures}); "
         f"mosa.models loads model_type {_known()}"
     )
+
+
+def is_block_diffusion(model) -> bool:
+    """Whether ``model`` (a mosa model) is of a block-diffusion family; False for a model of
+    no registered family (the samplers' own checks name what is wrong with it)."""
+    try:
+        return family_of(model).block_diffusion
+    except ValueError:
+        return False
 
 
 def family_of(model) -> ModelFamily:
