@@ -8,6 +8,7 @@ Triton for CUDA tensors, the compiled C++ kernels for CPU tensors, plain torch o
 
 from .dispatch import available_backends, backend_name
 from .ops.attention import attention
+from .ops.moe import moe_expert_loop, moe_swiglu, route_grouped_sigmoid, route_softmax
 from .ops.sample_tokens import sample_tokens
 from .ops.select_transfer import select_transfer
 from .ops.token_logprobs import logprobs_from_logits, token_kl, token_logprobs
@@ -17,6 +18,10 @@ __all__ = [
     "available_backends",
     "backend_name",
     "logprobs_from_logits",
+    "moe_expert_loop",
+    "moe_swiglu",
+    "route_grouped_sigmoid",
+    "route_softmax",
     "sample_tokens",
     "select_transfer",
     "token_kl",

@@ -17,7 +17,7 @@ from torch import nn
 
 from .base import DiffusionLM
 from .config import DreamConfig
-from .layers import AttentionInputs, RMSNorm, self_attention, swiglu
+from .layers import AttentionInputs, RMSNorm, logical_positions, self_attention, swiglu
 
 
 class DreamAttention(nn.Module):
@@ -111,7 +111,4 @@ class DreamModel(DiffusionLM):
 
     def rotary_positions(self, key_valid: torch.Tensor | None, length: int) -> torch.Tensor:
         """``cumsum(valid) - 1`` per row (padding slots 1), the published ``tok_idx``."""
-        if key_valid is None:
-            return super().rotary_positions(key_valid, length)
-        positions = key_valid.long().cumsum(-1) - 1
-        return positions.masked_fill(~key_valid, 1)
+        return logical_positions(key_valid, length, self.device)

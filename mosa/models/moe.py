@@ -1,0 +1,281 @@
+"""Sparse mixture-of-experts blocks of LLaDA2.x and LLaDA-MoE (docs/DESIGN.md §4.4).
+
+The routed experts stay separate ``nn.Linear`` modules (the checkpoints' names
+``experts.{e}.{gate,up,down}_proj.weight``, peft targets, ``from_hf`` adoption of a
+transformers model's modules), but their weights live in one packed tensor per projection,
+``[E, I, d]`` / ``[E, d, I]``, that each expert's ``weight`` Parameter is a view of; the
+grouped GEMMs read the packs, so memory is not doubled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mosa_kernels import moe_expert_loop, moe_swiglu, route_grouped_sigmoid, route_softmax
+
+from .layers import swiglu
+
+PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+class _LayoutChanges:
+    """Counts submodule replacements inside one ``RoutedExperts`` (peft wrapping, adoption),
+    so its forward re-examines its experts only after one happened."""
+
+    def __init__(self):
+        self.version = 0
+
+
+class ExpertMLP(nn.Module):
+    """One SwiGLU expert: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, no biases."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    @classmethod
+    def adopt(cls, module: nn.Module) -> ExpertMLP:
+        """An ``ExpertMLP`` holding ``module``'s own projection modules (no copy), e.g. a
+        transformers expert's ``gate_proj``/``up_proj``/``down_proj``."""
+        missing = [
+            name for name in PROJECTIONS if not isinstance(getattr(module, name, None), nn.Module)
+        ]
+        if missing:
+            raise TypeError(
+                f"an expert must have {', '.join(PROJECTIONS)} modules; "
+                f"{type(module).__name__} lacks {', '.join(missing)}"
+            )
+        expert = cls.__new__(cls)
+        nn.Module.__init__(expert)
+        for name in PROJECTIONS:
+            setattr(expert, name, getattr(module, name))
+        return expert
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        changes = self.__dict__.get("_layout_changes")
+        if changes is not None and isinstance(value, nn.Module):
+            changes.version += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class RoutedExperts(nn.ModuleList):
+    """The routed experts of one layer; ``self(x, expert_ids, weights)`` runs ``moe_swiglu``.
+
+    The packs are made on the first forward (or by ``pack()``) and each expert's weight
+    Parameter is re-pointed (``.data``) to its slice, so anything else holding the same
+    Parameter objects (a transformers model adopted by ``from_hf``, peft, an optimiser) shares
+    the packed storage. Each forward checks in O(1) that the packs are still what the first and
+    last experts' weights view (``.to()``, ``load_state_dict(assign=True)`` or adoption break
+    that) and packs again if not. Experts whose projections are not plain ``nn.Linear`` (peft
+    LoRA wrappers) run one by one through their modules (``moe_expert_loop``). When autograd
+    needs the expert weights' gradients (full fine-tuning), the weights are stacked afresh
+    each forward, a differentiable copy.
+    """
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+        super().__init__(ExpertMLP(hidden_size, intermediate_size) for _ in range(num_experts))
+        self._layout_changes = _LayoutChanges()
+        for expert in self:
+            expert.__dict__["_layout_changes"] = self._layout_changes
+        self._checked_version = -1
+        self._plain = False
+        self._packs: tuple[torch.Tensor, ...] | None = None
+
+    def __setitem__(self, idx: int, module: nn.Module) -> None:
+        """Puts an expert in place; a module that is not an ``ExpertMLP`` is adopted
+        (``ExpertMLP.adopt``: its projections are kept, not copied)."""
+        if not isinstance(module, ExpertMLP):
+            module = ExpertMLP.adopt(module)
+        module.__dict__["_layout_changes"] = self._layout_changes
+        super().__setitem__(idx, module)
+        self._layout_changes.version += 1
+
+    def forward(
+        self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """``[N, d]`` hidden states, ``int64[N, k]`` experts and ``[N, k]`` weights -> ``[N, d]``."""
+        if not self._all_plain_linear():
+            return moe_expert_loop(x, expert_ids, weights, list(self))
+        return moe_swiglu(x, expert_ids, weights, *self.stacked_weights())
+
+    def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(gate [E, I, d], up [E, I, d], down [E, d, I])``: the packs (made if needed), or
+        a differentiable stack when autograd needs the expert weights or they cannot be
+        packed (meta tensors, mixed devices or dtypes)."""
+        if torch.is_grad_enabled() and self[0].gate_proj.weight.requires_grad:
+            return self._stack()
+        if not self._packs_current() and not self.pack():
+            return self._stack()
+        return self._packs
+
+    @torch.no_grad()
+    def pack(self) -> bool:
+        """Packs the expert weights (one copy) and re-points each weight to its slice;
+        False, changing nothing, where they cannot be packed."""
+        weights = [self._weights(name) for name in PROJECTIONS]
+        first = weights[0][0]
+        if first.device.type == "meta" or any(
+            w.device != first.device or w.dtype != first.dtype for ws in weights for w in ws
+        ):
+            return False
+        packs = []
+        for params in weights:
+            stacked = torch.stack([p.detach() for p in params])
+            for e, param in enumerate(params):
+                param.data = stacked[e]
+            packs.append(stacked)
+        self._packs = tuple(packs)
+        return True
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .float() give the weights new tensors: the old packs are dropped now, not
+        # at the next forward (they would hold the old copy's memory until then).
+        result = super()._apply(fn, recurse)
+        if not self._packs_current():
+            self._packs = None
+        return result
+
+    def _packs_current(self) -> bool:
+        if self._packs is None or len(self) != self._packs[0].shape[0]:
+            return False
+        for e in (0, len(self) - 1):
+            expert = self[e]
+            for name, pack in zip(PROJECTIONS, self._packs, strict=True):
+                weight = expert._modules[name].weight
+                offset = e * pack.stride(0) * pack.element_size()
+                if (
+                    weight.data_ptr() != pack.data_ptr() + offset
+                    or weight.dtype != pack.dtype
+                    or weight.device != pack.device
+                    or weight.shape != pack.shape[1:]
+                ):
+                    return False
+        return True
+
+    def _all_plain_linear(self) -> bool:
+        """Whether every projection is a bias-free ``nn.Linear`` (not a LoRA wrapper);
+        rescanned only after a submodule replacement."""
+        if self._checked_version != self._layout_changes.version:
+            self._plain = all(
+                type(m) is nn.Linear and m.bias is None
+                for expert in self
+                for m in (expert._modules[name] for name in PROJECTIONS)
+            )
+            self._checked_version = self._layout_changes.version
+        return self._plain
+
+    def _weights(self, name: str) -> list[torch.Tensor]:
+        return [expert._modules[name].weight for expert in self]
+
+    def _stack(self) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.stack(self._weights(name)) for name in PROJECTIONS)
+
+
+class LLaDA2Gate(nn.Module):
+    """LLaDA2's router: fp32 logits ``h @ weight.T``, then ``route_grouped_sigmoid`` with
+    ``expert_bias`` (a persistent buffer, in the checkpoints) steering the selection."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        top_k: int,
+        n_group: int,
+        topk_group: int,
+        routed_scaling_factor: float,
+    ):
+        super().__init__()
+        self.top_k, self.n_group, self.topk_group = top_k, n_group, topk_group
+        self.routed_scaling_factor = routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+        self.register_buffer("expert_bias", torch.zeros(num_experts))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h [N, d]`` -> ``(expert_ids int64[N, k], weights float32[N, k])``."""
+        logits = F.linear(h.float(), self.weight.float())
+        return route_grouped_sigmoid(
+            logits,
+            self.expert_bias,
+            top_k=self.top_k,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            routed_scaling_factor=self.routed_scaling_factor,
+        )
+
+
+class LLaDA2SparseMoe(nn.Module):
+    """LLaDA2.x's MoE block: routed experts weighted by ``LLaDA2Gate``, plus the shared
+    experts' MLP (width ``moe_intermediate_size * num_shared_experts``) unless
+    ``num_shared_experts`` is None. Names: ``gate.weight``, ``gate.expert_bias``,
+    ``experts.{e}.{gate,up,down}_proj.weight``, ``shared_experts.{gate,up,down}_proj.weight``."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        moe_intermediate_size: int,
+        num_experts: int,
+        top_k: int,
+        n_group: int,
+        topk_group: int,
+        routed_scaling_factor: float,
+        num_shared_experts: int | None,
+    ):
+        super().__init__()
+        self.experts = RoutedExperts(num_experts, hidden_size, moe_intermediate_size)
+        self.gate = LLaDA2Gate(
+            hidden_size, num_experts, top_k, n_group, topk_group, routed_scaling_factor
+        )
+        self.shared_experts = (
+            None
+            if num_shared_experts is None
+            else ExpertMLP(hidden_size, moe_intermediate_size * num_shared_experts)
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``[B, L, d]`` -> ``[B, L, d]`` in h's dtype."""
+        flat = h.reshape(-1, h.shape[-1])
+        expert_ids, weights = self.gate(flat)
+        out = self.experts(flat, expert_ids, weights)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        return out.view(h.shape)
+
+
+class LLaDAMoESparseMoe(nn.Module):
+    """LLaDA-MoE's (OLMoE-style) MoE block: ``route_softmax`` on ``gate(h)`` (logits in h's
+    dtype), weights cast to h's dtype, no normalisation. Names: ``gate.weight``,
+    ``experts.{e}.{gate,up,down}_proj.weight`` and, when ``expert_bias``, the buffer
+    ``expert_bias``. Its shared expert sits in the decoder layer, not here."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        expert_intermediate_size: int,
+        num_experts: int,
+        top_k: int,
+        expert_bias: bool,
+    ):
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(hidden_size, num_experts, bias=False)
+        self.experts = RoutedExperts(num_experts, hidden_size, expert_intermediate_size)
+        if expert_bias:
+            self.register_buffer("expert_bias", torch.zeros(num_experts))
+        else:
+            self.expert_bias = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``[B, L, d]`` -> ``[B, L, d]`` in h's dtype."""
+        flat = h.reshape(-1, h.shape[-1])
+        expert_ids, weights = route_softmax(
+            self.gate(flat), top_k=self.top_k, expert_bias=self.expert_bias
+        )
+        return self.experts(flat, expert_ids, weights.to(flat.dtype)).view(h.shape)
