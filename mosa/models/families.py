@@ -53,12 +53,11 @@ class ModelFamily:
         eval_defaults: options a deterministic evaluation (the eval runner, lm-eval) sets
             unless told otherwise.
         diffuguard: whether DiffuGuard's sampler (LLaDA's block schedule with hooks) runs it.
-        block_diffusion: whether its attention is block-causal (LLaDA2.x), so that only
-            ``mosa.block_generate`` decodes it and ``mosa.generate`` refuses it.
         adopter: ``"module:function"`` that puts a transformers model's modules in place of a
             meta skeleton's (``from_hf``).
         block_diffusion: the family decodes block by block under block-causal attention
-            (LLaDA2), with its own sampler rather than LLaDA's ``generate``.
+            (LLaDA2), with its own sampler rather than LLaDA's ``generate``: only
+            ``mosa.block_generate`` decodes it and ``mosa.generate`` refuses it.
     """
 
     name: str
@@ -71,7 +70,6 @@ class ModelFamily:
     sampler_options: tuple[str, ...]
     eval_defaults: Mapping[str, Any] = field(default_factory=dict)
     diffuguard: bool = False
-    block_diffusion: bool = False
     adopter: str = "mosa.models.adopt:adopt_by_name"
     block_diffusion: bool = False
 
