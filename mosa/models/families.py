@@ -56,7 +56,8 @@ class ModelFamily:
         adopter: ``"module:function"`` that puts a transformers model's modules in place of a
             meta skeleton's (``from_hf``).
         block_diffusion: the family decodes block by block under block-causal attention
-            (LLaDA2), with its own sampler rather than LLaDA's ``generate``.
+            (LLaDA2), with its own sampler rather than LLaDA's ``generate``: only
+            ``mosa.block_generate`` decodes it and ``mosa.generate`` refuses it.
     """
 
     name: str
@@ -221,6 +222,15 @@ def family_of_config(config: dict[str, Any], source: str = "config") -> ModelFam
         f"{source}: unknown model type {model_type!r} (architectures {architectures}); "
         f"mosa.models loads model_type {_known()}"
     )
+
+
+def is_block_diffusion(model) -> bool:
+    """Whether ``model`` (a mosa model) is of a block-diffusion family; False for a model of
+    no registered family (the samplers' own checks name what is wrong with it)."""
+    try:
+        return family_of(model).block_diffusion
+    except ValueError:
+        return False
 
 
 def family_of(model) -> ModelFamily:
