@@ -1,6 +1,6 @@
-"""``DiffusionLM``: the forward pass, caching, checkpointing and saving both families share.
+"""``DiffusionLM``: the forward pass, caching, checkpointing and saving the families share.
 
-A family (``LLaDAModel``, ``DreamModel``) only lays out its modules under the checkpoint's
+A family (``LLaDAModel``, ``DreamModel``, ``LLaDA2Model``, ``LLaDAMoEModel``) only lays out its modules under the checkpoint's
 parameter names and says how it embeds tokens, where its blocks and final norm are, what its
 output head is, and how it numbers rotary positions.
 """
@@ -211,7 +211,7 @@ class DiffusionLM(nn.Module):
             if not isinstance(start, torch.Tensor):
                 cache.length = max(cache.length, start + length)
             key_valid = None if cache.key_valid is None else cache.key_valid[:, : cache.length]
-        cos, sin = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
+        cos, sin = rotary_tables(positions, self.config.rotary_dim, self.config.rope_theta)
         if block_length is not None and cache is not None and not isinstance(start, torch.Tensor):
             if start + length != cache.length:
                 raise ValueError(
@@ -326,7 +326,8 @@ class DiffusionLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
-        """Random weights: linear and embedding weights ~ N(0, std), biases 0, norms 1."""
+        """Random weights: linear and embedding weights ~ N(0, std), biases 0, norms 1, every
+        other weight (an MoE router's) ~ N(0, std), buffers (its expert bias) 0."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 module.weight.normal_(0.0, std, generator=generator)
@@ -336,6 +337,11 @@ class DiffusionLM(nn.Module):
                 module.weight.fill_(1.0)
                 if module.bias is not None:
                     module.bias.zero_()
+            elif not isinstance(module, nn.Linear | nn.Embedding):
+                for param in module.parameters(recurse=False):
+                    param.normal_(0.0, std, generator=generator)
+            for buffer in module.buffers(recurse=False):
+                buffer.zero_()  # an MoE router's expert bias starts at 0, as published
 
     # Saving -----------------------------------------------------------------------------
 

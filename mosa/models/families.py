@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import DiffusionLM
-from .config import DreamConfig, LLaDAConfig
+from .config import DreamConfig, LLaDA2Config, LLaDAConfig, LLaDAMoEConfig
 from .dream import DreamModel
 from .llada import LLaDAModel
+from .llada2 import LLaDA2Model
+from .llada_moe import LLaDAMoEModel
 
 
 def resolve(reference: str) -> Callable:
@@ -38,8 +40,9 @@ class ModelFamily:
     Attributes:
         name: the family's key in ``FAMILIES`` (lower case).
         label: how messages name it ("LLaDA").
-        config_class: reads ``config.json`` (``from_dict``); its ``model_type`` and
-            ``architecture`` are what a ``config.json`` names the family by.
+        config_class: reads ``config.json`` (``from_dict``); its ``describes`` says whether a
+            ``config.json`` is the family's (by ``model_type``, else ``architectures``, and
+            for families sharing a ``model_type`` by their keys).
         model_class: the ``DiffusionLM`` that lays out the checkpoint's modules (its
             ``lora_target_modules`` are the family's LoRA targets).
         sampler: ``"module:function"`` of the sampler (prompt ids, attention mask, then
@@ -52,6 +55,9 @@ class ModelFamily:
         diffuguard: whether DiffuGuard's sampler (LLaDA's block schedule with hooks) runs it.
         adopter: ``"module:function"`` that puts a transformers model's modules in place of a
             meta skeleton's (``from_hf``).
+        block_diffusion: the family decodes block by block under block-causal attention
+            (LLaDA2), with its own sampler rather than LLaDA's ``generate``: only
+            ``mosa.block_generate`` decodes it and ``mosa.generate`` refuses it.
     """
 
     name: str
@@ -65,10 +71,15 @@ class ModelFamily:
     eval_defaults: Mapping[str, Any] = field(default_factory=dict)
     diffuguard: bool = False
     adopter: str = "mosa.models.adopt:adopt_by_name"
+    block_diffusion: bool = False
 
     @property
     def model_type(self) -> str:
         return self.config_class.model_type
+
+    def describes(self, config: dict[str, Any]) -> bool:
+        """Whether a parsed ``config.json`` is one of this family's checkpoints."""
+        return self.config_class.describes(config)
 
     @property
     def architecture(self) -> str:
@@ -94,6 +105,13 @@ class ModelFamily:
         )  # fmt: skip
 
 
+# LLaDA's generate decodes dense LLaDA and LLaDA-MoE alike.
+_LLADA_OPTIONS = (
+    "steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
+    "logits_eos_inf", "confidence_eos_eot_inf", "threshold", "factor", "cache", "stop_at_eos",
+    "cuda_graphs", "truncate",
+)  # fmt: skip
+
 FAMILIES: dict[str, ModelFamily] = {
     "llada": ModelFamily(
         name="llada",
@@ -103,22 +121,7 @@ FAMILIES: dict[str, ModelFamily] = {
         sampler="mosa.sampling.llada:generate",
         length_keyword="gen_length",
         trace_keyword="return_trace",
-        sampler_options=(
-            "steps",
-            "gen_length",
-            "block_length",
-            "temperature",
-            "cfg_scale",
-            "remasking",
-            "logits_eos_inf",
-            "confidence_eos_eot_inf",
-            "threshold",
-            "factor",
-            "cache",
-            "stop_at_eos",
-            "cuda_graphs",
-            "truncate",
-        ),  # fmt: skip
+        sampler_options=_LLADA_OPTIONS,
         diffuguard=True,
     ),
     "dream": ModelFamily(
@@ -145,6 +148,45 @@ FAMILIES: dict[str, ModelFamily] = {
         # 0, unlike Dream's default "origin" (random positions).
         eval_defaults={"alg": "entropy"},
     ),
+    "llada2": ModelFamily(
+        name="llada2",
+        label="LLaDA2",
+        config_class=LLaDA2Config,
+        model_class=LLaDA2Model,
+        sampler="mosa.sampling.block_generate:block_generate",
+        length_keyword="gen_length",
+        trace_keyword="return_trace",
+        sampler_options=(
+            "steps",
+            "gen_length",
+            "block_length",
+            "temperature",
+            "top_p",
+            "top_k",
+            "threshold",
+            "minimal_topk",
+            "eos_early_stop",
+            "editing_threshold",
+            "max_post_steps",
+            "num_to_transfer",
+            "cache",
+            "stop_at_eos",
+            "cuda_graphs",
+            "truncate",
+        ),  # fmt: skip
+        block_diffusion=True,
+    ),
+    "llada_moe": ModelFamily(
+        name="llada_moe",
+        label="LLaDA-MoE",
+        config_class=LLaDAMoEConfig,
+        model_class=LLaDAMoEModel,
+        sampler="mosa.sampling.llada:generate",
+        length_keyword="gen_length",
+        trace_keyword="return_trace",
+        sampler_options=_LLADA_OPTIONS,
+        diffuguard=True,
+    ),
 }
 
 LOGITS_FAMILY = "llada"
@@ -157,23 +199,39 @@ def _known() -> str:
 
 
 def family_of_config(config: dict[str, Any], source: str = "config") -> ModelFamily:
-    """The family a parsed ``config.json`` names by ``model_type`` (else ``architectures``).
+    """The family a parsed ``config.json`` is of: the one entry whose ``describes`` holds
+    (``model_type``, else ``architectures``; LLaDA-MoE's ``"llada"`` told from dense LLaDA's
+    by its keys).
 
-    Raises ValueError naming the known families when it names none of them.
+    Raises ValueError naming the known families when it is none of them, and naming the
+    candidates when several entries claim it.
     """
+    found = [family for family in FAMILIES.values() if family.describes(config)]
+    if len(found) == 1:
+        return found[0]
     model_type = config.get("model_type")
     architectures = config.get("architectures")
     if not isinstance(architectures, list):
         architectures = []
-    for family in FAMILIES.values():
-        if model_type == family.model_type or (
-            model_type is None and family.architecture in architectures
-        ):
-            return family
+    if found:
+        raise ValueError(
+            f"{source}: model type {model_type!r} (architectures {architectures}) is claimed by "
+            f"the families {', '.join(f.name for f in found)}; their config classes' describes() "
+            "must tell them apart"
+        )
     raise ValueError(
         f"{source}: unknown model type {model_type!r} (architectures {architectures}); "
         f"mosa.models loads model_type {_known()}"
     )
+
+
+def is_block_diffusion(model) -> bool:
+    """Whether ``model`` (a mosa model) is of a block-diffusion family; False for a model of
+    no registered family (the samplers' own checks name what is wrong with it)."""
+    try:
+        return family_of(model).block_diffusion
+    except ValueError:
+        return False
 
 
 def family_of(model) -> ModelFamily:

@@ -86,20 +86,29 @@ def _check_parameter_count(folder: Path, config, data: dict[str, Any]) -> None:
     """
     stored = stored_parameter_count(folder)
     layers = getattr(config, config.layers_key)
-    # Every layer has the same shapes: the count is linear in the layer count.
-    one, two = _parameter_count(config, 1), _parameter_count(config, 2)
-    per_layer, outside = two - one, 2 * one - two
-    expected = outside + per_layer * layers
+    # From config.uniform_layers_from on, every layer has the same shapes (LLaDA2's first
+    # dense layers differ): there the count is linear in the layer count.
+    line = None
+    if config.uniform_layers_from is not None:
+        first = config.uniform_layers_from + 1
+        one, two = _parameter_count(config, first), _parameter_count(config, first + 1)
+        line = (two - one, one - (two - one) * first, first)
+    if line is not None and layers >= line[2]:
+        expected = line[1] + line[0] * layers
+    else:
+        expected = _parameter_count(config, layers)
     if expected == stored:
         return
     source = folder / "config.json"
-    stored_layers, rest = divmod(stored - outside, per_layer)
-    if rest == 0 and stored_layers >= 1:
-        raise ValueError(
-            f"{source}: {config.layers_key} is {layers}, but the weights hold {stored:,} "
-            f"parameters, which is {stored_layers} layers; set {config.layers_key} to "
-            f"{stored_layers}"
-        )
+    if line is not None:
+        per_layer, outside, first = line
+        stored_layers, rest = divmod(stored - outside, per_layer)
+        if rest == 0 and stored_layers >= first:
+            raise ValueError(
+                f"{source}: {config.layers_key} is {layers}, but the weights hold {stored:,} "
+                f"parameters, which is {stored_layers} layers; set {config.layers_key} to "
+                f"{stored_layers}"
+            )
     missing = [key for key in config.size_keys if key not in data]
     if missing:
         taken = ", ".join(f"{key}={getattr(config, key)}" for key in missing)
@@ -121,7 +130,8 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> DiffusionLM:
-    """Loads a LLaDA or Dream checkpoint folder (``config.json`` + safetensors) for inference.
+    """Loads a checkpoint folder (``config.json`` + safetensors) of a registered family for
+    inference.
 
     The family comes from ``config.json`` (an entry of ``mosa.models.FAMILIES``); the weights are read straight to ``device`` as
     ``dtype`` (defaults: the current CUDA device in bf16 when there is one, else the CPU in
@@ -153,8 +163,8 @@ def build_model(
 ) -> DiffusionLM:
     """A model with the shapes of ``config`` and random weights (none on the meta device).
 
-    ``config``: a preset name (``"llada-8b"``, ``"dream-7b"``), a ``config.json`` dict or a
-    config object. Weights are N(0, 0.02) from ``seed`` (``DiffusionLM.reset_parameters``).
+    ``config``: a preset name (``"llada-8b"``, ``"dream-7b"``, ``"llada2-mini"``,
+    ``"llada-moe-7b"``), a ``config.json`` dict or a config object. Weights are N(0, 0.02) from ``seed`` (``DiffusionLM.reset_parameters``).
     """
     if isinstance(config, str):
         if config not in PRESETS:

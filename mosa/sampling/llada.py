@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from mosa.models import adopt_model
+from mosa.models.families import is_block_diffusion
 from mosa.text.canvas import Canvas, build_canvas, first_masked_position
 from mosa_kernels import sample_tokens
 from mosa_kernels.ops._checks import check_nonnegative, check_positive_int
@@ -143,6 +144,11 @@ def generate(
     Returns the sequences ``int64[B, P + G]`` (prompt included), or a ``GenerateOutput``.
     """
     model = adopt_model(model)
+    if is_block_diffusion(model):
+        raise ValueError(
+            f"{type(model).__name__} is a block-diffusion model (block-causal attention), "
+            "which generate does not decode; sample it with mosa.block_generate"
+        )
     check_sampler_arguments(model, prompt, steps)
     check_generator(generator)
     settings = SamplerSettings.check(

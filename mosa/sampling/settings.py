@@ -6,7 +6,9 @@ presets are what a deterministic evaluation runs with: ``LLADA_EVALUATION`` (LLa
 evaluation schedule: blocks of 32) for the eval runner, DiffuGuard's calibration, lm-eval and
 ``mosa eval``; ``TINY_EVALUATION`` (a 40-token canvas in blocks of 8) for the embedded tiny
 model (a Dream model's evaluation order is its family's ``eval_defaults``,
-``mosa/models/families.py``, below this package). A new default goes here and nowhere else (``tests/sampling/test_settings.py`` greps the package for restated ones).
+``mosa/models/families.py``, below this package). ``LLADA2_REFERENCE`` holds the published
+LLaDA2.0 ``generate``'s defaults (``block_generate``'s signature reads them) and
+``LLADA21_REFERENCE`` LLaDA2.1's, whose token editing is on. A new default goes here and nowhere else (``tests/sampling/test_settings.py`` greps the package for restated ones).
 """
 
 from __future__ import annotations
@@ -55,7 +57,33 @@ class DreamSampling:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class BlockDiffusionSampling:
+    """Settings of the block-diffusion sampler ``block_generate`` (``mosa/sampling/
+    block_generate.py``, docs/DESIGN.md §6): LLaDA2.x's published ``generate``.
+
+    ``editing_threshold`` None is LLaDA2.0's decoding; a number is LLaDA2.1's loop with token
+    editing, which also reads ``max_post_steps`` and ``num_to_transfer``.
+    """
+
+    gen_length: int = 2048
+    block_length: int = 32
+    steps: int = 32
+    temperature: float = 0.0
+    threshold: float = 0.95
+    minimal_topk: int = 1
+    editing_threshold: float | None = None
+    max_post_steps: int = 16
+    num_to_transfer: int = 1
+
+    def replace(self, **changes) -> BlockDiffusionSampling:
+        """A copy with ``changes`` (a field name that does not exist is a TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+
 LLADA_REFERENCE = LLaDASampling()
 LLADA_EVALUATION = LLADA_REFERENCE.replace(block_length=32)
 TINY_EVALUATION = LLADA_REFERENCE.replace(gen_length=40, block_length=8, steps=40)
 DREAM_REFERENCE = DreamSampling()
+LLADA2_REFERENCE = BlockDiffusionSampling()
+LLADA21_REFERENCE = LLADA2_REFERENCE.replace(editing_threshold=0.9)

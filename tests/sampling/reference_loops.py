@@ -346,3 +346,147 @@ def dream_reference(
                 response = [p - prompt_length for p in picked if p >= prompt_length]
                 commit_step[b, response] = i
     return x, commit_step
+
+
+def _block_logits(model, x: torch.Tensor, end: int, block_length: int) -> torch.Tensor:
+    """float64 logits of the block ending at ``end``: the whole window ``x[:end]`` run under
+    block-causal attention, positions ``0..end-1`` (one sequence, no padding)."""
+    out = model(x[None, :end], block_length=block_length, return_logits=True)
+    return out.logits[0, end - block_length : end].double()
+
+
+def _greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax token (lowest id on ties) and its float64 softmax probability, per position."""
+    probs = torch.softmax(logits, dim=-1)
+    token = probs.argmax(dim=-1)
+    return token, probs.gather(-1, token[:, None])[:, 0]
+
+
+def _above(confidence: float, threshold: float) -> bool:
+    """The published ``confidence > threshold``, in float32 as the model's probabilities."""
+    return bool(torch.tensor(confidence, dtype=torch.float32) > threshold)
+
+
+def _mask_transfer(masked, token, confidence, start, k, threshold) -> list[int]:
+    """LLaDA2's rule: every masked position above ``threshold`` when at least ``k`` are, else
+    the ``k`` most confident masked positions (ties to the lower position)."""
+    above = [p for p in masked if _above(float(confidence[p - start]), threshold)]
+    if len(above) >= k:
+        return above
+    ranked = sorted(masked, key=lambda p: (-float(confidence[p - start]), p))
+    return ranked[: min(k, len(masked))]
+
+
+def _cut_at_eos(x, trace, first: int, stop: int, eos_id: int):
+    """``x[first:stop]`` (and its trace) up to and including the first EOS."""
+    response = x[first:stop]
+    eos = (response == eos_id).nonzero()
+    keep = int(eos[0]) + 1 if eos.numel() else response.numel()
+    return response[:keep], trace[first : first + keep]
+
+
+@torch.no_grad()
+def llada2_reference(
+    model,
+    prompt: torch.Tensor,
+    *,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    threshold: float,
+    mask_id: int,
+    eos_id: int,
+    minimal_topk: int = 1,
+    eos_early_stop: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaDA2.0's published ``generate`` at temperature 0 for one prompt ``int[P]``.
+
+    Returns ``(response, trace)``: the response up to and including its first EOS (as
+    published), and the step each of its positions was last written at (-1: never).
+    ``model(x, block_length=..., return_logits=True)`` gives block-causal logits.
+    """
+    steps = min(steps, gen_length // minimal_topk)
+    prompt_length = prompt.numel()
+    num_blocks = -(-(prompt_length + gen_length) // block_length)
+    x = torch.full((num_blocks * block_length,), mask_id, dtype=torch.long)
+    x[:prompt_length] = prompt
+    trace = torch.full_like(x, -1)
+    counts = [block_length // steps + (i < block_length % steps) for i in range(steps)]
+    step = 0
+    for block in range(prompt_length // block_length, num_blocks):
+        start, end = block * block_length, (block + 1) * block_length
+        for i in range(steps):
+            masked = [p for p in range(start, end) if x[p] == mask_id]
+            if not masked:
+                break
+            token, confidence = _greedy(_block_logits(model, x, end, block_length))
+            chosen = _mask_transfer(masked, token, confidence, start, counts[i], threshold)
+            for p in chosen:
+                x[p] = token[p - start]
+                trace[p] = step if token[p - start] != mask_id else -1
+            step += 1
+            if eos_early_stop and any(int(token[p - start]) == eos_id for p in chosen):
+                eos = (x == eos_id).nonzero()  # searched from position 0, prompt included
+                if eos.numel():
+                    first_eos = int(eos[0])
+                    if (x[prompt_length:first_eos] != mask_id).all():
+                        kept = slice(prompt_length, first_eos + 1)  # empty: EOS in the prompt
+                        return x[kept], trace[kept]
+        if (x[prompt_length:end] == eos_id).any():
+            break
+    return _cut_at_eos(x, trace, prompt_length, prompt_length + gen_length, eos_id)
+
+
+@torch.no_grad()
+def llada21_reference(
+    model,
+    prompt: torch.Tensor,
+    *,
+    gen_length: int,
+    block_length: int,
+    threshold: float,
+    editing_threshold: float,
+    mask_id: int,
+    eos_id: int,
+    max_post_steps: int = 16,
+    num_to_transfer: int = 1,
+    eos_early_stop: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaDA2.1's published ``generate`` (token editing) at temperature 0 for one prompt;
+    returns as ``llada2_reference``."""
+    prompt_length = prompt.numel()
+    num_blocks = -(-(prompt_length + gen_length) // block_length)
+    x = torch.full((num_blocks * block_length,), mask_id, dtype=torch.long)
+    x[:prompt_length] = prompt
+    trace = torch.full_like(x, -1)
+    step = 0
+    for block in range(prompt_length // block_length, num_blocks):
+        start, end = block * block_length, (block + 1) * block_length
+        post_steps = 0
+        while True:
+            old = x[start:end].clone()
+            masked = [p for p in range(start, end) if x[p] == mask_id]
+            if not masked:
+                post_steps += 1
+            if post_steps > max_post_steps:
+                break
+            token, confidence = _greedy(_block_logits(model, x, end, block_length))
+            chosen = _mask_transfer(masked, token, confidence, start, num_to_transfer, threshold)
+            edited = [
+                p
+                for p in range(max(start, prompt_length), end)
+                if p not in masked
+                and _above(float(confidence[p - start]), editing_threshold)
+                and token[p - start] != old[p - start]
+            ]
+            for p in chosen + edited:
+                x[p] = token[p - start]
+                trace[p] = step if token[p - start] != mask_id else -1
+            step += 1
+            if not masked and not edited:
+                break
+        if eos_early_stop:
+            response = x[prompt_length:end]
+            if not (response == mask_id).any() and (response == eos_id).any():
+                break
+    return _cut_at_eos(x, trace, prompt_length, prompt_length + gen_length, eos_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 
-from mosa.models import build_model  # noqa: E402
+from mosa.models import LLaDAModel, build_model  # noqa: E402
 from mosa.sampling import cuda_graph, dream, graph_sets, llada  # noqa: E402
 from mosa.sampling.graph_sets import GraphCache  # noqa: E402
 
@@ -235,10 +236,30 @@ def replay_graphs_eagerly(monkeypatch, auto: bool = False, graphed_call=None) ->
         takes_graphs = requested is True or (auto and requested == "auto")
         return takes_graphs and cuda_graph.use_cuda_graphs(requested, **kw)
 
-    for sampler in (llada, dream):
+    # mosa.sampling.block_generate is the function there; the module is looked up by name.
+    for sampler in (llada, dream, importlib.import_module("mosa.sampling.block_generate")):
         monkeypatch.setattr(sampler, "use_cuda_graphs", decide)
     replay = graphed_call or EagerReplay
     monkeypatch.setattr(
         cuda_graph, "GraphedCall", lambda fn, device, pool: replay(fn, twin.replays)
     )
     return twin
+
+
+class _BlockStandIn(LLaDAModel):
+    """Interim stand-in for the tiny LLaDA2 model: dense LLaDA numbering rotary positions
+    ``cumsum(valid) - 1`` as LLaDA2 does."""
+
+    def rotary_positions(self, key_valid, length):
+        if key_valid is None:
+            return super().rotary_positions(key_valid, length)
+        return (key_valid.long().cumsum(-1) - 1).masked_fill(~key_valid, 1)
+
+
+@lru_cache
+def block_model(seed: int = 0) -> nn.Module:
+    """A tiny random block-diffusion model (fp32, CPU, eval); cached."""
+    config = build_model(dict(TINY_CONFIGS["llada"], max_sequence_length=256), device="meta").config
+    model = _BlockStandIn(config)
+    model.load_state_dict(random_weights(model, seed))
+    return model.eval()

@@ -12,18 +12,24 @@ import pytest
 
 from mosa.sampling import (
     DREAM_REFERENCE,
+    LLADA2_REFERENCE,
+    LLADA21_REFERENCE,
     LLADA_EVALUATION,
     LLADA_REFERENCE,
     TINY_EVALUATION,
+    BlockDiffusionSampling,
     DreamSampling,
     LLaDASampling,
+    block_generate,
     diffusion_generate,
     generate,
 )
 
 MOSA = Path(__file__).resolve().parents[2] / "mosa"
-SAMPLER_NAMES = {f.name for f in dataclasses.fields(LLaDASampling)} | {
-    f.name for f in dataclasses.fields(DreamSampling)
+SAMPLER_NAMES = {
+    f.name
+    for settings in (LLaDASampling, DreamSampling, BlockDiffusionSampling)
+    for f in dataclasses.fields(settings)
 }
 # Settings with a sampler argument's name that are not sampler defaults.
 NOT_SAMPLER_DEFAULTS = {
@@ -31,6 +37,7 @@ NOT_SAMPLER_DEFAULTS = {
     ("tiny/__init__.py", "gen_length"),  # ALIGN_SETTINGS: the tiny model's training canvas
     ("eval/gcg.py", "steps"),  # GCG's search steps
     ("models/families.py", "alg"),  # Dream's evaluation order, in the family table below sampling
+    ("eval/judges/strongreject.py", "threshold"),  # a judge's score cut-off
 }
 
 
@@ -46,6 +53,12 @@ def test_the_reference_presets_hold_the_published_numbers():
     # LLaDA's generate.py and Dream's diffusion_generate, as published.
     assert LLADA_REFERENCE == LLaDASampling(128, 128, 128, 0.0, 0.0, "low_confidence")
     assert DREAM_REFERENCE == DreamSampling(steps=512, eps=1e-3, temperature=0.0, alg="origin")
+    # LLaDA2.0's and LLaDA2.1's LLaDA2MoeModelLM.generate, as published.
+    assert LLADA2_REFERENCE == BlockDiffusionSampling(
+        gen_length=2048, block_length=32, steps=32, temperature=0.0, threshold=0.95,
+        minimal_topk=1, editing_threshold=None, max_post_steps=16, num_to_transfer=1,
+    )  # fmt: skip
+    assert LLADA21_REFERENCE == LLADA2_REFERENCE.replace(editing_threshold=0.9)
     assert LLADA_EVALUATION == LLADA_REFERENCE.replace(block_length=32)
     assert TINY_EVALUATION.schedule() == {
         "gen_length": 40, "block_length": 8, "steps": 40, "temperature": 0.0
@@ -59,6 +72,10 @@ def test_the_samplers_signatures_read_the_reference_presets():
     )
     assert {k: dream[k] for k in dataclasses.asdict(DREAM_REFERENCE)} == dataclasses.asdict(
         DREAM_REFERENCE
+    )
+    block = _defaults(block_generate)
+    assert {k: block[k] for k in dataclasses.asdict(LLADA2_REFERENCE)} == dataclasses.asdict(
+        LLADA2_REFERENCE
     )
 
 

@@ -1,0 +1,417 @@
+"""``mosa.block_generate`` against LLaDA2.x's published decoding (docs/DESIGN.md §6).
+
+The reference loops (``reference_loops.llada2_reference`` / ``llada21_reference``) run one
+prompt as the published ``generate`` does: the whole window's logits every step, a float64
+softmax, an explicit sort. Equality is token for token and step for step (the trace), up to
+and including each response's first EOS, which is where the published code cuts.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from reference_loops import llada2_reference, llada21_reference
+from sampling_builders import (
+    MASK_ID,
+    PAD_ID,
+    block_model,
+    dream_model,
+    generator,
+    llada_model,
+    padded_prompts,
+    random_prompt,
+    replay_graphs_eagerly,
+)
+
+import mosa
+from mosa.sampling import GenerateOutput, block_generate, generate
+from mosa.sampling.block_canvas import BlockCanvas
+from mosa.text.canvas import build_canvas
+
+EOS_ID = 125  # the tiny configs' (never in a random prompt, so tests pick one the model emits)
+BLOCK = importlib.import_module("mosa.sampling.block_generate")
+
+
+@pytest.fixture(autouse=True)
+def _interim_stand_in_is_block_diffusion(monkeypatch):  # until the LLaDA2 family lands
+    import dataclasses
+
+    from mosa.models import families
+
+    real = families.family_of
+
+    def family_of(model):
+        family = real(model)
+        if type(model).__name__ == "_BlockStandIn":
+            return dataclasses.replace(family, block_diffusion=True)
+        return family
+
+    monkeypatch.setattr(families, "family_of", family_of)
+    monkeypatch.setattr(BLOCK, "family_of", family_of)
+
+
+def run(model, ids, mask=None, **kw) -> GenerateOutput:
+    kw.setdefault("eos_id", EOS_ID)
+    return block_generate(
+        model, ids, mask, mask_id=MASK_ID, return_trace=True, cuda_graphs=False, **kw
+    )
+
+
+def emitted_token(model, prompt, position: int, **kw) -> int:
+    """The token decoding puts at response ``position`` (decoding does not depend on the EOS
+    id until a row stops there, so taking it as EOS makes the row stop at or before it)."""
+    kw.pop("eos_early_stop", None)
+    out = run(model, prompt[None], stop_at_eos=False, **kw)
+    return int(out.sequences[0, prompt.numel() + position])
+
+
+def assert_published(out: GenerateOutput, row: int, prompt_width: int, reference, eos_id: int):
+    """Row ``row`` of ``out`` is the reference's response up to its cut, EOS after it."""
+    tokens, trace = reference
+    response = out.sequences[row, prompt_width:]
+    kept = min(tokens.numel(), response.numel())  # an early stop may reach past gen_length
+    assert torch.equal(response[:kept], tokens[:kept]), f"\n{response}\nreference:\n{tokens}"
+    assert torch.equal(out.commit_step[row, :kept], trace[:kept]), (
+        f"\n{out.commit_step[row]}\nreference:\n{trace}"
+    )
+    if kept < response.numel():  # the reference stopped at an EOS (or its prompt's)
+        assert kept == 0 or tokens[kept - 1] == eos_id
+        assert (response[kept:] == eos_id).all() and (out.commit_step[row, kept:] == -1).all()
+
+
+# LLaDA2.0 ---------------------------------------------------------------------------------------
+
+# (prompt length, gen_length, block_length, steps, threshold, other options)
+LLADA2_SETTINGS = {
+    "P5<B16-G20-thr.95": (5, 20, 16, 16, {"threshold": 0.95}),
+    "P32=B32-G24-S8-thr.9": (32, 24, 32, 8, {"threshold": 0.9}),
+    "P40>B32-G20-thr.95": (40, 20, 32, 32, {"threshold": 0.95}),
+    "P21>B16-G27-S5-schedule-only": (21, 27, 16, 5, {"threshold": 2.0}),
+    "P9-B8-minimal_topk3": (9, 12, 8, 8, {"threshold": 0.9, "minimal_topk": 3}),
+    "P3-B4-S6>B-schedule-only": (3, 10, 4, 6, {"threshold": 2.0}),
+}
+
+
+@pytest.mark.parametrize("cache", [None, "prefix"])
+@pytest.mark.parametrize("setting", LLADA2_SETTINGS.values(), ids=LLADA2_SETTINGS.keys())
+def test_llada2_matches_the_published_decoding(setting, cache):
+    prompt_length, gen_length, block_length, steps, options = setting
+    model = block_model()
+    prompt = random_prompt(1, prompt_length, seed=prompt_length)[0]
+    kw = dict(gen_length=gen_length, block_length=block_length, steps=steps, **options)
+    out = run(model, prompt[None], cache=cache, **kw)
+    reference = llada2_reference(model, prompt, mask_id=MASK_ID, eos_id=EOS_ID, **kw)
+    assert out.sequences.shape == (1, prompt_length + gen_length)
+    assert torch.equal(out.sequences[0, :prompt_length], prompt)
+    assert_published(out, 0, prompt_length, reference, EOS_ID)
+
+
+@pytest.mark.parametrize("cache", [None, "prefix"])
+@pytest.mark.parametrize("early", [False, True], ids=["after-block", "eos_early_stop"])
+def test_llada2_stops_at_eos_as_published(cache, early):
+    model, prompt = block_model(), random_prompt(1, 6, seed=11)[0]
+    kw = dict(gen_length=30, block_length=8, steps=4, threshold=0.8)
+    eos_id = emitted_token(model, prompt, 9, **kw)
+    out = run(model, prompt[None], cache=cache, eos_id=eos_id, eos_early_stop=early, **kw)
+    reference = llada2_reference(
+        model, prompt, mask_id=MASK_ID, eos_id=eos_id, eos_early_stop=early, **kw
+    )
+    assert reference[0].numel() <= 10 and reference[0][-1] == eos_id
+    assert_published(out, 0, prompt.numel(), reference, eos_id)
+
+
+def test_llada2_eos_early_stop_with_eos_in_the_prompt_returns_an_empty_response():
+    """The published search for the first EOS starts at the prompt: once a step commits an
+    EOS, the response is empty (all EOS here)."""
+    model, prompt = block_model(), random_prompt(1, 6, seed=11)[0]
+    kw = dict(gen_length=30, block_length=8, steps=4, threshold=0.8)
+    eos_id = emitted_token(model, prompt, 9, **kw)
+    prompt[2] = eos_id
+    out = run(model, prompt[None], eos_id=eos_id, eos_early_stop=True, **kw)
+    reference = llada2_reference(
+        model, prompt, mask_id=MASK_ID, eos_id=eos_id, eos_early_stop=True, **kw
+    )
+    assert reference[0].numel() == 0
+    assert_published(out, 0, prompt.numel(), reference, eos_id)
+
+
+# LLaDA2.1 (token editing) -----------------------------------------------------------------------
+
+# (prompt length, gen_length, block_length, options)
+LLADA21_SETTINGS = {
+    "P5-B8-thr.95-edit.1": (5, 20, 8, {"threshold": 0.95, "editing_threshold": 0.1}),
+    "P16=B16-edit.05-post3-k2": (
+        16,
+        21,
+        16,
+        {"threshold": 0.7, "editing_threshold": 0.05, "max_post_steps": 3, "num_to_transfer": 2},
+    ),  # fmt: skip
+    "P19-B8-schedule-only-edit.1": (19, 14, 8, {"threshold": 2.0, "editing_threshold": 0.1}),
+}
+
+
+@pytest.mark.parametrize("cache", [None, "prefix"])
+@pytest.mark.parametrize("setting", LLADA21_SETTINGS.values(), ids=LLADA21_SETTINGS.keys())
+def test_llada21_editing_matches_the_published_decoding(setting, cache):
+    prompt_length, gen_length, block_length, options = setting
+    model = block_model()
+    prompt = random_prompt(1, prompt_length, seed=prompt_length)[0]
+    kw = dict(gen_length=gen_length, block_length=block_length, **options)
+    out = run(model, prompt[None], cache=cache, **kw)
+    reference = llada21_reference(model, prompt, mask_id=MASK_ID, eos_id=EOS_ID, **kw)
+    assert_published(out, 0, prompt_length, reference, EOS_ID)
+
+
+@pytest.mark.parametrize("setting", LLADA21_SETTINGS.values(), ids=LLADA21_SETTINGS.keys())
+def test_llada21_settings_do_edit(setting):
+    """Each setting above edits tokens: without editing its result differs."""
+    prompt_length, gen_length, block_length, options = setting
+    prompt = random_prompt(1, prompt_length, seed=prompt_length)
+    kw = dict(gen_length=gen_length, block_length=block_length, **options)
+    edited = run(block_model(), prompt, **kw).sequences
+    kept = run(block_model(), prompt, **{**kw, "editing_threshold": float("inf")}).sequences
+    assert not torch.equal(edited, kept)
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["no-early-stop", "eos_early_stop"])
+def test_llada21_stops_at_eos_as_published(early):
+    model, prompt = block_model(), random_prompt(1, 6, seed=11)[0]
+    kw = dict(gen_length=30, block_length=8, threshold=0.9, editing_threshold=0.1)
+    eos_id = emitted_token(model, prompt, 9, **kw)
+    out = run(model, prompt[None], eos_id=eos_id, eos_early_stop=early, **kw)
+    reference = llada21_reference(
+        model, prompt, mask_id=MASK_ID, eos_id=eos_id, eos_early_stop=early, **kw
+    )
+    assert reference[0][-1] == eos_id
+    assert_published(out, 0, prompt.numel(), reference, eos_id)
+
+
+# Batches, caching, stopping -----------------------------------------------------------------------
+
+BATCH_SETTINGS = {
+    "llada2": dict(gen_length=20, block_length=8, steps=4, threshold=0.9),
+    "llada21": dict(gen_length=21, block_length=8, threshold=0.95, editing_threshold=0.1),
+}
+
+
+@pytest.mark.parametrize("cache", [None, "prefix"])
+@pytest.mark.parametrize("options", BATCH_SETTINGS.values(), ids=BATCH_SETTINGS.keys())
+def test_a_left_padded_batch_decodes_each_row_as_alone(options, cache):
+    """Prompt lengths 3..17 with different remainders mod the block: each row is shifted to
+    its own block alignment, and some rows need a block more than others."""
+    model = block_model()
+    lengths = [3, 8, 13, 17, 5]
+    ids, mask = padded_prompts(lengths, seed=3)
+    width, gen_length = ids.shape[1], options["gen_length"]
+    eos_id = emitted_token(model, ids[1, -lengths[1] :], 11, **options)
+    out = run(model, ids, mask, cache=cache, eos_id=eos_id, **options)
+    assert out.sequences.shape == (len(lengths), width + gen_length)
+    assert torch.equal(out.sequences[:, :width], ids)
+    stopped = 0
+    for row, length in enumerate(lengths):
+        alone = run(model, ids[row : row + 1, -length:], cache=cache, eos_id=eos_id, **options)
+        assert torch.equal(out.sequences[row, width:], alone.sequences[0, length:]), row
+        assert torch.equal(out.commit_step[row], alone.commit_step[0]), row
+        stopped += bool((alone.sequences[0, length:] == eos_id).any())
+    assert 0 < stopped < len(lengths)  # rows stop on their own
+
+
+def test_an_unpadded_batch_decodes_each_row_as_alone():
+    model, ids = block_model(), random_prompt(3, 11, seed=5)
+    kw = dict(gen_length=13, block_length=8, steps=8, threshold=0.9)
+    out = run(model, ids, **kw)
+    for row in range(ids.shape[0]):
+        assert torch.equal(out.sequences[row], run(model, ids[row : row + 1], **kw).sequences[0])
+
+
+@pytest.mark.parametrize("options", BATCH_SETTINGS.values(), ids=BATCH_SETTINGS.keys())
+def test_the_prefix_cache_gives_the_uncached_tokens_and_order(options):
+    ids, mask = padded_prompts([4, 9, 15], seed=8)
+    cached = run(block_model(), ids, mask, cache="prefix", stop_at_eos=False, **options)
+    uncached = run(block_model(), ids, mask, cache=None, stop_at_eos=False, **options)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert torch.equal(cached.commit_step, uncached.commit_step)
+    assert cached.steps == uncached.steps
+
+
+def test_stop_at_eos_cuts_after_the_first_eos_and_saves_steps():
+    model, prompt = block_model(), random_prompt(1, 6, seed=11)
+    kw = dict(gen_length=30, block_length=8, steps=4, threshold=0.8)
+    eos_id = emitted_token(model, prompt[0], 9, **kw)
+    full = run(model, prompt, stop_at_eos=False, eos_id=eos_id, **kw)
+    stopped = run(model, prompt, eos_id=eos_id, **kw)
+    response, decoded = stopped.sequences[0, 6:], full.sequences[0, 6:]
+    first = int((decoded == eos_id).nonzero()[0])
+    assert first <= 9
+    assert torch.equal(response[: first + 1], decoded[: first + 1])
+    assert (response[first + 1 :] == eos_id).all()
+    assert (stopped.commit_step[0, first + 1 :] == -1).all()
+    assert stopped.steps < full.steps
+
+
+def test_the_default_returns_the_sequences_in_the_input_layout():
+    model = block_model()
+    ids, mask = padded_prompts([2, 7], seed=4)
+    out = block_generate(model, ids, mask, gen_length=9, block_length=8, mask_id=MASK_ID)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.int64
+    assert out.shape == (2, ids.shape[1] + 9) and torch.equal(out[:, : ids.shape[1]], ids)
+    assert not (out == MASK_ID).any()
+    assert torch.equal(mosa.block_generate(model, ids[1:, -7:], gen_length=9, block_length=8,
+                                           mask_id=MASK_ID)[0, 7:], out[1, ids.shape[1]:])  # fmt: skip
+
+
+def test_the_aligned_canvas_gives_each_row_its_own_blocks():
+    ids, mask = padded_prompts([3, 8, 13], seed=1)
+    prompts = build_canvas(ids, mask, 5, MASK_ID)
+    canvas = BlockCanvas.lay_out(prompts, 8, MASK_ID, PAD_ID)
+    # First decoded blocks 0, 1, 1: row 0 moves right by one block.
+    assert canvas.first_block == 1 and canvas.row_start.tolist() == [8, 0, 0]
+    assert canvas.response_start.tolist() == [11, 8, 13]
+    assert canvas.end_blocks.tolist() == [2, 2, 3] and canvas.x.shape == (3, 24)
+    for row, length in enumerate([3, 8, 13]):
+        start = int(canvas.row_start[row])
+        assert (canvas.x[row, :start] == PAD_ID).all()
+        assert torch.equal(canvas.x[row, start : start + length], ids[row, -length:])
+        assert (canvas.x[row, start + length :] == MASK_ID).all()
+        assert canvas.key_valid[row].tolist() == [i >= start for i in range(24)]
+    positions = block_model().rotary_positions(canvas.key_valid, 24)
+    assert positions[0, 8:].tolist() == list(range(16))  # a shifted row counts from its start
+
+
+# Sampling at temperature > 0 ---------------------------------------------------------------------
+
+
+def test_a_seeded_sampling_run_repeats():
+    ids, mask = padded_prompts([4, 9], seed=2)
+    kw = dict(gen_length=12, block_length=8, temperature=0.8, top_k=20, top_p=0.9)
+    first = run(block_model(), ids, mask, generator=generator(5), **kw).sequences
+    again = run(block_model(), ids, mask, generator=generator(5), **kw).sequences
+    other = run(block_model(), ids, mask, generator=generator(6), **kw).sequences
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+@pytest.mark.parametrize(
+    "filters", [{}, {"top_k": 3}, {"top_p": 0.8}, {"top_k": 5, "top_p": 0.7}], ids=str
+)
+def test_sampling_draws_from_the_tempered_filtered_distribution(filters):
+    """One masked position per row (a 7-token prompt, one response token in an 8-slot
+    block), many rows: the drawn tokens follow softmax(logits / T) after top-k then top-p."""
+    model, temperature, rows = block_model(), 1.5, 3000
+    prompt = random_prompt(1, 7, seed=9)
+    logits = model(torch.cat([prompt, torch.tensor([[MASK_ID]])], 1), block_length=8,
+                   return_logits=True).logits[0, -1].double() / temperature  # fmt: skip
+    if "top_k" in filters:
+        logits = logits.masked_fill(logits < logits.topk(filters["top_k"]).values[-1], -torch.inf)
+    if "top_p" in filters:
+        order = logits.argsort(descending=True)
+        before = torch.softmax(logits[order], 0).cumsum(0) - torch.softmax(logits[order], 0)
+        logits[order[before > filters["top_p"]]] = -torch.inf  # kept: up to crossing top_p
+    expected = torch.softmax(logits, 0)
+    out = block_generate(
+        model, prompt.expand(rows, -1), gen_length=1, block_length=8, temperature=temperature,
+        generator=generator(3), mask_id=MASK_ID, eos_id=EOS_ID, **filters,
+    )  # fmt: skip
+    counts = torch.bincount(out[:, -1], minlength=expected.numel()).double()
+    assert (counts[expected == 0] == 0).all()
+    bound = 5 * (expected * (1 - expected) / rows).sqrt() + 2 / rows
+    assert ((counts / rows - expected).abs() <= bound).all()
+
+
+# CUDA graphs (the CPU twin) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", [None, "prefix"])
+@pytest.mark.parametrize(
+    "options",
+    [*BATCH_SETTINGS.values(), dict(BATCH_SETTINGS["llada2"], eos_early_stop=True)],
+    ids=[*BATCH_SETTINGS, "llada2-eos_early_stop"],
+)
+def test_cuda_graphs_replay_the_eager_steps(monkeypatch, options, cache):
+    twin = replay_graphs_eagerly(monkeypatch)
+    model = block_model()
+    ids, mask = padded_prompts([3, 8, 13, 17, 5], seed=3)
+    eos_id = emitted_token(model, ids[1, -8:], 11, **options)
+    kw = dict(mask_id=MASK_ID, eos_id=eos_id, cache=cache, return_trace=True, **options)
+    eager = block_generate(model, ids, mask, cuda_graphs=False, **kw)
+    graphed = [block_generate(model, ids, mask, cuda_graphs=True, **kw) for _ in range(2)]
+    # A shape a call runs once (a block's first step) is warmed up by the first call and
+    # captured by the second; from then on the same shape captures nothing.
+    captures = twin.captures
+    graphed.append(block_generate(model, ids, mask, cuda_graphs=True, **kw))
+    assert captures > 0 and twin.captures == captures
+    for out in graphed:
+        assert torch.equal(out.sequences, eager.sequences)
+        assert torch.equal(out.commit_step, eager.commit_step) and out.steps == eager.steps
+
+
+def test_auto_is_eager_off_cuda_and_at_temperature_above_zero(monkeypatch):
+    twin = replay_graphs_eagerly(monkeypatch, auto=True)
+    ids = random_prompt(1, 5, seed=1)
+    kw = dict(gen_length=8, block_length=8, mask_id=MASK_ID, eos_id=EOS_ID)
+    block_generate(block_model(), ids, temperature=0.5, generator=generator(1), **kw)
+    assert twin.captures == 0
+    with pytest.raises(ValueError, match="temperature must be 0"):
+        block_generate(block_model(), ids, temperature=0.5, cuda_graphs=True, **kw)
+
+
+# Errors -------------------------------------------------------------------------------------------
+
+BAD_OPTIONS = [
+    ({"block_length": 0}, ValueError, "block_length must be a positive int"),
+    ({"block_length": 2.5}, ValueError, "block_length must be a positive int"),
+    ({"steps": 0}, ValueError, "steps must be a positive int"),
+    ({"steps": 2.0}, TypeError, "steps must be an int"),
+    ({"gen_length": 0}, ValueError, "gen_length must be a positive int"),
+    ({"minimal_topk": 9}, ValueError, "minimal_topk .* exceeds gen_length"),
+    ({"threshold": -0.1}, ValueError, "threshold must be >= 0"),
+    ({"threshold": float("nan")}, ValueError, "threshold must be >= 0"),
+    ({"threshold": "high"}, TypeError, "threshold must be a number"),
+    ({"editing_threshold": -1}, ValueError, "editing_threshold must be >= 0"),
+    ({"editing_threshold": float("nan")}, ValueError, "editing_threshold must be >= 0"),
+    ({"max_post_steps": -1}, ValueError, "max_post_steps must be an int >= 0"),
+    ({"num_to_transfer": 0}, ValueError, "num_to_transfer must be a positive int"),
+    ({"temperature": -1.0}, ValueError, "temperature must be a finite number >= 0"),
+    ({"top_p": 0.0}, ValueError, r"top_p must lie in \(0, 1\]"),
+    ({"top_k": 0}, ValueError, "top_k must be a positive int"),
+    ({"cache": "dual"}, ValueError, "no suffix to cache"),
+    ({"eos_early_stop": True, "stop_at_eos": False}, ValueError, "pass stop_at_eos=True"),
+    ({"mask_id": 500}, ValueError, "mask_id=500 is outside the model's vocabulary"),
+    ({"eos_id": MASK_ID}, ValueError, "eos_id and mask_id are both"),
+    ({"eos_id": -3}, ValueError, "eos_id=-3 is outside the model's vocabulary"),
+    ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
+    ({"cuda_graphs": "yes"}, ValueError, "cuda_graphs must be 'auto', True or False"),
+]
+
+
+@pytest.mark.parametrize(("options", "error", "message"), BAD_OPTIONS, ids=str)
+def test_bad_options_are_refused_by_name(options, error, message):
+    kw = {"gen_length": 8, "block_length": 8, "mask_id": MASK_ID, "eos_id": EOS_ID, **options}
+    with pytest.raises(error, match=message):
+        block_generate(block_model(), random_prompt(1, 4), **kw)
+
+
+def test_a_prompt_holding_the_mask_id_is_refused():
+    prompt = random_prompt(1, 6)
+    prompt[0, 3] = MASK_ID
+    with pytest.raises(ValueError, match="the prompt holds the mask id"):
+        block_generate(block_model(), prompt, gen_length=8, mask_id=MASK_ID, eos_id=EOS_ID)
+
+
+@pytest.mark.parametrize(
+    ("model", "sampler"), [(llada_model, "mosa.generate"), (dream_model, "mosa.diffusion_generate")]
+)
+def test_a_model_that_is_not_block_diffusion_is_refused_naming_its_sampler(model, sampler):
+    with pytest.raises(ValueError, match=f"not a block-diffusion model; sample it with {sampler}"):
+        block_generate(model(), random_prompt(1, 4), gen_length=8, mask_id=MASK_ID)
+
+
+def test_a_model_of_no_mosa_family_is_refused():
+    with pytest.raises(TypeError, match="needs a mosa block-diffusion model"):
+        block_generate(torch.nn.Linear(2, 2), random_prompt(1, 4), gen_length=8)
+
+
+def test_generate_refuses_a_block_diffusion_model_naming_block_generate():
+    with pytest.raises(ValueError, match="sample it with mosa.block_generate"):
+        generate(block_model(), random_prompt(1, 4), gen_length=8, mask_id=MASK_ID)
