@@ -29,7 +29,7 @@ from inputs import BF16_TOL, FP32_TOL, GRAD_TOL, assert_close, randn  # noqa: E4
 
 D, INNER, EXPERTS = 12, 10, 12
 # Local copies of the published modeling files; the test against them is skipped without.
-PUBLISHED_ENV = {"llada2": "MOSA_LLADA2_REFERENCE", "lladamoe": "MOSA_LLADAMOE_REFERENCE"}
+PUBLISHED_ENV = {"llada2": "MOSA_LLADA2_REFERENCE", "lladamoe": "MOSA_LLADA_MOE_REFERENCE"}
 PUBLISHED_CONFIG = {
     "llada2": dict(
         hidden_size=D,
@@ -387,7 +387,7 @@ def test_expert_mlp_is_swiglu():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("family", ["llada2", "lladamoe"])
 def test_blocks_match_published_code(family, dtype, tmp_path):
-    """Skipped unless ``MOSA_LLADA2_REFERENCE`` / ``MOSA_LLADAMOE_REFERENCE`` name a local copy
+    """Skipped unless ``MOSA_LLADA2_REFERENCE`` / ``MOSA_LLADA_MOE_REFERENCE`` name a local copy
     of ``modeling_llada2_moe.py`` / ``modeling_lladamoe.py``; the published block runs in
     ``MOSA_REFERENCE_PYTHON`` (transformers 4.57), see ``test_model_parity.py``."""
     modeling_py = os.environ.get(PUBLISHED_ENV[family])
