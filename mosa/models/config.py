@@ -414,9 +414,7 @@ def _check_moe_sizes(owner: str, experts: int, top_k: int) -> None:
     _check_int(owner, "num_experts", experts, 1)
     _check_int(owner, "num_experts_per_tok", top_k, 1)
     if top_k > experts:
-        raise ValueError(
-            f"{owner} num_experts_per_tok={top_k} is more than num_experts={experts}"
-        )
+        raise ValueError(f"{owner} num_experts_per_tok={top_k} is more than num_experts={experts}")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,11 @@ class LLaDAMoEAttention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads = config.num_attention_heads, config.kv_heads
         self.clip = config.clip_qkv
-        d, kv_width, bias = config.hidden_size, config.kv_heads * config.head_dim, config.attention_bias
+        d, kv_width, bias = (
+            config.hidden_size,
+            config.kv_heads * config.head_dim,
+            config.attention_bias,
+        )
         self.q_proj = nn.Linear(d, d, bias=bias)
         self.k_proj = nn.Linear(d, kv_width, bias=bias)
         self.v_proj = nn.Linear(d, kv_width, bias=bias)
