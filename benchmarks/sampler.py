@@ -18,7 +18,9 @@ trunk (d 512, 6 layers; ``--smoke``: d 64, 2 layers, prompt 8, gen 32) in fp32, 
 32 tokens, gen 256 (``--quick``: 128), steps = gen_length / 4. The head weights are scaled up so
 that, like a trained model's, predictions are confident (random N(0, 0.02) weights give
 near-uniform softmaxes, which no real model has). Usage: ``python -m benchmarks.sampler
-[--quick] [--smoke] [--batch N] [--gen-length G] [--prompt-length P]``.
+[--quick] [--smoke] [--batch N] [--gen-length G] [--prompt-length P]``; ``--family llada2``
+measures LLaDA2's ``block_generate`` instead (``benchmarks/sampler_llada2.py``, which adds
+``--threshold`` and ``--loop-rows``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ MODES = (
     ("generate dual + threshold 0.9", {"cache": "dual", "threshold": 0.9}),
 )
 REFERENCE = "reference loop"
+FAMILIES = ("llada", "llada2")
 
 
 @dataclass(frozen=True)
@@ -191,16 +194,7 @@ def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_le
                                 block_length=settings.block_length, steps=run_steps,
                                 no_op_steps=timed["no-op steps"])  # fmt: skip
         floor = floor_seconds(shape, plan, batch=batch, dtype_bytes=dtype_bytes, peaks=peaks)
-        row.update(
-            {
-                "tokens/s": batch * gen_length / timed["seconds"],
-                "floor tok/s": batch * gen_length / floor,
-                "% roofline": 100 * floor / timed["seconds"],
-                "steps": run_steps,
-                "no-op/block": timed["no-op steps"] / blocks,
-                **timed,
-            }
-        )
+        row.update(figures(batch * gen_length, timed, floor, run_steps, blocks))
         rows.append(row)
     reference_row = next((row for row in rows if row["mode"] == REFERENCE), None)
     for row in rows:
@@ -210,6 +204,20 @@ def run_case(model, shape, peaks, device, settings: Settings, batch: int, gen_le
         same = outputs[row["mode"], row.get("lag")] == outputs[REFERENCE, None]
         row["agreement"] = same.float().mean().item()
     return rows
+
+
+def figures(tokens: int, timed: dict, floor: float, steps: float, blocks: int) -> dict:
+    """A row's figures for ``tokens`` generated tokens: tokens/s, the ``floor`` (seconds) as
+    tokens/s and the share of it reached, the steps, the no-op steps a block, and what
+    ``time_mode`` measured (``timed``)."""
+    return {
+        "tokens/s": tokens / timed["seconds"],
+        "floor tok/s": tokens / floor,
+        "% roofline": 100 * floor / timed["seconds"],
+        "steps": steps,
+        "no-op/block": timed["no-op steps"] / blocks,
+        **timed,
+    }
 
 
 LAGS = (0, 1)
@@ -318,9 +326,21 @@ def measure(
         "steps": "gen_length" if settings.steps_per_token == 1 else "gen_length / 4",
         "cases": [list(case) for case in settings.cases],
         "gpu_scale": gpu_scale and not smoke,
-        "copy GB/s": peaks.bandwidth / 1e9,
-        "matmul TFLOP/s": peaks.matmul_flops / 1e12,
+        **peak_rates(peaks),
     }
+
+
+def peak_rates(peaks) -> dict:
+    """The copy and matmul rates measured at the start of a run, as its settings record them."""
+    return {"copy GB/s": peaks.bandwidth / 1e9, "matmul TFLOP/s": peaks.matmul_flops / 1e12}
+
+
+def measured_rates(meta: dict) -> str:
+    """The report's line on those rates (``peak_rates`` in ``meta``)."""
+    return (
+        f"Measured in this run: copy {meta['copy GB/s']:.1f} GB/s, matmul "
+        f"{meta['matmul TFLOP/s']:.3g} TFLOP/s ({meta['dtype']}).\n\n"
+    )
 
 
 COLUMNS = ["batch", "gen_length", "mode", "lag", "tokens/s", "speedup", "floor tok/s",
@@ -333,8 +353,7 @@ def report(rows: list[dict], meta: dict, device: torch.device) -> str:
     return (
         f"## Sampler on {machine_name(device)} ({meta['model']}, {meta['dtype']}, prompt "
         f"{meta['prompt_length']}, block {meta['block_length']}, steps = {meta['steps']})\n\n"
-        f"Measured in this run: copy {meta['copy GB/s']:.1f} GB/s, matmul "
-        f"{meta['matmul TFLOP/s']:.3g} TFLOP/s ({meta['dtype']}).\n\n"
+        + measured_rates(meta)
         + format_table(rows, COLUMNS + (["error"] if any("error" in r for r in rows) else []))
         + "\n\nspeedup: against the reference loop of the same batch in this run; floor tok/s: "
         "the bytes and FLOPs of that mode's steps at the measured copy and matmul rates "
@@ -347,26 +366,45 @@ def report(rows: list[dict], meta: dict, device: torch.device) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=FAMILIES, default="llada",
+                        help="llada: generate against LLaDA's loop; llada2: block_generate "
+                        "against LLaDA2.0's published loop (benchmarks/sampler_llada2.py)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="GPU: batch 1 only; CPU: gen 128")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="one case: this many prompts")
     parser.add_argument("--gen-length", type=int, default=None, help="response tokens")
     parser.add_argument("--prompt-length", type=int, default=None, help="prompt tokens")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="llada2: this threshold only (default: 0.95 and schedule only)")  # fmt: skip
+    parser.add_argument("--loop-rows", type=int, default=None,
+                        help="llada2: the published loop decodes only the first N rows of "
+                        "each batch, its time scaled to the batch (default: every row)")  # fmt: skip
     args = parser.parse_args(argv)
-    for name in ("batch", "gen_length", "prompt_length"):
+    for name in ("batch", "gen_length", "prompt_length", "loop_rows"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.threshold is not None and not args.threshold >= 0:
+        parser.error(f"--threshold must be >= 0, got {args.threshold}")
     device = torch.device(args.device)
+    sizes = dict(batch=args.batch, gen_length=args.gen_length, prompt_length=args.prompt_length)
+    if args.family == "llada2":
+        # Imported here: it reuses this module's timing (time_mode), so it imports this one.
+        from benchmarks import sampler_llada2
+
+        rows, meta = sampler_llada2.measure(
+            device, quick=args.quick, smoke=args.smoke, threshold=args.threshold,
+            loop_rows=args.loop_rows, **sizes,
+        )  # fmt: skip
+        table = sampler_llada2.report(rows, meta, device)
+        publish("sampler-llada2", device, rows, meta, table, write=not args.smoke)
+        return 0
+    for name in ("threshold", "loop_rows"):
+        if getattr(args, name) is not None:
+            parser.error(f"--{name.replace('_', '-')} is for --family llada2")
     rows, meta = measure(
-        device,
-        quick=args.quick,
-        gpu_scale=device.type == "cuda",
-        batch=args.batch,
-        gen_length=args.gen_length,
-        prompt_length=args.prompt_length,
-        smoke=args.smoke,
+        device, quick=args.quick, gpu_scale=device.type == "cuda", smoke=args.smoke, **sizes
     )
     publish("sampler", device, rows, meta, report(rows, meta, device), write=not args.smoke)
     return 0

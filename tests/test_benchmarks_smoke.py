@@ -56,8 +56,8 @@ def test_benchmark_smoke_run(name):
 @pytest.mark.slow
 def test_gpu_check_dry_runs_on_the_cpu_figures_first_then_tests():
     """``gpu_check.sh --smoke`` runs the GPU check's every part at tiny shapes: it ends with the
-    sampler table, then MOSA end to end, then the tests' pass/fail lines, and writes nothing
-    into the repository."""
+    sampler tables (LLaDA's, then LLaDA2's), then MOSA end to end, then the tests' pass/fail
+    lines, and writes nothing into the repository."""
     results_before = sorted((BENCHMARKS / "results").iterdir())
     done = subprocess.run(
         ["bash", str(BENCHMARKS / "gpu_check.sh"), "--smoke"],
@@ -71,7 +71,8 @@ def test_gpu_check_dry_runs_on_the_cpu_figures_first_then_tests():
     places = [
         summary.find(heading)
         for heading in ("## Sampler on", "| generate dual + threshold 0.9 | 1 |",
-                        "## MOSA end to end on", "| prompts |", "Kernel tests", "Model, sampler")
+                        "## LLaDA2 sampler on", "| published loop |", "## MOSA end to end on",
+                        "| prompts |", "Kernel tests", "Model, sampler")
     ]  # fmt: skip
     assert -1 not in places and places == sorted(places), places
     # The sampler's columns the GPU report needs: no-op steps and reserved memory ("n/a" here).

@@ -173,7 +173,7 @@ def _decode(steps: BlockStepSet, canvas: BlockCanvas) -> BlockDiffusionState:
                 break
         else:
             if settings.editing and not bool(state.block_done):
-                raise RuntimeError(
+                raise ValueError(
                     f"block {block} was never filled in {settings.max_block_steps} steps: the "
                     f"model keeps predicting the mask token ({settings.mask_id}) at masked "
                     "positions; check mask_id"

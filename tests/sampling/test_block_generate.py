@@ -8,7 +8,13 @@ and including each response's first EOS, which is where the published code cuts.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,24 +38,6 @@ from mosa.text.canvas import build_canvas
 
 EOS_ID = 125  # the tiny configs' (never in a random prompt, so tests pick one the model emits)
 BLOCK = importlib.import_module("mosa.sampling.block_generate")
-
-
-@pytest.fixture(autouse=True)
-def _interim_stand_in_is_block_diffusion(monkeypatch):  # until the LLaDA2 family lands
-    import dataclasses
-
-    from mosa.models import families
-
-    real = families.family_of
-
-    def family_of(model):
-        family = real(model)
-        if type(model).__name__ == "_BlockStandIn":
-            return dataclasses.replace(family, block_diffusion=True)
-        return family
-
-    monkeypatch.setattr(families, "family_of", family_of)
-    monkeypatch.setattr(BLOCK, "family_of", family_of)
 
 
 def run(model, ids, mask=None, **kw) -> GenerateOutput:
@@ -127,14 +115,19 @@ def test_llada2_eos_early_stop_with_eos_in_the_prompt_returns_an_empty_response(
     EOS, the response is empty (all EOS here)."""
     model, prompt = block_model(), random_prompt(1, 6, seed=11)[0]
     kw = dict(gen_length=30, block_length=8, steps=4, threshold=0.8)
-    eos_id = emitted_token(model, prompt, 9, **kw)
-    prompt[2] = eos_id
-    out = run(model, prompt[None], eos_id=eos_id, eos_early_stop=True, **kw)
+    # An EOS id both in the prompt and among the tokens decoding commits after it.
+    for token in run(model, prompt[None], stop_at_eos=False, **kw).sequences[0, 6:].tolist():
+        prompt[2] = token
+        if token in run(model, prompt[None], stop_at_eos=False, **kw).sequences[0, 6:]:
+            break
+    else:
+        pytest.fail("no token of the response is decoded again after entering the prompt")
+    out = run(model, prompt[None], eos_id=token, eos_early_stop=True, **kw)
     reference = llada2_reference(
-        model, prompt, mask_id=MASK_ID, eos_id=eos_id, eos_early_stop=True, **kw
+        model, prompt, mask_id=MASK_ID, eos_id=token, eos_early_stop=True, **kw
     )
     assert reference[0].numel() == 0
-    assert_published(out, 0, prompt.numel(), reference, eos_id)
+    assert_published(out, 0, prompt.numel(), reference, token)
 
 
 # LLaDA2.1 (token editing) -----------------------------------------------------------------------
@@ -186,6 +179,71 @@ def test_llada21_stops_at_eos_as_published(early):
     )
     assert reference[0][-1] == eos_id
     assert_published(out, 0, prompt.numel(), reference, eos_id)
+
+
+# The published code itself (skipped unless a local copy is named) -------------------------------
+
+PUBLISHED_ENV = {"llada2": "MOSA_LLADA2_REFERENCE", "llada21": "MOSA_LLADA21_REFERENCE"}
+PUBLISHED_RUNNER = Path(__file__).with_name("reference_block_generate.py")
+
+
+def published_cases(version: str) -> list[tuple[torch.Tensor, dict]]:
+    """``(prompt, options)`` for every setting above, and one stopping at an EOS."""
+    model, cases = block_model(), []
+    if version == "llada2":
+        for prompt_length, gen_length, block_length, steps, options in LLADA2_SETTINGS.values():
+            prompt = random_prompt(1, prompt_length, seed=prompt_length)[0]
+            kw = dict(gen_length=gen_length, block_length=block_length, steps=steps, **options)
+            cases.append((prompt, dict(kw, eos_id=EOS_ID)))
+        kw = dict(gen_length=30, block_length=8, steps=4, threshold=0.8)
+    else:
+        for prompt_length, gen_length, block_length, options in LLADA21_SETTINGS.values():
+            prompt = random_prompt(1, prompt_length, seed=prompt_length)[0]
+            kw = dict(gen_length=gen_length, block_length=block_length, **options)
+            cases.append((prompt, dict(kw, eos_id=EOS_ID)))
+        kw = dict(gen_length=30, block_length=8, threshold=0.9, editing_threshold=0.1)
+    prompt = random_prompt(1, 6, seed=11)[0]
+    eos_id = emitted_token(model, prompt, 9, **kw)
+    for early in (False, True):
+        cases.append((prompt, dict(kw, eos_id=eos_id, eos_early_stop=early)))
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", PUBLISHED_ENV)
+def test_the_published_generate_gives_the_same_tokens(version, tmp_path):
+    """The published ``LLaDA2MoeModelLM.generate`` (LLaDA2.0, or LLaDA2.1's) on the tiny
+    checkpoint mosa writes, run in ``MOSA_REFERENCE_PYTHON`` (transformers 4.57), e.g.::
+
+        MOSA_REFERENCE_PYTHON=/work/refenv/bin/python \\
+        MOSA_LLADA2_REFERENCE=/tmp/ref/llada2/modeling_llada2_moe.py \\
+        MOSA_LLADA21_REFERENCE=/tmp/ref/llada21/modeling_llada21_moe.py \\
+            pytest tests/sampling/test_block_generate.py -k published
+    """
+    modeling_py = os.environ.get(PUBLISHED_ENV[version])
+    if not modeling_py:
+        pytest.skip(f"set {PUBLISHED_ENV[version]} to a local copy of the published modeling file")
+    python = os.environ.get("MOSA_REFERENCE_PYTHON", sys.executable)
+    model = block_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    cases = published_cases(version)
+    (tmp_path / "cases.json").write_text(json.dumps([
+        {"prompt": prompt.tolist(), "options": dict(options, mask_id=MASK_ID)}
+        for prompt, options in cases
+    ]))  # fmt: skip
+    args = [modeling_py, tmp_path / "ckpt", tmp_path / "cases.json", tmp_path / "out.json"]
+    done = subprocess.run(
+        [python, str(PUBLISHED_RUNNER), *map(str, args)], capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    published = json.loads((tmp_path / "out.json").read_text())
+    for (prompt, options), tokens in zip(cases, published, strict=True):
+        response = run(model, prompt[None], **options).sequences[0, prompt.numel() :]
+        kept = min(len(tokens), response.numel())
+        assert response[:kept].tolist() == tokens[:kept], options
+        assert (response[kept:] == options["eos_id"]).all(), options
+    print(f"\n{version}: {len(cases)} settings, the published tokens")
 
 
 # Batches, caching, stopping -----------------------------------------------------------------------
@@ -322,6 +380,16 @@ def test_sampling_draws_from_the_tempered_filtered_distribution(filters):
 # CUDA graphs (the CPU twin) ----------------------------------------------------------------------
 
 
+def grouped_experts_on_the_cpu(monkeypatch):
+    """The routed experts take their GPU path (grouped GEMMs, no host read) on the CPU too:
+    the CPU's per-expert loop reads each expert's token count on the host, which the twin's
+    guard would refuse, and a GPU never runs it."""
+    from mosa.models import moe as model_moe
+
+    grouped = functools.partial(model_moe.moe_swiglu, path="grouped")
+    monkeypatch.setattr(model_moe, "moe_swiglu", grouped)
+
+
 @pytest.mark.parametrize("cache", [None, "prefix"])
 @pytest.mark.parametrize(
     "options",
@@ -330,6 +398,7 @@ def test_sampling_draws_from_the_tempered_filtered_distribution(filters):
 )
 def test_cuda_graphs_replay_the_eager_steps(monkeypatch, options, cache):
     twin = replay_graphs_eagerly(monkeypatch)
+    grouped_experts_on_the_cpu(monkeypatch)
     model = block_model()
     ids, mask = padded_prompts([3, 8, 13, 17, 5], seed=3)
     eos_id = emitted_token(model, ids[1, -8:], 11, **options)
@@ -390,6 +459,51 @@ def test_bad_options_are_refused_by_name(options, error, message):
     kw = {"gen_length": 8, "block_length": 8, "mask_id": MASK_ID, "eos_id": EOS_ID, **options}
     with pytest.raises(error, match=message):
         block_generate(block_model(), random_prompt(1, 4), **kw)
+
+
+STEP = importlib.import_module("mosa.sampling.block_diffusion_step")
+
+
+def always(monkeypatch, token: int, confidence: float, rows=None):
+    """Every step samples ``token`` with ``confidence`` (in ``rows`` only, when given; the
+    other rows as the model says)."""
+    real = STEP.sample_tokens
+
+    def sample(*args, **kw):
+        real_token, real_confidence = real(*args, **kw)
+        chosen = torch.ones_like(real_token, dtype=torch.bool)
+        if rows is not None:
+            chosen = torch.zeros_like(chosen)
+            chosen[rows] = True
+        return (
+            torch.where(chosen, token, real_token),
+            torch.where(chosen, confidence, real_confidence),
+        )
+
+    monkeypatch.setattr(STEP, "sample_tokens", sample)
+
+
+def test_llada2_leaves_masks_the_model_predicts_as_published(monkeypatch):
+    always(monkeypatch, MASK_ID, 0.5)
+    out = run(block_model(), random_prompt(1, 5), gen_length=12, block_length=8, steps=4)
+    assert (out.sequences[0, 5:] == MASK_ID).all() and (out.commit_step == -1).all()
+    assert out.steps == 3 * 4  # every step of the three blocks ran
+
+
+def test_llada21_refuses_a_model_that_keeps_predicting_the_mask(monkeypatch):
+    always(monkeypatch, MASK_ID, 0.5)
+    with pytest.raises(ValueError, match="keeps predicting the mask token"):
+        run(block_model(), random_prompt(1, 5), gen_length=12, block_length=8,
+            editing_threshold=0.9)  # fmt: skip
+
+
+@pytest.mark.parametrize("editing_threshold", [None, 0.5])
+def test_nonfinite_logits_are_refused_naming_the_row(monkeypatch, editing_threshold):
+    always(monkeypatch, -1, float("nan"), rows=1)  # sample_tokens' mark for such a row
+    ids, mask = padded_prompts([4, 6, 3], seed=1)
+    with pytest.raises(ValueError, match=r"NaN or infinite logits for batch rows \[1\]"):
+        run(block_model(), ids, mask, gen_length=8, block_length=8,
+            editing_threshold=editing_threshold)  # fmt: skip
 
 
 def test_a_prompt_holding_the_mask_id_is_refused():
