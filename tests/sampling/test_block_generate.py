@@ -506,6 +506,12 @@ def test_nonfinite_logits_are_refused_naming_the_row(monkeypatch, editing_thresh
             editing_threshold=editing_threshold)  # fmt: skip
 
 
+def test_right_padding_is_refused():
+    ids, mask = padded_prompts([3, 5], seed=1)
+    with pytest.raises(ValueError, match="attention_mask must be left padding"):
+        block_generate(block_model(), ids, mask.flip(1), gen_length=8, mask_id=MASK_ID)
+
+
 def test_a_prompt_holding_the_mask_id_is_refused():
     prompt = random_prompt(1, 6)
     prompt[0, 3] = MASK_ID
