@@ -29,7 +29,15 @@ def _python(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_every_script_is_covered():
-    expected = {"kernels", "attention", "sampler", "align", "align_end_to_end", "memory_plan"}
+    expected = {
+        "kernels",
+        "attention",
+        "sampler",
+        "align",
+        "align_end_to_end",
+        "memory_plan",
+        "moe",
+    }
     assert expected | {"run_all"} <= set(SCRIPTS)
 
 

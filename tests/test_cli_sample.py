@@ -19,10 +19,10 @@ from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 SPECIAL = {"<|user|>": 121, "<|assistant|>": 122, "<|eot|>": 124, "<|eos|>": 125, "<|mask|>": 126}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llada")
-    model = build_model(dict(TINY_CONFIGS["llada"]), device="cpu", dtype=torch.float32)
+def write_checkpoint(folder: Path, family: str) -> Path:
+    """A tiny random ``family`` checkpoint with a word-level tokenizer (w0..w119 and the tiny
+    configs' special ids) and a chat template."""
+    model = build_model(dict(TINY_CONFIGS[family]), device="cpu", dtype=torch.float32)
     model.load_state_dict(random_weights(model, 0))
     model.save_pretrained(folder)
     vocab = {f"w{i}": i for i in range(120)} | SPECIAL
@@ -40,6 +40,11 @@ def checkpoint(tmp_path_factory):
     )
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("tiny-llada"), "llada")
 
 
 def test_sample_writes_one_json_line_per_prompt(checkpoint, tmp_path, capsys):
@@ -225,3 +230,24 @@ def test_sample_names_a_chat_template_that_fails(checkpoint, tmp_path, template,
     assert message.startswith("mosa sample: the chat template of ") and "\n" not in message
     assert problem in message and "--no-chat-template" in message
     assert main([*argv, "--no-chat-template"]) == 0
+
+
+@pytest.mark.parametrize("family", ["llada_moe", "llada2"])
+def test_sample_runs_the_moe_families_through_their_samplers(tmp_path, family, capsys):
+    """LLaDA-MoE through LLaDA's generate, LLaDA2 through block_generate (whose default block
+    length stays when --gen-length does not divide it): the CLI decodes what they return."""
+    from mosa.models import load_model
+    from mosa.text.prompts import load_tokenizer
+
+    folder = write_checkpoint(tmp_path / family, family)
+    args = ["sample", str(folder), "--prompt", "w7 w8", "--gen-length", "6", "--steps", "6"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    tokenizer = load_tokenizer(folder)
+    ids = tokenizer("<|user|> w7 w8 <|assistant|>", add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ]
+    model = load_model(folder)
+    options = {"steps": 6} if FAMILIES[family].block_diffusion else {"steps": 6, "block_length": 6}
+    out = FAMILIES[family].sample(model, ids, None, gen_length=6, **options)
+    assert record["response"] == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -61,9 +61,12 @@ def _sample(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(folder)
     model = load_model(folder, dtype=args.dtype, device=args.device).eval()
     _check_no_mask_in_prompts(args, tokenizer, prompts, model.mask_token_id)
-    # A short --gen-length alone should just work: one block, one step per token.
-    if args.gen_length is not None:
-        blocks = "block_length" in sampling_family(model).sampler_options
+    # A short --gen-length alone should just work: one block, one step per token. (A
+    # block-diffusion family's blocks need not divide the response, and its steps are per
+    # block: its defaults serve any length.)
+    family = sampling_family(model)
+    if args.gen_length is not None and not family.block_diffusion:
+        blocks = "block_length" in family.sampler_options
         if blocks and args.block_length is None and args.gen_length % LLADA_REFERENCE.block_length:
             args.block_length = args.gen_length
         if args.steps is None:

@@ -225,8 +225,14 @@ class MosaLM(LM):
     # -- helpers ------------------------------------------------------------------------------
 
     def _sampler_settings(self) -> dict:
-        """``settings`` that the family's sampler takes, over its evaluation defaults."""
-        taken = {k: v for k, v in self.settings.items() if k in self.family.sampler_options}
+        """``settings`` that the family's sampler takes, over its evaluation defaults; unset
+        ones (None: no cache, no threshold, ...) keep the sampler's own defaults, which for
+        LLaDA2's ``block_generate`` are a threshold of 0.95 and the exact prefix cache."""
+        taken = {
+            k: v
+            for k, v in self.settings.items()
+            if k in self.family.sampler_options and v is not None
+        }
         return {**self.family.eval_defaults, **taken}
 
     def _tokens(self, text: str) -> torch.Tensor:

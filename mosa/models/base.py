@@ -337,6 +337,11 @@ class DiffusionLM(nn.Module):
                 module.weight.fill_(1.0)
                 if module.bias is not None:
                     module.bias.zero_()
+            elif not isinstance(module, nn.Linear | nn.Embedding):
+                for param in module.parameters(recurse=False):
+                    param.normal_(0.0, std, generator=generator)
+            for buffer in module.buffers(recurse=False):
+                buffer.zero_()  # an MoE router's expert bias starts at 0, as published
 
     # Saving -----------------------------------------------------------------------------
 

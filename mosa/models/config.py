@@ -317,8 +317,46 @@ class LLaDAConfig(_ConfigBase):
         return self.include_bias if self.bias_for_layer_norm is None else self.bias_for_layer_norm
 
 
+class _HeadShapes:
+    """The head shapes of the Hugging Face-style configs (Dream, LLaDA-MoE): ``hidden_size``
+    split over ``num_attention_heads``, ``num_key_value_heads`` of them (null: all) for k/v."""
+
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int | None
+    vocab_size: int
+
+    def _check_heads(self, owner: str) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"{owner} hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(
+                f"{owner} num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.kv_heads}"
+            )
+
+    @property
+    def kv_heads(self) -> int:
+        return (
+            self.num_attention_heads
+            if self.num_key_value_heads is None
+            else self.num_key_value_heads
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def logits_size(self) -> int:
+        return self.vocab_size
+
+
 @dataclass(frozen=True)
-class DreamConfig(_ConfigBase):
+class DreamConfig(_HeadShapes, _ConfigBase):
     """Dream (``model_type`` "Dream", ``DreamModel``): Dream-v0-Base/Instruct-7B, Qwen2 layout."""
 
     model_type: ClassVar[str] = "Dream"
@@ -368,34 +406,9 @@ class DreamConfig(_ConfigBase):
         _check_bool(owner, "tie_word_embeddings", self.tie_word_embeddings)
         _check_positive_float(owner, "rope_theta", self.rope_theta)
         _check_positive_float(owner, "rms_norm_eps", self.rms_norm_eps)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"{owner} hidden_size={self.hidden_size} is not divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        if self.num_attention_heads % self.kv_heads:
-            raise ValueError(
-                f"{owner} num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.kv_heads}"
-            )
+        self._check_heads(owner)
         for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
             _check_token_ids(owner, name, getattr(self, name), self.vocab_size)
-
-    @property
-    def kv_heads(self) -> int:
-        return (
-            self.num_attention_heads
-            if self.num_key_value_heads is None
-            else self.num_key_value_heads
-        )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def logits_size(self) -> int:
-        return self.vocab_size
 
 
 def _check_rotary(owner: str, head_dim: int, factor: Any) -> None:
@@ -557,7 +570,7 @@ def _names_llada_moe(data: dict[str, Any]) -> bool:
 
 
 @dataclass(frozen=True)
-class LLaDAMoEConfig(_ConfigBase):
+class LLaDAMoEConfig(_HeadShapes, _ConfigBase):
     """LLaDA-MoE (``LLaDAMoEModelLM``): LLaDA-MoE-7B-A1B-Base/Instruct, bidirectional with
     OLMoE-style experts. Its ``config.json`` says ``model_type: "llada"`` like dense LLaDA's
     (``describes`` tells the two apart by the MoE keys); the dllm copy of the code names it
@@ -641,16 +654,7 @@ class LLaDAMoEConfig(_ConfigBase):
             _check_positive_float(owner, name, getattr(self, name))
         if self.clip_qkv is not None:
             _check_positive_float(owner, "clip_qkv", self.clip_qkv)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"{owner} hidden_size={self.hidden_size} is not divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        if self.num_attention_heads % self.kv_heads:
-            raise ValueError(
-                f"{owner} num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.kv_heads}"
-            )
+        self._check_heads(owner)
         _check_rotary(owner, self.head_dim, self.partial_rotary_factor)
         self._check_layer_kinds(owner)
         for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
@@ -673,24 +677,8 @@ class LLaDAMoEConfig(_ConfigBase):
             _check_int(owner, "dense_intermediate_size", self.dense_intermediate_size, 1)
 
     @property
-    def kv_heads(self) -> int:
-        return (
-            self.num_attention_heads
-            if self.num_key_value_heads is None
-            else self.num_key_value_heads
-        )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
-
-    @property
-    def logits_size(self) -> int:
-        return self.vocab_size
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.moe_layer_freq[layer] != 0

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiffusionLM
 from .config import DreamConfig
+from .decoder_stack import DecoderStackLM
 from .layers import AttentionInputs, RMSNorm, logical_positions, self_attention, swiglu
 
 
@@ -77,7 +77,7 @@ class DreamBackbone(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class DreamModel(DiffusionLM):
+class DreamModel(DecoderStackLM):
     """Dream as a plain ``nn.Module``; see ``DiffusionLM.forward``."""
 
     logits_shift = 1
@@ -87,27 +87,7 @@ class DreamModel(DiffusionLM):
     def __init__(self, config: DreamConfig):
         if not isinstance(config, DreamConfig):
             raise TypeError(f"DreamModel needs a DreamConfig, got {type(config).__name__}")
-        super().__init__(config)
-        self.model = DreamBackbone(config)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.layers
-
-    @property
-    def final_norm(self) -> RMSNorm:
-        return self.model.norm
-
-    @property
-    def lm_head_weight(self) -> torch.Tensor:
-        if self.config.tie_word_embeddings:
-            return self.model.embed_tokens.weight
-        return self.lm_head.weight
+        super().__init__(config, DreamBackbone(config))
 
     def rotary_positions(self, key_valid: torch.Tensor | None, length: int) -> torch.Tensor:
         """``cumsum(valid) - 1`` per row (padding slots 1), the published ``tok_idx``."""

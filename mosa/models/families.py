@@ -172,6 +172,7 @@ FAMILIES: dict[str, ModelFamily] = {
             "cache",
             "stop_at_eos",
             "cuda_graphs",
+            "truncate",
         ),  # fmt: skip
         block_diffusion=True,
     ),

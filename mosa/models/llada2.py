@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiffusionLM
 from .config import LLaDA2Config
+from .decoder_stack import DecoderStackLM
 from .layers import AttentionInputs, RMSNorm, logical_positions, self_attention
 from .moe import ExpertMLP, LLaDA2SparseMoe
 
@@ -102,10 +102,11 @@ class LLaDA2Backbone(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class LLaDA2Model(DiffusionLM):
+class LLaDA2Model(DecoderStackLM):
     """LLaDA2.x as a plain ``nn.Module``; see ``DiffusionLM.forward`` (``block_length`` for its
     block-causal decoding)."""
 
+    embedding_name = "word_embeddings"
     logits_shift = 0
     rope_in_fp32 = False
     # Attention, the dense layers' MLPs and the shared experts; not the router or the routed
@@ -118,27 +119,7 @@ class LLaDA2Model(DiffusionLM):
     def __init__(self, config: LLaDA2Config):
         if not isinstance(config, LLaDA2Config):
             raise TypeError(f"LLaDA2Model needs an LLaDA2Config, got {type(config).__name__}")
-        super().__init__(config)
-        self.model = LLaDA2Backbone(config)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.word_embeddings
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.layers
-
-    @property
-    def final_norm(self) -> RMSNorm:
-        return self.model.norm
-
-    @property
-    def lm_head_weight(self) -> torch.Tensor:
-        if self.config.tie_word_embeddings:
-            return self.model.word_embeddings.weight
-        return self.lm_head.weight
+        super().__init__(config, LLaDA2Backbone(config))
 
     def rotary_positions(self, key_valid: torch.Tensor | None, length: int) -> torch.Tensor:
         """``cumsum(valid) - 1`` per row (padding slots 1): a left-padded row as the row alone."""

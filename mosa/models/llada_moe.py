@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DiffusionLM
 from .config import LLaDAMoEConfig
+from .decoder_stack import DecoderStackLM
 from .layers import AttentionInputs, RMSNorm, self_attention
 from .moe import ExpertMLP, LLaDAMoESparseMoe
 
@@ -106,7 +106,7 @@ class LLaDAMoEBackbone(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class LLaDAMoEModel(DiffusionLM):
+class LLaDAMoEModel(DecoderStackLM):
     """LLaDA-MoE as a plain ``nn.Module``; see ``DiffusionLM.forward``."""
 
     logits_shift = 0
@@ -120,24 +120,4 @@ class LLaDAMoEModel(DiffusionLM):
     def __init__(self, config: LLaDAMoEConfig):
         if not isinstance(config, LLaDAMoEConfig):
             raise TypeError(f"LLaDAMoEModel needs an LLaDAMoEConfig, got {type(config).__name__}")
-        super().__init__(config)
-        self.model = LLaDAMoEBackbone(config)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.layers
-
-    @property
-    def final_norm(self) -> RMSNorm:
-        return self.model.norm
-
-    @property
-    def lm_head_weight(self) -> torch.Tensor:
-        if self.config.tie_word_embeddings:
-            return self.model.embed_tokens.weight
-        return self.lm_head.weight
+        super().__init__(config, LLaDAMoEBackbone(config))

@@ -68,12 +68,13 @@ class ExpertMLP(nn.Module):
 class RoutedExperts(nn.ModuleList):
     """The routed experts of one layer; ``self(x, expert_ids, weights)`` runs ``moe_swiglu``.
 
-    The packs are made on the first forward (or by ``pack()``) and each expert's weight
+    The packs are made at construction, after ``load_state_dict`` and ``.to()``, by
+    ``pack()`` / ``pack_experts``, and else by the next forward; each expert's weight
     Parameter is re-pointed (``.data``) to its slice, so anything else holding the same
     Parameter objects (a transformers model adopted by ``from_hf``, peft, an optimiser) shares
     the packed storage. Each forward checks in O(1) that the packs are still what the first and
-    last experts' weights view (``.to()``, ``load_state_dict(assign=True)`` or adoption break
-    that) and packs again if not. Experts whose projections are not plain ``nn.Linear`` (peft
+    last experts' weights view (adoption, or a weight replaced by hand, breaks that) and packs
+    again if not. Experts whose projections are not plain ``nn.Linear`` (peft
     LoRA wrappers) run one by one through their modules (``moe_expert_loop``). When autograd
     needs the expert weights' gradients (full fine-tuning), the weights are stacked afresh
     each forward, a differentiable copy.
@@ -87,6 +88,8 @@ class RoutedExperts(nn.ModuleList):
         self._checked_version = -1
         self._plain = False
         self._packs: tuple[torch.Tensor, ...] | None = None
+        self.register_load_state_dict_post_hook(_pack_after_load)
+        self.pack()
 
     def __setitem__(self, idx: int, module: nn.Module) -> None:
         """Puts an expert in place; a module that is not an ``ExpertMLP`` is adopted
@@ -103,7 +106,13 @@ class RoutedExperts(nn.ModuleList):
         """``[N, d]`` hidden states, ``int64[N, k]`` experts and ``[N, k]`` weights -> ``[N, d]``."""
         if not self._all_plain_linear():
             return moe_expert_loop(x, expert_ids, weights, list(self))
-        return moe_swiglu(x, expert_ids, weights, *self.stacked_weights())
+        stacked = self.stacked_weights()
+        if torch.is_autocast_enabled(x.device.type):
+            # What nn.Linear experts would do under autocast (the trainer's bf16 on CUDA); a
+            # no-op for a model already in that dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, stacked = x.to(dtype), tuple(w.to(dtype) for w in stacked)
+        return moe_swiglu(x, expert_ids, weights, *stacked)
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(gate [E, I, d], up [E, I, d], down [E, d, I])``: the packs (made if needed), or
@@ -115,10 +124,11 @@ class RoutedExperts(nn.ModuleList):
             return self._stack()
         return self._packs
 
-    @torch.no_grad()
     def pack(self) -> bool:
         """Packs the expert weights (one copy) and re-points each weight to its slice;
-        False, changing nothing, where they cannot be packed."""
+        False, changing nothing, where they cannot be packed. The packs are ordinary tensors
+        even when this runs under ``torch.inference_mode`` (a first forward there), so the
+        parameters stay usable by autograd afterwards."""
         weights = [self._weights(name) for name in PROJECTIONS]
         first = weights[0][0]
         if first.device.type == "meta" or any(
@@ -126,20 +136,22 @@ class RoutedExperts(nn.ModuleList):
         ):
             return False
         packs = []
-        for params in weights:
-            stacked = torch.stack([p.detach() for p in params])
-            for e, param in enumerate(params):
-                param.data = stacked[e]
-            packs.append(stacked)
+        with torch.inference_mode(False), torch.no_grad():
+            for params in weights:
+                stacked = torch.stack([p.detach() for p in params])
+                for e, param in enumerate(params):
+                    param.data = stacked[e]
+                packs.append(stacked)
         self._packs = tuple(packs)
         return True
 
     def _apply(self, fn, recurse=True):
-        # .to() / .float() give the weights new tensors: the old packs are dropped now, not
-        # at the next forward (they would hold the old copy's memory until then).
+        # .to() / .float() give the weights new tensors: packed again at once, so the old
+        # packs' memory goes now and the parameters stay the same tensors from here on.
         result = super()._apply(fn, recurse)
         if not self._packs_current():
             self._packs = None
+            self.pack()
         return result
 
     def _packs_current(self) -> bool:
@@ -176,6 +188,24 @@ class RoutedExperts(nn.ModuleList):
 
     def _stack(self) -> tuple[torch.Tensor, ...]:
         return tuple(torch.stack(self._weights(name)) for name in PROJECTIONS)
+
+
+def _pack_after_load(experts: RoutedExperts, incompatible_keys) -> None:
+    """``load_state_dict`` post-hook: ``assign=True`` (how checkpoints are loaded) puts new
+    tensors in place; packing them now keeps the parameters stable from the first forward on."""
+    if not experts._packs_current():
+        experts.pack()
+
+
+def pack_experts(module: nn.Module) -> int:
+    """Packs every ``RoutedExperts`` inside ``module`` (e.g. after ``from_hf`` adopted a model's
+    modules, so that the first forward does not change the parameters' storage); returns how
+    many it packed."""
+    packed = 0
+    for child in module.modules():
+        if isinstance(child, RoutedExperts) and (child._packs_current() or child.pack()):
+            packed += 1
+    return packed
 
 
 class LLaDA2Gate(nn.Module):

@@ -1,8 +1,8 @@
 """Mixture-of-experts ops: the two routers and the routed SwiGLU experts (docs/DESIGN.md §4.4).
 
 Every op here runs on the device without a host read, so a CUDA graph can capture it, except
-the per-expert loops, which read how many tokens each expert got: ``moe_swiglu``'s CPU path
-and ``moe_expert_loop`` (experts that are not plain weights, e.g. carrying LoRA adapters).
+the per-expert loops, which read how many tokens each expert got: ``moe_swiglu``'s float64
+CPU path and ``moe_expert_loop`` (experts that are modules, e.g. carrying LoRA adapters).
 These ops are compositions of torch ops (``torch._grouped_mm`` for the expert GEMMs), not
 backend kernels: they do not go through ``mosa_kernels.dispatch``.
 """
@@ -129,20 +129,25 @@ def moe_swiglu(
 
     ``expert_e(h) = down_w[e] @ (silu(gate_w[e] @ h) * (up_w[e] @ h))``, the three products
     and the activation in x's dtype (as ``nn.Linear`` experts compute), the weighted sum over
-    the ``k`` experts in fp32, in the order of ``expert_ids``' columns, then cast to x's dtype.
+    the ``k`` experts in fp32 (float64 for float64 x), in the order of ``expert_ids``'
+    columns, then cast to x's dtype.
 
     Args:
         x: ``[N, d]`` hidden states (fp32, fp16, bf16; float64 on the CPU path).
         expert_ids: ``int64[N, k]`` expert of each (token, slot), in ``[0, E)`` (not checked:
             that would read the device; the routers' ids are valid).
-        weights: ``[N, k]`` float weights (used in fp32).
+        weights: ``[N, k]`` float weights (used in the accumulation dtype).
         gate_w, up_w: ``[E, I, d]``; down_w: ``[E, d, I]`` (``nn.Linear`` weights stacked),
             x's dtype and device.
         path: ``"grouped"``: tokens sorted by expert, three grouped GEMMs through
             ``torch._grouped_mm`` with per-expert offsets counted on the device (no host
             read; needs fp32/fp16/bf16); ``"loop"``: one GEMM chain per expert that got
-            tokens (reads the counts on the host; CPU tensors only, the test twin);
-            ``"auto"``: ``"loop"`` on the CPU, ``"grouped"`` elsewhere.
+            tokens (reads the counts on the host; CPU tensors only: the twin the grouped
+            path is tested against, and float64); ``"auto"``: ``"grouped"`` for fp32, fp16
+            and bf16 on every device (so a CPU run takes the path a GPU takes, host-read
+            free), ``"loop"`` for float64. On CUDA, torch runs a fused grouped GEMM for
+            bf16 on sm90/sm100 (H100, H200); other cases take torch's own fallback, a loop
+            of matmuls that reads the offsets on the host.
 
     Returns ``[N, d]`` in x's dtype, differentiable w.r.t. x, weights and the expert weights.
     """
@@ -238,8 +243,11 @@ def _combine(sorted_out, order, weights, dtype):
     position = torch.empty_like(order).scatter_(
         0, order, torch.arange(order.numel(), device=order.device)
     )
-    per_slot = sorted_out.index_select(0, position).view(weights.shape[0], slots, -1)
-    return (per_slot.float() * weights.float()[..., None]).sum(dim=1).to(dtype)
+    per_slot = sorted_out.index_select(0, position).view(
+        weights.shape[0], slots, sorted_out.shape[1]
+    )
+    acc = torch.promote_types(dtype, torch.float32)  # fp32, or float64 for float64 inputs
+    return (per_slot.to(acc) * weights.to(acc)[..., None]).sum(dim=1).to(dtype)
 
 
 def _top_indices(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -305,7 +313,8 @@ def _check_moe_args(x, expert_ids, weights, gate_w, up_w, down_w, path) -> str:
     if path not in MOE_PATHS:
         raise ValueError(f"path must be one of {MOE_PATHS}, got {path!r}")
     if path == "auto":
-        path = "loop" if device.type == "cpu" else "grouped"
+        # float64 (tests, references) is the one dtype torch._grouped_mm lacks.
+        path = "grouped" if x.dtype in GROUPED_DTYPES else "loop"
     if path == "loop" and device.type != "cpu":
         raise ValueError(
             "path='loop' reads per-expert counts on the host and runs on CPU tensors only; "

@@ -6,22 +6,22 @@ to the lower index (expert, and LLaDA2's group), the order ``mosa_kernels.ops.mo
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
 def route_grouped_sigmoid(
     logits, expert_bias, *, top_k, n_group, topk_group, routed_scaling_factor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``mosa_kernels.route_grouped_sigmoid`` (weights in float64)."""
+    """Same contract as ``mosa_kernels.route_grouped_sigmoid``; weights in float64,
+    differentiable w.r.t. ``logits`` (the selection is not)."""
     tokens, num_experts = logits.shape
     group_size = num_experts // n_group
-    ids = torch.empty(tokens, top_k, dtype=torch.int64)
-    weights = torch.empty(tokens, top_k, dtype=torch.float64)
+    ids, weights = [], []
     for n in range(tokens):
-        scores = [1.0 / (1.0 + math.exp(-float(v))) for v in logits[n].double()]
-        biased = [s + float(b) for s, b in zip(scores, expert_bias.double(), strict=True)]
+        scores = 1.0 / (1.0 + torch.exp(-logits[n].double()))
+        biased = [
+            float(s) + float(b) for s, b in zip(scores.detach(), expert_bias.double(), strict=True)
+        ]
         group_score = []
         for g in range(n_group):
             members = sorted(biased[g * group_size : (g + 1) * group_size], reverse=True)
@@ -29,29 +29,34 @@ def route_grouped_sigmoid(
         kept = _ranked(group_score)[:topk_group]
         eligible = [e for e in range(num_experts) if e // group_size in kept]
         chosen = sorted(eligible, key=lambda e: (-biased[e], e))[:top_k]
-        picked = [scores[e] for e in chosen]
-        total = sum(picked) + 1e-20 if top_k > 1 else 1.0
-        ids[n] = torch.tensor(chosen)
-        weights[n] = torch.tensor([s / total * routed_scaling_factor for s in picked])
-    return ids, weights
+        picked = torch.stack([scores[e] for e in chosen])
+        if top_k > 1:
+            picked = picked / (picked.sum() + 1e-20)
+        ids.append(chosen)
+        weights.append(picked * routed_scaling_factor)
+    return _as_routing(ids, weights, top_k)
 
 
 def route_softmax(logits, *, top_k, expert_bias=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``mosa_kernels.route_softmax`` (weights in float64)."""
-    tokens, num_experts = logits.shape
-    ids = torch.empty(tokens, top_k, dtype=torch.int64)
-    weights = torch.empty(tokens, top_k, dtype=torch.float64)
-    for n in range(tokens):
-        row = [float(v) for v in logits[n].double()]
-        top = max(row)
-        exps = [math.exp(v - top) for v in row]
-        probs = [v / sum(exps) for v in exps]
+    """Same contract as ``mosa_kernels.route_softmax``; weights in float64, differentiable
+    w.r.t. ``logits``."""
+    ids, weights = [], []
+    for n in range(logits.shape[0]):
+        row = logits[n].double()
+        exps = torch.exp(row - row.max())
+        probs = exps / exps.sum()
         if expert_bias is not None:
-            probs = [p + float(b) for p, b in zip(probs, expert_bias.double(), strict=True)]
-        chosen = _ranked(probs)[:top_k]
-        ids[n] = torch.tensor(chosen)
-        weights[n] = torch.tensor([probs[e] for e in chosen])
-    return ids, weights
+            probs = probs + expert_bias.double()
+        chosen = _ranked([float(p) for p in probs.detach()])[:top_k]
+        ids.append(chosen)
+        weights.append(torch.stack([probs[e] for e in chosen]))
+    return _as_routing(ids, weights, top_k)
+
+
+def _as_routing(ids, weights, top_k):
+    if not ids:
+        return torch.zeros(0, top_k, dtype=torch.int64), torch.zeros(0, top_k, dtype=torch.float64)
+    return torch.tensor(ids, dtype=torch.int64), torch.stack(weights)
 
 
 def moe_swiglu(x, expert_ids, weights, gate_w, up_w, down_w) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 from tiny_checkpoints import TINY_CONFIGS, tiny_model, write_sharded
 
 
-@pytest.fixture(params=["llada", "dream"])
+@pytest.fixture(params=list(TINY_CONFIGS))
 def family(request) -> str:
     return request.param
 

@@ -11,11 +11,9 @@ from tiny_checkpoints import TINY_CONFIGS
 from torch import nn
 
 import mosa
-from mosa.models import DiffusionLM, DreamModel, LLaDAModel, from_hf
+from mosa.models import FAMILIES, DiffusionLM, LLaDAModel, from_hf
 
 peft = pytest.importorskip("peft")
-
-FAMILY_CLASS = {"llada": LLaDAModel, "dream": DreamModel}
 
 
 def _ids(seed: int = 0) -> torch.Tensor:
@@ -31,12 +29,15 @@ def _published_logits(model: nn.Module, family: str, ids, mask=None) -> torch.Te
 @torch.no_grad()
 def test_from_hf_shares_every_tensor_and_matches_the_published_logits(family):
     hf = standin(family, TINY_CONFIGS[family])
-    before = {name: p.data_ptr() for name, p in hf.named_parameters()}
+    before = {name: t.data_ptr() for name, t in hf.named_parameters()}
+    buffers = {name: t.data_ptr() for name, t in hf.named_buffers()}
     adopted = from_hf(hf)
-    assert type(adopted) is FAMILY_CLASS[family]
+    assert type(adopted) is FAMILIES[family].model_class
     ours = dict(adopted.named_parameters())
     assert ours.keys() == before.keys()
     assert all(ours[name].data_ptr() == ptr for name, ptr in before.items())
+    # the MoE routers' expert-bias buffers too
+    assert {n: t.data_ptr() for n, t in adopted.named_buffers()} == buffers
     assert (
         adopted.lm_head_weight.data_ptr()
         == before["model.transformer.ff_out.weight" if family == "llada" else "lm_head.weight"]
@@ -49,6 +50,11 @@ def test_from_hf_shares_every_tensor_and_matches_the_published_logits(family):
             adopted(ids, attention_mask, return_logits=True).logits,
             _published_logits(hf, family, ids, attention_mask),
         )
+    if FAMILIES[family].block_diffusion:
+        torch.testing.assert_close(
+            adopted(ids, mask, return_logits=True, block_length=4).logits,
+            hf(ids, attention_mask=mask, block_length=4).logits,
+        )
 
 
 @torch.no_grad()
@@ -57,7 +63,9 @@ def test_a_peft_wrapped_model_runs_its_adapter_unmerged(family):
     base = {name: p.clone() for name, p in hf.named_parameters()}
     tuned = peft.get_peft_model(
         hf,
-        peft.LoraConfig(r=4, lora_alpha=8, target_modules=FAMILY_CLASS[family].lora_target_modules),
+        peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=FAMILIES[family].model_class.lora_target_modules
+        ),
     )
     generator = torch.Generator().manual_seed(1)
     for name, param in tuned.named_parameters():
@@ -87,7 +95,11 @@ def test_a_peft_wrapped_mosa_model_is_its_base():
 
 @pytest.mark.parametrize(
     ("family", "target", "head"),
-    [("dream", ["lm_head"], "lm_head"), ("llada", ["ff_out"], "model.transformer.ff_out")],
+    [
+        ("dream", ["lm_head"], "lm_head"),
+        ("llada", ["ff_out"], "model.transformer.ff_out"),
+        ("llada2", ["word_embeddings"], "model.word_embeddings"),
+    ],
 )
 def test_an_adapter_on_the_output_head_is_refused(family, target, head):
     # LLaDA's head shares its name ff_out with the blocks' down projections.
@@ -158,8 +170,9 @@ class _LogitsView(nn.Module):
         return self.inner(input_ids, attention_mask=attention_mask)
 
 
-def test_generate_takes_the_fused_path_for_a_transformers_model():
-    hf = standin("llada", TINY_CONFIGS["llada"])
+@pytest.mark.parametrize("family", ["llada", "llada_moe"])
+def test_generate_takes_the_fused_path_for_a_transformers_model(family):
+    hf = standin(family, TINY_CONFIGS[family])
     prompt = _ids(3)
     settings = {"steps": 8, "gen_length": 8, "block_length": 4, "mask_id": 126}
     slow = mosa.generate(_LogitsView(hf), prompt, **settings)

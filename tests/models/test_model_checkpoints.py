@@ -10,11 +10,29 @@ from safetensors.torch import load_file, save_file
 from tiny_checkpoints import TINY_CONFIGS, tiny_model, write_sharded
 
 import mosa
-from mosa.models import DreamModel, LLaDAModel, build_model, load_model
+from mosa.models import (
+    FAMILIES,
+    DreamModel,
+    LLaDA2Model,
+    LLaDAModel,
+    LLaDAMoEModel,
+    build_model,
+    load_model,
+)  # fmt: skip
+
+
+def _swiglu(prefix: str) -> set[str]:
+    return {f"{prefix}.{p}_proj.weight" for p in ("gate", "up", "down")}
+
+
+def _experts(prefix: str, experts: int) -> set[str]:
+    return set().union(*(_swiglu(f"{prefix}.experts.{e}") for e in range(experts)))
 
 
 def published_names(family: str, config: dict) -> set[str]:
-    """The tensor names of the published checkpoints (docs/DESIGN.md §5), spelled out by hand."""
+    """The tensor names of the published checkpoints (docs/DESIGN.md §5), spelled out by hand
+    for the tiny configs' options (LLaDA2's and LLaDA-MoE's with biases, QK-norm, a dense
+    first layer, shared experts and the expert-bias buffers)."""
     if family == "llada":
         block = [
             "attn_norm",
@@ -31,15 +49,44 @@ def published_names(family: str, config: dict) -> set[str]:
         for i in range(config["n_layers"]):
             names |= {f"model.transformer.blocks.{i}.{n}.weight" for n in block}
         return names
+    if family == "llada2":
+        names = {"model.word_embeddings.weight", "model.norm.weight", "lm_head.weight"}
+        for i in range(config["num_hidden_layers"]):
+            prefix = f"model.layers.{i}"
+            names |= {f"{prefix}.attention.{p}.{kind}" for p in ("query_key_value", "dense")
+                      for kind in ("weight", "bias")}  # fmt: skip
+            names |= {f"{prefix}.attention.{n}_layernorm.weight" for n in ("query", "key")}
+            names |= {
+                f"{prefix}.{n}.weight" for n in ("input_layernorm", "post_attention_layernorm")
+            }
+            if i < config["first_k_dense_replace"]:
+                names |= _swiglu(f"{prefix}.mlp")
+            else:
+                names |= {f"{prefix}.mlp.gate.weight", f"{prefix}.mlp.gate.expert_bias"}
+                names |= _experts(f"{prefix}.mlp", config["num_experts"])
+                names |= _swiglu(f"{prefix}.mlp.shared_experts")
+        return names
     names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for i in range(config["num_hidden_layers"]):
         prefix = f"model.layers.{i}"
+        names |= {f"{prefix}.input_layernorm.weight", f"{prefix}.post_attention_layernorm.weight"}
+        if family == "dream":
+            names |= {
+                f"{prefix}.self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")
+            }
+            names |= {f"{prefix}.self_attn.o_proj.weight"}
+            names |= _swiglu(f"{prefix}.mlp")
+            continue
         names |= {
-            f"{prefix}.self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")
+            f"{prefix}.self_attn.{p}_proj.{kind}" for p in "qkvo" for kind in ("weight", "bias")
         }
-        names |= {f"{prefix}.self_attn.o_proj.weight", f"{prefix}.input_layernorm.weight"}
-        names |= {f"{prefix}.post_attention_layernorm.weight"}
-        names |= {f"{prefix}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+        names |= {f"{prefix}.self_attn.{n}_norm.weight" for n in "qk"}
+        if config["moe_layer_freq"][i]:
+            names |= {f"{prefix}.mlp.gate.weight", f"{prefix}.mlp.expert_bias"}
+            names |= _experts(f"{prefix}.mlp", config["num_experts"])
+            names |= _swiglu(f"{prefix}.shared_expert")
+        else:
+            names |= _swiglu(f"{prefix}.mlp")
     return names
 
 
@@ -71,6 +118,33 @@ def test_parameter_names_are_the_published_ones(family, model):
                 "lm_head.weight": (152064, 3584),
             },
         ),
+        (
+            "llada2-mini",
+            LLaDA2Model,
+            16_255_638_528,
+            {
+                "model.word_embeddings.weight": (157184, 2048),
+                "model.layers.0.attention.query_key_value.weight": ((16 + 2 * 4) * 128, 2048),
+                "model.layers.0.attention.query_layernorm.weight": (128,),
+                "model.layers.0.mlp.down_proj.weight": (2048, 5120),
+                "model.layers.19.mlp.gate.weight": (256, 2048),
+                "model.layers.19.mlp.experts.255.up_proj.weight": (512, 2048),
+                "model.layers.1.mlp.shared_experts.down_proj.weight": (2048, 512),
+                "lm_head.weight": (157184, 2048),
+            },
+        ),
+        (
+            "llada-moe-7b",
+            LLaDAMoEModel,
+            7_356_880_896,
+            {
+                "model.embed_tokens.weight": (157184, 2048),
+                "model.layers.15.self_attn.k_norm.weight": (128,),
+                "model.layers.0.mlp.gate.weight": (64, 2048),
+                "model.layers.0.mlp.experts.63.down_proj.weight": (2048, 1024),
+                "lm_head.weight": (157184, 2048),
+            },
+        ),
     ],
 )
 def test_presets_build_the_real_shapes_on_meta(preset, cls, params, shapes):
@@ -89,7 +163,7 @@ def test_token_ids_and_head(family, model):
         config["mask_token_id"],
         config["eos_token_id"],
     )
-    head = model.lm_head.weight if family == "dream" else model.model.transformer.ff_out.weight
+    head = model.model.transformer.ff_out.weight if family == "llada" else model.lm_head.weight
     assert model.lm_head_weight is head
 
 
@@ -183,7 +257,7 @@ def test_index_entry_absent_from_its_shard_is_named(checkpoint):
 
 def test_shape_mismatch_is_named(tmp_path, family, model):
     config = dict(TINY_CONFIGS[family])
-    config["vocab_size" if family == "dream" else "embedding_size"] = 256
+    config["embedding_size" if family == "llada" else "vocab_size"] = 256
     folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
     with pytest.raises(
         ValueError, match=r"has shape \(128, \d+\) but the config gives \(256, \d+\)"
@@ -193,9 +267,9 @@ def test_shape_mismatch_is_named(tmp_path, family, model):
 
 def test_unknown_model_type_is_named(checkpoint):
     config = json.loads((checkpoint / "config.json").read_text())
-    config.update(model_type="lladamoe", architectures=["LLaDAMoEModelLM"])
+    config.update(model_type="olmoe", architectures=["OlmoeForCausalLM"])
     (checkpoint / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="unknown model type 'lladamoe'"):
+    with pytest.raises(ValueError, match="unknown model type 'olmoe'"):
         load_model(checkpoint, device="cpu")
 
 
@@ -205,6 +279,8 @@ def test_unknown_model_type_is_named(checkpoint):
         ("llada", "block_type", "sequential"),
         ("llada", "rope", False),
         ("dream", "rope_scaling", {"type": "yarn"}),
+        ("llada2", "hidden_act", "gelu"),
+        ("llada_moe", "rope_scaling", {"type": "linear", "factor": 2.0}),
     ],
 )
 def test_unsupported_setting_is_refused(tmp_path, family, setting, value):
@@ -246,16 +322,37 @@ def test_bad_config_values_are_named(tmp_path):
         build_model(dict(TINY_CONFIGS["llada"], mask_token_id=500))
 
 
-@pytest.mark.parametrize("layers", [3, 1_000_000_000])
+# LLaDA-MoE's moe_layer_freq lists every layer: test_moe_layer_freq_must_list_every_layer.
+@pytest.mark.parametrize("family", ["llada", "dream", "llada2"])
+@pytest.mark.parametrize("layers", [4, 1_000_000_000])
 def test_layer_count_that_disagrees_with_the_weights_is_named(tmp_path, family, model, layers):
     """Refused from the headers, before a model of the config's size is laid out (10^9 layers
-    would hang)."""
-    key = "n_layers" if family == "llada" else "num_hidden_layers"
+    would hang); LLaDA2's count extrapolates past its dense first layer."""
+    key = FAMILIES[family].config_class.layers_key
+    stored = TINY_CONFIGS[family][key]
     config = dict(TINY_CONFIGS[family], **{key: layers})
     folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
     with pytest.raises(
-        ValueError, match=f"{key} is {layers}, .* which is 2 layers; set {key} to 2"
+        ValueError, match=f"{key} is {layers}, .* which is {stored} layers; set {key} to {stored}"
     ):
+        load_model(folder, device="cpu")
+
+
+def test_moe_layer_freq_must_list_every_layer():
+    config = dict(TINY_CONFIGS["llada_moe"], num_hidden_layers=1_000_000_000)
+    with pytest.raises(ValueError, match="moe_layer_freq lists 3 layers but num_hidden_layers"):
+        build_model(config)
+    with pytest.raises(ValueError, match="moe_layer_freq must list 0 \\(dense\\) or 1"):
+        build_model(dict(TINY_CONFIGS["llada_moe"], moe_layer_freq=[0, 2, 1]))
+
+
+def test_a_layer_count_short_of_the_dense_layers_is_named(tmp_path):
+    """LLaDA2 with more dense layers than the config's count: the count is not extrapolated
+    from MoE layers it does not have."""
+    config = dict(TINY_CONFIGS["llada2"], first_k_dense_replace=3)
+    state = build_model(config, device="cpu").state_dict()
+    folder = write_sharded(tmp_path / "ckpt", dict(config, num_hidden_layers=2), state)
+    with pytest.raises(ValueError, match="num_hidden_layers is 2, .* which is 3 layers"):
         load_model(folder, device="cpu")
 
 
@@ -276,6 +373,8 @@ def test_missing_optional_size_key_is_named(tmp_path):
 def test_sizes_far_from_the_weights_are_named(tmp_path, family, model):
     key = "d_model" if family == "llada" else "hidden_size"
     config = dict(TINY_CONFIGS[family], **{key: 4096})
+    if family == "llada_moe":
+        config["num_attention_heads"] = 64  # head_dim 64: rotary_dim stays even
     folder = write_sharded(tmp_path / "ckpt", config, model.state_dict())
     with pytest.raises(ValueError, match=f"its sizes \\(.*{key}=4096.*\\) give .* fix those keys"):
         load_model(folder, device="cpu")
@@ -290,6 +389,17 @@ REQUIRED_KEYS = {
     "dream": [
         "hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
         "vocab_size",
+    ],
+    "llada2": [
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "num_experts", "moe_intermediate_size",
+        "pad_token_id",
+    ],
+    "llada_moe": [
+        "vocab_size", "hidden_size", "dense_intermediate_size", "expert_intermediate_size",
+        "shared_expert_intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "rope_theta", "partial_rotary_factor", "num_experts", "num_experts_per_tok",
+        "moe_layer_freq", "eos_token_id", "pad_token_id",
     ],
 }  # fmt: skip
 
@@ -308,7 +418,9 @@ def test_a_missing_required_key_is_named_with_the_file(tmp_path, family, key):
         load_model(folder, device="cpu")
     assert str(raised.value).startswith(f"{folder / 'config.json'} lacks {key}, which every ")
     assert f"add {key} to it" in str(raised.value)
-    with pytest.raises(ValueError, match=f"^the (LLaDA|Dream)Config dict lacks {key},"):
+    with pytest.raises(
+        ValueError, match=f"^the {type(tiny_model(family).config).__name__} dict lacks {key},"
+    ):
         build_model(config)
 
 
@@ -317,12 +429,19 @@ def test_a_missing_required_key_is_named_with_the_file(tmp_path, family, key):
     [
         ("llada", {"rope_theta": 10000.0, "rms_norm_eps": 1e-5, "n_kv_heads": None}),
         ("dream", {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "mask_token_id": 151666}),
+        # LLaDA2's and LLaDA-MoE's ids: the published generate's defaults
+        (
+            "llada2",
+            {"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "use_bias": True,
+             "head_dim": 16, "mask_token_id": 156895, "eos_token_id": 156892},
+        ),
+        ("llada_moe", {"qk_layernorm": None, "clip_qkv": None, "mask_token_id": 156895}),
     ],
-)
+)  # fmt: skip
 def test_optional_keys_take_the_published_defaults(tmp_path, family, optional):
     config = {k: v for k, v in TINY_CONFIGS[family].items() if k not in optional}
-    if family == "dream":
-        config["vocab_size"] = 151667  # room for the default mask id
+    if family != "llada":
+        config["vocab_size"] = 157184  # room for the default ids
     loaded = build_model(config)
     for key, default in optional.items():
         assert getattr(loaded.config, key) == default, key

@@ -36,7 +36,7 @@ def test_logits_conventions(family, model):
     out = model(ids, mask, return_logits=True)
     assert out.hidden_states.shape == (2, 7, model.get_input_embeddings().embedding_dim)
     per_position = out.hidden_states @ model.lm_head_weight.T
-    if family == "llada":
+    if family != "dream":
         assert model.logits_shift == 0
         torch.testing.assert_close(out.logits, per_position)
     else:  # Dream: logits = cat([l[:, :1], l[:, :-1]]), as in its generation code
@@ -157,3 +157,41 @@ def test_gradient_checkpointing_gives_the_same_gradients(model):
     model.gradient_checkpointing_disable()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llada2"])
+def test_block_causal_attention_sees_its_block_and_the_earlier_ones(model):
+    """LLaDA2's block diffusion: changing block 2's tokens changes blocks 2 and 3 only."""
+    ids, mask = padded_batch([12, 9], total=12)
+    changed = ids.clone()
+    changed[:, 8:10] = model.mask_token_id
+    before = model(ids, mask, block_length=4).hidden_states
+    after = model(changed, mask, block_length=4).hidden_states
+    torch.testing.assert_close(after[:, :8], before[:, :8], **TOL)
+    assert not torch.allclose(after[:, 10:], before[:, 10:], atol=1e-3)
+    bidirectional = model(changed, mask).hidden_states
+    assert not torch.allclose(bidirectional[:, :8], before[:, :8], atol=1e-3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llada2"])
+def test_block_causal_row_padded_by_whole_blocks_equals_the_row_alone(model):
+    """Blocks count from slot 0 and rotary positions from the first real token: a row left
+    padded by a multiple of block_length is the row alone."""
+    ids, mask = padded_batch([12, 4], total=12)
+    batch = model(ids, mask, block_length=4).hidden_states
+    alone = model(ids[1:, 8:], block_length=4).hidden_states
+    torch.testing.assert_close(batch[1, 8:], alone[0], **TOL)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llada2"])
+def test_block_causal_prefix_cache_slice_equals_the_full_forward(model):
+    ids, mask = padded_batch([16, 11], total=16)
+    run = model(ids, mask, return_cache=True, block_length=4)
+    full, cache = run.hidden_states, run.cache
+    for start in (4, 12, 8):  # truncate(start): the slots from start on are not attended to
+        cache.truncate(start)
+        block = model(ids[:, start : start + 4], cache=cache, start=start, block_length=4)
+        torch.testing.assert_close(block.hidden_states, full[:, start : start + 4], **TOL)

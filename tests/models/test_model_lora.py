@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_checkpoints import TINY_CONFIGS
 
 from mosa.models import load_model
 
 peft = pytest.importorskip("peft")
 
-PROJECTIONS = {
-    "llada": ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"),
-    "dream": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
+SWIGLU = ("gate_proj", "up_proj", "down_proj")
+
+
+def adapted_modules(family: str) -> set[str]:
+    """The modules LoRA adapts, spelled out for the tiny configs: every attention and dense MLP
+    projection, and the shared experts of the MoE layers, never the routers or the routed
+    experts (nor the output head)."""
+    config = TINY_CONFIGS[family]
+    if family == "llada":
+        block = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+        return {
+            f"model.transformer.blocks.{i}.{p}" for i in range(config["n_layers"]) for p in block
+        }
+    attention = {
+        "dream": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+        "llada2": ("attention.query_key_value", "attention.dense"),
+        "llada_moe": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    }[family]  # fmt: skip
+    names = set()
+    for i in range(config["num_hidden_layers"]):
+        if family == "llada2" and i >= config["first_k_dense_replace"]:
+            mlp = "mlp.shared_experts"
+        elif family == "llada_moe" and config["moe_layer_freq"][i]:
+            mlp = "shared_expert"
+        else:
+            mlp = "mlp"
+        names |= {f"model.layers.{i}.{n}" for n in attention}
+        names |= {f"model.layers.{i}.{mlp}.{p}" for p in SWIGLU}
+    return names
 
 
 def test_adapter_round_trip(tmp_path, family, checkpoint):
@@ -35,10 +59,11 @@ def test_adapter_round_trip(tmp_path, family, checkpoint):
     tuned.save_pretrained(tmp_path / "adapter")
 
     keys = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
-    blocks = "model.transformer.blocks" if family == "llada" else "model.layers"
-    pattern = rf"base_model\.model\.{blocks}\.\d+\.(\w+\.)?(\w+)\.lora_[AB]\.weight"
-    assert {re.fullmatch(pattern, k).group(2) for k in keys} == set(PROJECTIONS[family])
-    assert len(keys) == 2 * len(PROJECTIONS[family]) * len(base.blocks)  # the head is not adapted
+    assert keys == {
+        f"base_model.model.{name}.lora_{ab}.weight"
+        for name in adapted_modules(family)
+        for ab in "AB"
+    }
 
     reloaded = peft.PeftModel.from_pretrained(
         load_model(checkpoint, device="cpu"), tmp_path / "adapter"

@@ -1,4 +1,4 @@
-"""Tiny random LLaDA and Dream models, and checkpoint folders in the published on-disk format.
+"""Tiny random models of every family, and checkpoint folders in the published on-disk format.
 
 The folders are written here with ``safetensors`` directly (config.json + two shards +
 ``model.safetensors.index.json``), not with ``save_pretrained``, so loading is tested against
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mosa.models import DREAM_7B, LLADA_8B, build_model
+from mosa.models import DREAM_7B, LLADA2_MINI, LLADA_8B, LLADA_MOE_7B, build_model
 
 TINY_CONFIGS = {
     "llada": dict(
@@ -45,6 +45,55 @@ TINY_CONFIGS = {
         eos_token_id=125,
         bos_token_id=125,
     ),
+    # Layer 0 dense, layers 1-2 MoE; head_dim 32 (not hidden / heads) so the Triton kernel
+    # takes it, half of it rotated; biases on, unlike LLaDA2.0-mini, so their names are tested.
+    "llada2": dict(
+        LLADA2_MINI,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_hidden_layers=3,
+        first_k_dense_replace=1,
+        intermediate_size=96,
+        moe_intermediate_size=24,
+        num_experts=8,
+        num_experts_per_tok=2,
+        n_group=4,
+        topk_group=2,
+        num_shared_experts=1,
+        use_bias=True,
+        use_qkv_bias=True,
+        vocab_size=128,
+        max_position_embeddings=64,
+        mask_token_id=126,
+        pad_token_id=125,
+        eos_token_id=125,
+    ),
+    # Layer 0 dense, layers 1-2 MoE with a shared expert; GQA, half the head rotated, q/k/v
+    # clipped where the random activations reach, the expert-bias buffer and biases on.
+    "llada_moe": dict(
+        LLADA_MOE_7B,
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_hidden_layers=3,
+        moe_layer_freq=[0, 1, 1],
+        dense_intermediate_size=96,
+        expert_intermediate_size=24,
+        shared_expert_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        partial_rotary_factor=0.5,
+        clip_qkv=1.5,
+        attention_bias=True,
+        moe_router_enable_expert_bias=True,
+        vocab_size=128,
+        max_position_embeddings=64,
+        mask_token_id=126,
+        pad_token_id=125,
+        eos_token_id=125,
+    ),
 }
 
 
@@ -60,6 +109,17 @@ def dream_config_over(tokenizer) -> dict:
     )  # fmt: skip
 
 
+def config_over(family: str, tokenizer) -> dict:
+    """``family``'s tiny config over ``tokenizer``'s vocabulary and special tokens (the
+    embedded tiny model's, say), for LLaDA2 and LLaDA-MoE, whose configs name no
+    ``embedding_size``."""
+    return dict(
+        TINY_CONFIGS[family], vocab_size=len(tokenizer), max_position_embeddings=128,
+        mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+
+
 def random_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """fp32 weights at scales that make attention patterns and logits far from uniform."""
     generator = torch.Generator().manual_seed(seed)
@@ -70,7 +130,7 @@ def random_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]
             state[name] = 1.0 + 0.2 * noise
         elif name.endswith("bias"):
             state[name] = 0.2 * noise
-        elif tensor.dim() == 2 and ("wte" in name or "embed_tokens" in name):
+        elif tensor.dim() == 2 and any(e in name for e in ("wte", "embed_tokens", "word_emb")):
             state[name] = noise
         else:
             state[name] = noise / math.sqrt(tensor.shape[1])

@@ -12,7 +12,7 @@ import torch
 import mosa.tiny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from tiny_checkpoints import dream_config_over  # noqa: E402
+from tiny_checkpoints import config_over, dream_config_over  # noqa: E402
 
 lm_eval_registry = pytest.importorskip("lm_eval.api.registry")
 
@@ -115,3 +115,26 @@ def test_a_dream_model_generates_with_dreams_sampler(dream_folder, monkeypatch):
     ids = lm._tokens(context)[None]
     direct = diffusion_generate(lm.model, ids, max_new_tokens=8, steps=8, alg="entropy")
     assert text == lm._cut(direct[0, ids.shape[1] :], [])
+
+
+@pytest.mark.parametrize("family", ["llada_moe", "llada2"])
+def test_the_moe_families_generate_with_their_samplers(tmp_path, family):
+    """LLaDA-MoE with LLaDA's generate, LLaDA2 with block_generate (the settings lm-eval leaves
+    unset, threshold and cache, keep block_generate's defaults); loglikelihood runs for both."""
+    from mosa.models import FAMILIES, build_model
+    from mosa.text.prompts import load_tokenizer
+
+    tokenizer = load_tokenizer(mosa.tiny.path())
+    build_model(config_over(family, tokenizer), device="cpu", seed=3).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    lm = MosaLM(pretrained=str(tmp_path), device="cpu", gen_length=8, steps=8, block_length=8)
+    context = "<|user|> what is 1 plus 2 ? <|eot|> <|assistant|>"
+    (text,) = lm.generate_until([SimpleNamespace(args=(context, {"until": []}))])
+    ids = lm._tokens(context)[None]
+    options = {"steps": 8, "block_length": 8}
+    if family == "llada_moe":
+        options |= {"remasking": "low_confidence", "cfg_scale": 0.0}
+    direct = FAMILIES[family].sample(lm.model, ids, None, gen_length=8, **options)
+    assert text == lm._cut(direct[0, ids.shape[1] :], [])
+    ((logprob, greedy),) = lm.loglikelihood([SimpleNamespace(args=("what is 1 plus", " 2"))])
+    assert logprob < 0 and greedy is False
