@@ -57,7 +57,14 @@ class BlockCanvas:
         if valid_in is None:
             lengths = torch.full((batch,), width, dtype=torch.long, device=device)
         else:
-            lengths = valid_in[:, :width].sum(dim=1)
+            valid = valid_in[:, :width]
+            if bool((valid[:, 1:] < valid[:, :-1]).any()):
+                raise ValueError(
+                    "attention_mask must be left padding (each row's zeros before its ones): "
+                    "block_generate moves every row to its own block alignment from its first "
+                    "real token; pad prompts on the left (tokenizer.padding_side = 'left')"
+                )
+            lengths = valid.sum(dim=1)
         lengths_host = lengths.tolist()
         first_blocks = [p // block_length for p in lengths_host]
         first = max(first_blocks)

@@ -170,9 +170,8 @@ class BlockDiffusionStep:
         else:
             runs = live & has_masks
             k = state.schedule.index_select(0, state.step_in_block.view(1)).expand_as(runs)
-        commit = threshold_or_top_k(
-            confidence, is_masked & runs[:, None], k, settings.threshold
-        ).logical_and_(runs[:, None])
+        # Candidates are the running rows' masked positions: the rest commit nothing.
+        commit = threshold_or_top_k(confidence, is_masked & runs[:, None], k, settings.threshold)
         if settings.editing:
             editable = ~is_masked & ~state.given[:, start:end] & runs[:, None]
             edited = edits(token, confidence, current, editable, settings.editing_threshold)

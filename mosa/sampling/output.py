@@ -10,14 +10,15 @@ import torch
 @dataclass
 class GenerateOutput:
     """The result of ``generate(..., return_trace=True)`` / ``diffusion_generate(...,
-    return_dict_in_generate=True)``.
+    return_dict_in_generate=True)`` / ``block_generate(..., return_trace=True)``.
 
     Attributes:
         sequences: ``int64[B, P + G]``, prompt included.
         commit_step: ``int64[B, G]``, the step (counted over the whole generation, from 0) at
             which each response position was committed; -1 where the model never committed
             it (fixed tokens, positions filled by ``stop_at_eos``). Sorting positions by it
-            gives the decoding order.
+            gives the decoding order. ``block_generate`` counts each row's own steps (as if
+            it ran alone) and keeps the last write (LLaDA2.1 edits decoded tokens).
         steps: the number of denoising steps run.
         history: the canvas after every step (Dream's ``output_history``), or None.
     """

@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from tiny_checkpoints import TINY_CONFIGS, random_weights  # noqa: E402
 
 from mosa.models import build_model  # noqa: E402
-from mosa.models.presets import LLADA2_MINI  # noqa: E402
 from mosa.sampling import cuda_graph, dream, graph_sets, llada  # noqa: E402
 from mosa.sampling.graph_sets import GraphCache  # noqa: E402
 
@@ -247,20 +246,14 @@ def replay_graphs_eagerly(monkeypatch, auto: bool = False, graphed_call=None) ->
     return twin
 
 
-# Interim, until tests/models/tiny_checkpoints.py holds the tiny LLaDA2 (TINY_CONFIGS["llada2"]).
-TINY_LLADA2 = dict(
-    LLADA2_MINI, hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-    num_hidden_layers=2, intermediate_size=96, moe_intermediate_size=32, num_experts=8,
-    num_experts_per_tok=2, n_group=4, topk_group=2, vocab_size=128,
-    max_position_embeddings=256, mask_token_id=MASK_ID, eos_token_id=PAD_ID, pad_token_id=PAD_ID,
-)  # fmt: skip
-
-
 @lru_cache
 def block_model(seed: int = 0) -> nn.Module:
-    """A tiny random LLaDA2 (block diffusion; fp32, CPU, eval); cached."""
-    model = build_model(TINY_LLADA2, device="cpu", dtype=torch.float32)
+    """The tiny random LLaDA2 (block diffusion; fp32, CPU, eval); cached."""
+    model = build_model(TINY_CONFIGS["llada2"], device="cpu", dtype=torch.float32)
     model.load_state_dict(random_weights(model, seed))
-    with torch.no_grad():  # logit 0 for the mask: like a trained model, it is hardly ever chosen
+    with torch.no_grad():
+        # A sharper head, so that confidences cross the published thresholds (0.9, 0.95) as a
+        # trained model's do; logit 0 for the mask token, which a trained model hardly picks.
+        model.lm_head_weight.mul_(5)
         model.lm_head_weight[MASK_ID] = 0
     return model.eval()

@@ -55,6 +55,17 @@ def emitted_token(model, prompt, position: int, **kw) -> int:
     return int(out.sequences[0, prompt.numel() + position])
 
 
+def emitted_by_some_rows(model, ids, mask, **kw) -> int:
+    """A token decoding puts in some rows' responses but not in all (taken as EOS, it stops
+    those rows only)."""
+    responses = run(model, ids, mask, stop_at_eos=False, **kw).sequences[:, ids.shape[1] :]
+    for token in responses.flatten().tolist():
+        held = (responses == token).any(dim=1)
+        if not held.all():
+            return token
+    raise AssertionError("every token of the responses is in every row")
+
+
 def assert_published(out: GenerateOutput, row: int, prompt_width: int, reference, eos_id: int):
     """Row ``row`` of ``out`` is the reference's response up to its cut, EOS after it."""
     tokens, trace = reference
@@ -96,6 +107,22 @@ def test_llada2_matches_the_published_decoding(setting, cache):
     assert_published(out, 0, prompt_length, reference, EOS_ID)
 
 
+@pytest.mark.parametrize(
+    "setting",
+    [v for v in LLADA2_SETTINGS.values() if v[4]["threshold"] <= 1],
+    ids=[k for k, v in LLADA2_SETTINGS.items() if v[4]["threshold"] <= 1],
+)
+def test_the_thresholds_commit_in_parallel(setting):
+    """The threshold settings above do take the threshold's branch: fewer steps than the
+    schedule alone."""
+    prompt_length, gen_length, block_length, steps, options = setting
+    prompt = random_prompt(1, prompt_length, seed=prompt_length)
+    kw = dict(gen_length=gen_length, block_length=block_length, steps=steps, **options)
+    parallel = run(block_model(), prompt, **kw)
+    scheduled = run(block_model(), prompt, **{**kw, "threshold": 2.0})
+    assert parallel.steps < scheduled.steps
+
+
 @pytest.mark.parametrize("cache", [None, "prefix"])
 @pytest.mark.parametrize("early", [False, True], ids=["after-block", "eos_early_stop"])
 def test_llada2_stops_at_eos_as_published(cache, early):
@@ -134,14 +161,14 @@ def test_llada2_eos_early_stop_with_eos_in_the_prompt_returns_an_empty_response(
 
 # (prompt length, gen_length, block_length, options)
 LLADA21_SETTINGS = {
-    "P5-B8-thr.95-edit.1": (5, 20, 8, {"threshold": 0.95, "editing_threshold": 0.1}),
-    "P16=B16-edit.05-post3-k2": (
+    "P5-B8-thr.95-edit.9": (5, 20, 8, {"threshold": 0.95, "editing_threshold": 0.9}),
+    "P16=B16-edit.5-post3-k2": (
         16,
         21,
         16,
-        {"threshold": 0.7, "editing_threshold": 0.05, "max_post_steps": 3, "num_to_transfer": 2},
+        {"threshold": 0.7, "editing_threshold": 0.5, "max_post_steps": 3, "num_to_transfer": 2},
     ),  # fmt: skip
-    "P19-B8-schedule-only-edit.1": (19, 14, 8, {"threshold": 2.0, "editing_threshold": 0.1}),
+    "P19-B8-schedule-only-edit.7": (19, 14, 8, {"threshold": 2.0, "editing_threshold": 0.7}),
 }
 
 
@@ -171,7 +198,7 @@ def test_llada21_settings_do_edit(setting):
 @pytest.mark.parametrize("early", [False, True], ids=["no-early-stop", "eos_early_stop"])
 def test_llada21_stops_at_eos_as_published(early):
     model, prompt = block_model(), random_prompt(1, 6, seed=11)[0]
-    kw = dict(gen_length=30, block_length=8, threshold=0.9, editing_threshold=0.1)
+    kw = dict(gen_length=30, block_length=8, threshold=0.9, editing_threshold=0.9)
     eos_id = emitted_token(model, prompt, 9, **kw)
     out = run(model, prompt[None], eos_id=eos_id, eos_early_stop=early, **kw)
     reference = llada21_reference(
@@ -201,7 +228,7 @@ def published_cases(version: str) -> list[tuple[torch.Tensor, dict]]:
             prompt = random_prompt(1, prompt_length, seed=prompt_length)[0]
             kw = dict(gen_length=gen_length, block_length=block_length, **options)
             cases.append((prompt, dict(kw, eos_id=EOS_ID)))
-        kw = dict(gen_length=30, block_length=8, threshold=0.9, editing_threshold=0.1)
+        kw = dict(gen_length=30, block_length=8, threshold=0.9, editing_threshold=0.9)
     prompt = random_prompt(1, 6, seed=11)[0]
     eos_id = emitted_token(model, prompt, 9, **kw)
     for early in (False, True):
@@ -250,7 +277,7 @@ def test_the_published_generate_gives_the_same_tokens(version, tmp_path):
 
 BATCH_SETTINGS = {
     "llada2": dict(gen_length=20, block_length=8, steps=4, threshold=0.9),
-    "llada21": dict(gen_length=21, block_length=8, threshold=0.95, editing_threshold=0.1),
+    "llada21": dict(gen_length=21, block_length=8, threshold=0.95, editing_threshold=0.9),
 }
 
 
@@ -263,7 +290,7 @@ def test_a_left_padded_batch_decodes_each_row_as_alone(options, cache):
     lengths = [3, 8, 13, 17, 5]
     ids, mask = padded_prompts(lengths, seed=3)
     width, gen_length = ids.shape[1], options["gen_length"]
-    eos_id = emitted_token(model, ids[1, -lengths[1] :], 11, **options)
+    eos_id = emitted_by_some_rows(model, ids, mask, **options)
     out = run(model, ids, mask, cache=cache, eos_id=eos_id, **options)
     assert out.sequences.shape == (len(lengths), width + gen_length)
     assert torch.equal(out.sequences[:, :width], ids)
@@ -504,6 +531,12 @@ def test_nonfinite_logits_are_refused_naming_the_row(monkeypatch, editing_thresh
     with pytest.raises(ValueError, match=r"NaN or infinite logits for batch rows \[1\]"):
         run(block_model(), ids, mask, gen_length=8, block_length=8,
             editing_threshold=editing_threshold)  # fmt: skip
+
+
+def test_right_padding_is_refused():
+    ids, mask = padded_prompts([3, 5], seed=1)
+    with pytest.raises(ValueError, match="attention_mask must be left padding"):
+        block_generate(block_model(), ids, mask.flip(1), gen_length=8, mask_id=MASK_ID)
 
 
 def test_a_prompt_holding_the_mask_id_is_refused():
