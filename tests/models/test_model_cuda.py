@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_checkpoints import padded_batch
 
-from mosa.models import build_model, load_model
+from mosa.models import build_model, family_of, load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,9 +29,13 @@ def test_cuda_defaults_to_bf16_and_matches_the_cpu_model(checkpoint, model):
     assert relative_error(out.logits[real.cuda()], expected[real]) < 3e-2
     block = gpu(ids[:, 8:12].cuda(), cache=out.cache, start=8)
     assert relative_error(block.hidden_states, out.hidden_states[:, 8:12].float().cpu()) < 2e-2
+    if family_of(model).block_diffusion:  # LLaDA2: the Triton kernel's block-causal path
+        expected = model(ids, mask, return_logits=True, block_length=4).logits
+        causal = gpu(ids.cuda(), mask.cuda(), return_logits=True, block_length=4).logits
+        assert relative_error(causal[real.cuda()], expected[real]) < 3e-2
 
 
-@pytest.mark.parametrize("preset", ["llada-8b", "dream-7b"])
+@pytest.mark.parametrize("preset", ["llada-8b", "dream-7b", "llada2-mini", "llada-moe-7b"])
 @torch.no_grad()
 def test_real_size_presets_run_on_cuda(preset):
     model = build_model(preset, device="cuda", dtype=torch.bfloat16)
