@@ -321,6 +321,7 @@ def _attack_rows(run: _Run, name: str, prompts: list[str]) -> list[dict]:
                 run.tokenizer,
                 prompts[i],
                 gen_length=run.settings["gen_length"],
+                block_length=run.settings["block_length"],
                 **run.gcg,
             )
             for i in tqdm(share, desc="gcg", unit="prompt", disable=not progress)

@@ -160,6 +160,12 @@ class Decoder:
     settings: dict
     guard: DiffuGuard | None
 
+    @property
+    def block_diffusion(self) -> bool:
+        """The model decodes block by block under block-causal attention (LLaDA2's
+        ``block_generate``: ``steps`` per block, blocks counted from the sequence's start)."""
+        return sampling_family(self.model).block_diffusion
+
     def sample(self, ids, mask, canvas, settings: dict, trace: bool):
         """The sampler over response ``canvas`` (see ``_sample``)."""
         return _sample(self.model, ids, mask, canvas, settings, self.guard, trace)
