@@ -25,6 +25,7 @@ from mosa.eval.runner import respond, run_attacks
 from mosa.eval.trajhijack import Hijack, hijacked_canvas, refusal_span
 from mosa.models import build_model
 from mosa.sampling import block_generate
+from mosa.sampling.diffuguard import DiffuGuard
 from mosa.text.prompts import encode_prompts
 from mosa.tiny.evaluate import HarmJudge
 
@@ -286,3 +287,28 @@ def test_gcg_positions_run_on_block_diffusion(llada2, tokenizer):
         losses = outcome.searches[0].losses
         assert len(losses) == 3 and losses == sorted(losses, reverse=True)
         assert len(outcome.responses) == 1
+
+
+# -- DiffuGuard ---------------------------------------------------------------------------------
+
+
+def test_a_greedy_guard_answers_every_attack_as_block_generate_does(llada2, tokenizer):
+    attacked = [attack_of(name) for name in (*PLAIN_ATTACKS, "dija", "trajhijack")]
+    guard = DiffuGuard(alpha=0.0)
+    assert respond(llada2, tokenizer, attacked, guard=guard, **SAMPLER) == respond(
+        llada2, tokenizer, attacked, **SAMPLER
+    )
+
+
+def test_calibrate_and_guard_a_block_diffusion_model(llada2, tokenizer, held_out_harmful):
+    benign = ["name three colors .", "what is two plus two ?"]
+    guard = DiffuGuard.calibrate(
+        llada2, tokenizer, held_out_harmful[:2], benign, alpha=0.5, max_repairs=1, **SAMPLER
+    )
+    assert guard.audit.width == llada2.lm_head_weight.shape[1] and guard.alpha == 0.5
+    attacked = [attack_of("prefill"), attack_of("none")]
+    texts = respond(llada2, tokenizer, attacked, guard=guard, **SAMPLER)
+    assert texts[0].startswith(DEMO_ATTACKS["prefill"]["prefill"])
+    assert respond(llada2, tokenizer, attacked, guard=guard, **SAMPLER) == texts
+    with pytest.raises(ValueError, match=r"drop \['top_k'\]"):
+        respond(llada2, tokenizer, attacked, guard=guard, top_k=5, **SAMPLER)
