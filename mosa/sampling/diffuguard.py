@@ -37,6 +37,11 @@ Differences from the paper, which this is a simplified version of:
   which other rows were repaired. It is ``generate``'s block loop and step (``BlockStep``)
   with ``StepHooks``: SAR ranks through ``rank``, audit and repair run at ``block_end``;
   eager, without a cache: one full forward per step, plus one per audit.
+- On a block-diffusion model (LLaDA2) it is ``block_generate``'s blocks and steps with
+  ``BlockHooks`` instead (``_run_blocks``): SAR's score ranks the schedule's top-k half (a
+  position above ``threshold`` still commits by the model's confidence), alpha falls over
+  the response's blocks at the schedule's slowest rate, the audit feature comes from the
+  block-causal forward, and a flagged block is decoded again before its EOS stop.
 
 DiffuGuard only re-orders the model's own argmax predictions, so it protects only a model
 that still puts probability on its refusal's words; after a prefill the shipped tiny model
@@ -176,7 +181,8 @@ class GuardOutput:
         commit_step: ``int64[B, G]``, the step each response position was (last) committed
             at, counted over every step run, repairs included; -1 for fixed tokens.
         steps: the steps run (a repair's steps count once, whichever rows it ran).
-        repairs: ``int64[B, blocks]``, how often each block of each row was decoded again.
+        repairs: ``int64[B, blocks]``, how often each block of each row was decoded again
+            (block diffusion: column k is the k-th block the rows decoded).
         scores: ``float32[B, blocks]``, the audit's final score per block (> 0: flagged), or
             None without an audit.
         features: ``float32[B, blocks, d]``, the audit features (calibration), or None.
