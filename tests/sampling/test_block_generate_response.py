@@ -43,17 +43,29 @@ def assert_fixed_kept(out, row: int, width: int, response: torch.Tensor) -> None
     assert (out.commit_step[row][fixed] == -1).all()
 
 
-@pytest.mark.parametrize("cache", [None, "prefix"])
-@pytest.mark.parametrize("positions", FIXED.values(), ids=FIXED.keys())
-def test_llada2_with_fixed_tokens_matches_the_reference(positions, cache):
+VERSIONS = {"llada2": (llada2_reference, LLADA2), "llada21": (llada21_reference, LLADA21)}
+
+
+def decode_with_fixed(version: str, positions, cache):
+    """``(model, out, response)``: one prompt decoded with ``positions`` fixed, checked
+    against ``version``'s reference loop with the same canvas."""
+    reference_loop, options = VERSIONS[version]
     model, prompt = block_model(), random_prompt(1, PROMPT, seed=4)[0]
     response = canvas(positions)
-    out = run(model, prompt[None], cache=cache, response=response, stop_at_eos=False, **LLADA2)
-    reference = llada2_reference(
-        model, prompt, mask_id=MASK_ID, eos_id=EOS_ID, response=response, **LLADA2
+    out = run(model, prompt[None], cache=cache, response=response, stop_at_eos=False, **options)
+    reference = reference_loop(
+        model, prompt, mask_id=MASK_ID, eos_id=EOS_ID, response=response, **options
     )
     assert_published(out, 0, PROMPT, reference, EOS_ID)
     assert_fixed_kept(out, 0, PROMPT, response)
+    return model, out, response
+
+
+@pytest.mark.parametrize("cache", [None, "prefix"])
+@pytest.mark.parametrize("positions", FIXED.values(), ids=FIXED.keys())
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fixed_tokens_match_the_reference(version, positions, cache):
+    decode_with_fixed(version, positions, cache)
 
 
 def test_a_whole_fixed_block_runs_no_step():
@@ -65,17 +77,9 @@ def test_a_whole_fixed_block_runs_no_step():
     assert set(fixed.commit_step[0].tolist()) - {-1} == set(range(fixed.steps))
 
 
-@pytest.mark.parametrize("cache", [None, "prefix"])
 @pytest.mark.parametrize("positions", FIXED.values(), ids=FIXED.keys())
-def test_llada21_never_edits_fixed_tokens(positions, cache):
-    model, prompt = block_model(), random_prompt(1, PROMPT, seed=4)[0]
-    response = canvas(positions)
-    out = run(model, prompt[None], cache=cache, response=response, stop_at_eos=False, **LLADA21)
-    reference = llada21_reference(
-        model, prompt, mask_id=MASK_ID, eos_id=EOS_ID, response=response, **LLADA21
-    )
-    assert_published(out, 0, PROMPT, reference, EOS_ID)
-    assert_fixed_kept(out, 0, PROMPT, response)
+def test_llada21_never_edits_fixed_tokens(positions):
+    model, out, response = decode_with_fixed("llada21", positions, "prefix")
     # The editing rule would have replaced a fixed token had it been decoded: the model
     # predicts another token there above the editing threshold.
     x = out.sequences[0]
