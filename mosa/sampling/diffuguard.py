@@ -361,7 +361,10 @@ def _run_blocks(model, prompt, attention_mask, guard: DiffuGuard, collect, **opt
     batch, width = prompt.shape[0] if prompt.dim() == 2 else 1, options["block_length"]
     everyone = torch.arange(batch, device=prompt.device)
     annealing = _Annealing(
-        itertools.chain(guard.alphas(_sar_steps(options)), itertools.repeat(0.0)),
+        itertools.chain(
+            guard.alphas(_sar_steps(options, _prompt_lengths(prompt, attention_mask))),
+            itertools.repeat(0.0),
+        ),
         _noise(torch.Generator().manual_seed(guard.seed), batch, width), everyone,
     )  # fmt: skip
     repairs, scores, features = [], [], []
@@ -417,16 +420,27 @@ def _run_blocks(model, prompt, attention_mask, guard: DiffuGuard, collect, **opt
     )
 
 
-def _sar_steps(options: dict) -> int:
-    """The steps SAR anneals over on block diffusion: the response's blocks (one more for a
-    prompt that ends inside one) at the slowest rate, the schedule's ``steps`` per block
-    (LLaDA2.1: ``block_length / num_to_transfer``); steps past them are greedy. The
-    threshold makes a block take fewer, so alpha is seldom down to 0 by the end."""
-    width = options["block_length"]
-    blocks = -(-options["gen_length"] // width) + 1
+def _sar_steps(options: dict, lengths: list[int]) -> int:
+    """The steps SAR anneals over on block diffusion: the most blocks a row of prompt
+    ``lengths`` decodes, at the steps the schedule alone takes to fill a block (LLaDA2.0:
+    ``min(steps, block_length)``, each of the first steps committing at least one; LLaDA2.1:
+    ``block_length / num_to_transfer``); steps past them are greedy. A threshold crossing, a
+    first block the prompt partly fills and fixed tokens make a block take fewer, so alpha
+    may not be down to 0 by the end."""
+    width, gen_length = options["block_length"], options["gen_length"]
+    blocks = max(-(-(p + gen_length) // width) - p // width for p in lengths)
     if options.get("editing_threshold") is not None:
         return blocks * -(-width // options.get("num_to_transfer", 1))
-    return blocks * min(options["steps"], options["gen_length"] // options.get("minimal_topk", 1))
+    steps = min(options["steps"], gen_length // options.get("minimal_topk", 1))
+    return blocks * min(steps, width)
+
+
+def _prompt_lengths(prompt: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+    """Each row's real prompt length (``int[P]`` is one row)."""
+    rows = prompt.reshape(-1, prompt.shape[-1])
+    if attention_mask is None:
+        return [rows.shape[1]] * rows.shape[0]
+    return (attention_mask.reshape(rows.shape) != 0).sum(dim=1).tolist()
 
 
 def _sampler_settings(model, steps, gen_length, block_length, mask_id) -> SamplerSettings:

@@ -142,3 +142,17 @@ def test_block_options_are_refused_for_llada_and_others_for_block_diffusion():
             llada_model(), ids, mask, guard=DiffuGuard(), steps=4, gen_length=8, block_length=8,
             threshold=0.9, mask_id=MASK_ID,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", [4, 8, 12])
+def test_sar_anneals_over_the_steps_the_schedule_alone_takes(steps):
+    """Prompts ending at a block's end and the schedule alone (threshold above 1): the run
+    takes exactly the steps alpha falls over, so its last step is greedy; a prompt ending
+    inside a block takes fewer."""
+    from mosa.sampling.diffuguard import _prompt_lengths, _sar_steps
+
+    options = {**SCHEDULE, "steps": steps, "gen_length": 24}
+    ids, mask = padded_prompts([8, 16], seed=2)
+    assert plain(ids, mask, **options).steps == _sar_steps(options, _prompt_lengths(ids, mask))
+    ids, mask = padded_prompts([5], seed=2)
+    assert plain(ids, mask, **options).steps < _sar_steps(options, _prompt_lengths(ids, mask))
