@@ -17,7 +17,7 @@ class _AuxModel(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
         self.aux = aux
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, block_length=None):
         hidden = torch.randn(*input_ids.shape, 4, dtype=torch.float64)
         return DiffusionLMOutput(hidden, aux_loss=self.weight**2 if self.aux else None)
 

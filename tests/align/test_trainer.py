@@ -220,7 +220,12 @@ def test_benign_prompts_are_walked_in_order(monkeypatch):
     config = _config(Path("unused"), batch_size=2, grad_accum=2, epochs=2, benign_beta=1.0)
     tokenizer = load_tokenizer(mosa.tiny.path())
     seen = []
-    monkeypatch.setattr(trainer, "_canvas", lambda tokenizer, prompts, *rest: seen.extend(prompts))
+
+    def canvas(tokenizer, prompts, *rest):
+        seen.extend(prompts)
+        return torch.zeros((len(prompts), 1), dtype=torch.long), None
+
+    monkeypatch.setattr(trainer, "_canvas", canvas)
     for rank in range(2):
         runtime = Runtime(rank, 2, torch.device("cpu"))
         data = trainer._Data(
