@@ -362,5 +362,6 @@ class LLaDAMoESparseMoe(KeptRouting):
         logits = self.gate(flat)
         expert_ids, weights = route_softmax(logits, top_k=self.top_k, expert_bias=self.expert_bias)
         if self._keeps():
-            self._keep(torch.softmax(logits.float(), dim=-1), expert_ids)
+            wide = torch.promote_types(logits.dtype, torch.float32)  # fp32, or float64
+            self._keep(torch.softmax(logits.to(wide), dim=-1), expert_ids)
         return self.experts(flat, expert_ids, weights.to(flat.dtype)).view(h.shape)
