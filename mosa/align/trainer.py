@@ -458,6 +458,13 @@ def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> None:
         optim_state_dict=optim,
         options=dataclasses.replace(_STATE_OPTIONS, cpu_offload=False, strict=False),
     )
+    # set_state_dict first gives every parameter an optimizer state (a zero step); one the
+    # checkpoint has none for (an expert's adapter no token reached yet) must start fresh, as
+    # in the uninterrupted run, or its first update's bias correction counts that step.
+    saved = set(optim.get("state", {}))
+    for name, param in models.unwrapped.named_parameters():
+        if param.requires_grad and name not in saved:
+            optimizer.state.pop(param, None)
     rng = _read_checkpoint_file(folder / "rng.pt", _load_tensors)
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and device.type == "cuda":
