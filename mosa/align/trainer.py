@@ -219,7 +219,10 @@ class _Models:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.trained = DistributedDataParallel(self.unwrapped, device_ids=ids)
+            # Routed experts' adapters that no token of a step reached get no gradient.
+            self.trained = DistributedDataParallel(
+                self.unwrapped, device_ids=ids, find_unused_parameters=config.lora_experts
+            )
 
     def policy(self, input_ids, attention_mask, block_length=None):
         out = self.trained(input_ids, attention_mask, block_length=block_length)
