@@ -12,9 +12,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from test_objective import forwards, fused_and_plain  # noqa: E402
 from tiny_checkpoints import lora_model, padded_batch  # noqa: E402
 
-from mosa.align import AlignBatch, mosa_terms, reference_terms  # noqa: E402
+from mosa.align import AlignBatch, mosa_terms  # noqa: E402
 from mosa.align.defenses import INITIAL_ALIGNMENT_WINDOW  # noqa: E402
 from mosa.align.objective import (  # noqa: E402
     IGNORE,
@@ -39,24 +40,6 @@ WINDOW = (4, 13)
 def _double_lora(family: str):
     base, model = lora_model(family)
     return base, model.double()
-
-
-def _forwards(model):
-    def policy(ids, mask, **kw):
-        return model(ids, mask, **kw).hidden_states
-
-    def reference(ids, mask, **kw):
-        with model.disable_adapter():
-            return model(ids, mask, **kw).hidden_states
-
-    def policy_logits(ids, mask, **kw):
-        return model(ids, mask, return_logits=True, **kw).logits
-
-    def reference_logits(ids, mask, **kw):
-        with model.disable_adapter():
-            return model(ids, mask, return_logits=True, **kw).logits
-
-    return policy, reference, policy_logits, reference_logits
 
 
 def _canvas(committed: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,19 +96,12 @@ def _laid_out(batch, block_length):
 @pytest.mark.parametrize("defense", ["mosa", "initial_alignment", "anywhere"])
 def test_fused_objective_matches_the_plain_one_on_the_moe_families(family, block_length, defense):
     base, model = _double_lora(family)
-    policy, reference, policy_logits, reference_logits = _forwards(model)
     batch, window = _mosa_batch(defense)
     batch = _laid_out(batch, block_length)
     if block_length is not None:  # the rows really are shifted, by different amounts
         assert len(set(batch.response_start.tolist())) > 1
         assert not batch.attention_mask.all()
-    head = (base.lm_head_weight, base.lm_head_bias)
-    lora = [p for p in model.parameters() if p.requires_grad]
-
-    fused = mosa_terms(policy, reference, head, base.logits_shift, batch, window)
-    fused_grads = torch.autograd.grad(fused.loss(0.05).sum(), lora)
-    plain = reference_terms(policy_logits, reference_logits, batch, window)
-    plain_grads = torch.autograd.grad(plain.loss(0.05).sum(), lora)
+    fused, fused_grads, plain, plain_grads = fused_and_plain(base, model, batch, window)
 
     for name in ("reward_plus", "reward_minus", "kl"):
         got, want = getattr(fused, name).double(), getattr(plain, name)
@@ -141,7 +117,7 @@ def test_fused_objective_matches_the_plain_one_on_the_moe_families(family, block
 @pytest.mark.parametrize(("family", "block_length"), CASES)
 def test_fused_a2d_matches_the_plain_one_on_the_moe_families(family, block_length):
     base, model = _double_lora(family)
-    policy, _, policy_logits, _ = _forwards(model)
+    policy, _, policy_logits, _ = forwards(model)
     batch = _laid_out(_eos_batch(), block_length)
     lora = [p for p in model.parameters() if p.requires_grad]
     head = (base.lm_head_weight, base.lm_head_bias)
@@ -169,7 +145,7 @@ def test_the_layout_moves_committed_tokens_with_their_row():
 
 def test_block_causal_scores_differ_from_bidirectional_ones():
     base, model = _double_lora("llada2")
-    policy, reference, _, _ = _forwards(model)
+    policy, reference, _, _ = forwards(model)
     batch, window = _mosa_batch("mosa")
     head = (base.lm_head_weight, base.lm_head_bias)
     bidirectional = mosa_terms(policy, reference, head, 0, batch, window)
@@ -180,7 +156,7 @@ def test_block_causal_scores_differ_from_bidirectional_ones():
 @pytest.mark.parametrize("block_length", [3, 8])
 def test_a_score_in_block_b_ignores_the_tokens_of_later_blocks(block_length):
     base, model = _double_lora("llada2")
-    policy, _, _, _ = _forwards(model)
+    policy, _, _, _ = forwards(model)
     batch = _laid_out(_mosa_batch("mosa")[0], block_length)
     targets = batch.positive[:, None, :1].expand(-1, GEN_LENGTH, -1)
 
