@@ -12,8 +12,13 @@ run: 12 minutes on 2 A100s).
 The CPU model is the sampler benchmark's (LLaDA vocabulary 126464, d 512, 6 layers); with
 ``--gpu-scale`` on a GPU it has the LLaDA-8B shapes (random weights, bf16, gradient
 checkpointing); ``--smoke``: the sampler's tiny smoke model, 2 prompts of 8 tokens, canvas 32.
-Usage: ``python -m benchmarks.align [--quick] [--smoke] [--gpu-scale] [--batch N]
-[--prompt-length P]`` (``benchmarks/memory_plan.py`` predicts the fused row's peak memory).
+``--family llada2``: the LLaDA2 case, the sampler benchmark's LLaDA2 models
+(``benchmarks/sampler_llada2.py``: d 512, 4 layers, 32 experts top-4, vocab 157184 on the CPU;
+LLaDA2-mini's shapes with ``--gpu-scale``), both objectives on ``block_generate``'s canvas under
+block-causal attention (block 32, the trainer's default for the family).
+Usage: ``python -m benchmarks.align [--family llada|llada2] [--quick] [--smoke] [--gpu-scale]
+[--batch N] [--prompt-length P]`` (``benchmarks/memory_plan.py`` predicts the fused row's
+peak memory, LLaDA only).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import sys
 
 import torch
 
-from benchmarks import memory_plan
+from benchmarks import memory_plan, sampler_llada2
 from benchmarks.common import (
     SMOKE_HELP,
     format_table,
@@ -34,7 +39,11 @@ from benchmarks.common import (
 )
 from benchmarks.sampler import build, model_config
 from mosa.align import AlignBatch, mosa_terms, reference_terms
-from mosa.align.objective import IGNORE
+from mosa.align.objective import IGNORE, lay_out_blocks
+from mosa.align.trainer import block_length_for
+from mosa.models import LLADA2_MINI
+
+FAMILIES = ("llada", "llada2")
 
 PAPER_PROMPTS = 3000
 SENTENCE_TOKENS = 12
@@ -47,13 +56,29 @@ def _lora(model, r: int):
     return peft.get_peft_model(model, config)
 
 
-def _batch(batch: int, prompt_length: int, gen_length: int, mask_id: int, device) -> AlignBatch:
+def _family_config(family: str, gpu_scale: bool, smoke: bool) -> dict:
+    """The benchmark model's config: the sampler benchmark's model of ``family``."""
+    if family == "llada":
+        return model_config(gpu_scale, smoke)
+    if smoke:
+        return sampler_llada2.SMOKE_MODEL
+    return dict(LLADA2_MINI) if gpu_scale else sampler_llada2.CPU_MODEL
+
+
+def _batch(model, batch: int, prompt_length: int, gen_length: int, device) -> AlignBatch:
+    """Random prompts then masks, laid out as the trainer lays them out for ``model`` (a block
+    model: ``block_generate``'s canvas at the family's default block length)."""
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 126000, (batch, prompt_length), generator=generator)
-    ids = torch.cat([prompt, torch.full((batch, gen_length), mask_id)], dim=1)
+    ids = torch.cat([prompt, torch.full((batch, gen_length), model.mask_token_id)], dim=1)
     sentences = torch.randint(0, 126000, (2, batch, SENTENCE_TOKENS), generator=generator)
     sentences[0, :, 9:] = IGNORE  # refusals of 9 tokens, continuations of 12
-    return AlignBatch(ids, None, gen_length, sentences[0], sentences[1]).to(device)
+    step_batch = AlignBatch(ids, None, gen_length, sentences[0], sentences[1])
+    block_length = block_length_for(model, None)
+    if block_length is not None:
+        pad_id = model.pad_token_id
+        step_batch = lay_out_blocks(step_batch, block_length, model.mask_token_id, pad_id)
+    return step_batch.to(device)
 
 
 def _step_functions(model, base, batch: AlignBatch, window, beta: float, device):
@@ -62,16 +87,16 @@ def _step_functions(model, base, batch: AlignBatch, window, beta: float, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def reference_forward(logits: bool):
-        def run(ids, mask):
+        def run(ids, mask, **block):
             with model.disable_adapter():
-                out = model(ids, mask, return_logits=logits)
+                out = model(ids, mask, return_logits=logits, **block)
             return out.logits if logits else out.hidden_states
 
         return run
 
     def policy_forward(logits: bool):
-        def run(ids, mask):
-            out = model(ids, mask, return_logits=logits)
+        def run(ids, mask, **block):
+            out = model(ids, mask, return_logits=logits, **block)
             return out.logits if logits else out.hidden_states
 
         return run
@@ -98,13 +123,16 @@ def _step_functions(model, base, batch: AlignBatch, window, beta: float, device)
     return {"straightforward objective": straightforward, "fused objective": fused}
 
 
-def run(device, *, batch, prompt_length, gen_length, window, repeats, gpu_scale, smoke=False):
-    base = build(device, model_config(gpu_scale, smoke))
+def run(
+    device, *, batch, prompt_length, gen_length, window, repeats, gpu_scale, smoke=False,
+    family="llada",
+):  # fmt: skip
+    base = build(device, _family_config(family, gpu_scale, smoke))
     if gpu_scale:
         base.gradient_checkpointing_enable()
     model = _lora(base, r=32)
     model.train()
-    step_batch = _batch(batch, prompt_length, gen_length, base.mask_token_id, device)
+    step_batch = _batch(base, batch, prompt_length, gen_length, device)
     steps = _step_functions(model, base, step_batch, window, beta=0.05, device=device)
     rows = []
     for name, step in steps.items():
@@ -136,9 +164,10 @@ def measure(
     batch: int | None = None,
     prompt_length: int = 32,
     smoke: bool = False,
+    family: str = "llada",
 ) -> tuple[list, dict]:
-    """Both rows; ``gpu_scale``: LLaDA-8B shapes, 8 prompts a step unless ``batch`` says;
-    ``smoke``: a tiny model and batch, one repeat."""
+    """Both rows; ``gpu_scale``: LLaDA-8B (``family`` llada2: LLaDA2-mini) shapes, 8 prompts
+    a step unless ``batch`` says; ``smoke``: a tiny model and batch, one repeat."""
     if smoke:
         gpu_scale, batch = False, 2
         settings = dict(prompt_length=8, gen_length=32, window=(4, 12))
@@ -146,13 +175,21 @@ def measure(
         batch = batch or (8 if gpu_scale else 4)
         settings = dict(prompt_length=prompt_length, gen_length=128, window=(20, 60))
     repeats = 1 if quick or smoke else 3
-    rows = run(device, batch=batch, repeats=repeats, gpu_scale=gpu_scale, smoke=smoke, **settings)
-    if gpu_scale:
+    rows = run(
+        device, batch=batch, repeats=repeats, gpu_scale=gpu_scale, smoke=smoke, family=family,
+        **settings,
+    )  # fmt: skip
+    if gpu_scale and family == "llada":
         planned_step_extra(rows, batch, **settings)
-    shape = "LLaDA-8B shapes, bf16, LoRA r 32" if gpu_scale else "d 512, 6 layers, vocab 126464"
-    if smoke:
-        shape = "d 64, 2 layers, vocab 126464"
-    return rows, {"model": shape, "batch": batch, "gpu_scale": gpu_scale, **settings}
+    if family == "llada2":
+        kind = "smoke" if smoke else "gpu" if gpu_scale else "cpu"
+        shape = sampler_llada2.MODEL_NAMES[kind] + ", block-causal, block 32"
+    elif gpu_scale:
+        shape = "LLaDA-8B shapes, bf16, LoRA r 32"
+    else:
+        shape = "d 64, 2 layers, vocab 126464" if smoke else "d 512, 6 layers, vocab 126464"
+    meta = {"family": family, "model": shape, "batch": batch, "gpu_scale": gpu_scale}
+    return rows, {**meta, **settings}
 
 
 def planned_step_extra(rows: list[dict], batch: int, **settings) -> None:
@@ -191,6 +228,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="prompts per step")
     parser.add_argument("--prompt-length", type=int, default=32, help="prompt tokens")
+    parser.add_argument("--family", choices=FAMILIES, default="llada", help="model family")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rows, meta = measure(
@@ -200,8 +238,10 @@ def main(argv=None) -> int:
         batch=args.batch,
         prompt_length=args.prompt_length,
         smoke=args.smoke,
+        family=args.family,
     )
-    publish("align", device, rows, meta, report(rows, meta, device), write=not args.smoke)
+    name = "align" if args.family == "llada" else f"align-{args.family}"
+    publish(name, device, rows, meta, report(rows, meta, device), write=not args.smoke)
     return 0
 
 

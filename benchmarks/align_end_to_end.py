@@ -8,14 +8,18 @@ the final adapter. The model is built from a preset with random weights
 (``AlignConfig.random_init``), so no checkpoint folder is needed: LLaDA-8B shapes on a GPU, a
 small LLaDA-architecture trunk with LLaDA's vocabulary on the CPU. The tokenizer is the
 embedded tiny model's (word-level), so a prompt's token count is about its word count plus the
-chat template; the table gives the mean.
+chat template; the table gives the mean. ``--family llada2``: LLaDA2-mini's shapes on a GPU
+(the sampler benchmark's small LLaDA2 on the CPU), trained on ``block_generate``'s canvas under
+block-causal attention (the family's default block, 32).
 
 Reported: wall time of the whole ``train`` call for N prompts; prompts/s over the steps after
 the first (warm-up); the projected time for 3,000 prompts at that rate; MFU, the model FLOPs
-counted from the shapes (``step_flops``) over the matmul peak measured in this run (bf16 on a
-GPU, fp32 on the CPU); peak memory (CUDA: the allocator's peak; CPU: the process's resident
+counted from the shapes (``step_flops``: the *active* projection weights, so for an MoE model
+attention, router, shared expert and the top-k routed experts a token runs through, as
+``benchmarks.roofline.ModelShape.active_matmul_parameters`` counts them) over the matmul peak
+measured in this run (bf16 on a GPU, fp32 on the CPU); peak memory (CUDA: the allocator's peak; CPU: the process's resident
 high-water mark). Usage: ``python -m benchmarks.align_end_to_end [--quick] [--smoke]
-[--prompts N] [--batch B] [--no-group-by-length] [--device cpu]`` (``--smoke``: the quick model,
+[--family llada|llada2] [--prompts N] [--batch B] [--no-group-by-length] [--device cpu]`` (``--smoke``: the quick model,
 4 prompts in batches of 2, nothing written).
 """
 
@@ -31,18 +35,25 @@ from pathlib import Path
 import torch
 
 import mosa.tiny
+from benchmarks import sampler_llada2
 from benchmarks.common import SMOKE_HELP, format_table, machine_name, publish
-from benchmarks.roofline import matmul_flops
+from benchmarks.roofline import ModelShape, matmul_flops
 from mosa.align import AlignConfig, encode_sentences, train
 from mosa.align.objective import window_span
+from mosa.align.trainer import block_length_for
 from mosa.datasets import read_prompts, shared_data_dir
-from mosa.models import LLADA_8B, build_model
+from mosa.models import LLADA2_MINI, LLADA_8B, build_model
 from mosa.text.prompts import encode_prompts, load_tokenizer
 
 PAPER_PROMPTS = 3000
 ADVBENCH = "advbench_harmful_behaviors.csv"
 CPU_MODEL = dict(LLADA_8B, d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536)
 QUICK_MODEL = dict(LLADA_8B, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=192)
+MODELS = {  # family: (GPU, CPU, --quick) shapes
+    "llada": (LLADA_8B, CPU_MODEL, QUICK_MODEL),
+    "llada2": (LLADA2_MINI, sampler_llada2.CPU_MODEL, sampler_llada2.SMOKE_MODEL),
+}
+GPU_NAMES = {"llada": "LLaDA-8B shapes, bf16", "llada2": "LLaDA2-mini shapes, bf16"}
 # AdvBench's goals have 5 to 30 words, about 12 on average.
 SYNTHETIC_WORDS = (5, 20)
 
@@ -73,22 +84,44 @@ def matmul_peak_flops(device: torch.device, quick: bool) -> float:
     return matmul_flops(device, dtype, size=size, repeats=3 if quick else 10)
 
 
+def model_shape(shape: dict) -> ModelShape:
+    """The roofline's shape summary of a ``config.json`` dict."""
+    return ModelShape.of(build_model(shape, device="meta").config)
+
+
 def trunk_matmul_params(shape: dict) -> int:
-    """Weights of the blocks' linear layers: each costs 2 FLOPs per token forward."""
-    model = build_model(shape, device="meta")
-    return sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
+    """The projection weights one token runs through (an MoE layer: attention, router, shared
+    expert and its top-k routed experts): each costs 2 FLOPs per token forward."""
+    return model_shape(shape).active_matmul_parameters
 
 
-def step_flops(shape: dict, prompt_tokens: float, gen_length: int, scored_rows: int) -> float:
+def mean_keys(length: float, block_length: int | None) -> float:
+    """Keys a query attends to on average: all ``length`` of them, or under block-causal
+    attention those up to its block's end."""
+    if block_length is None:
+        return length
+    n = round(length)
+    return sum(min(n, (p // block_length + 1) * block_length) for p in range(n)) / max(n, 1)
+
+
+def step_flops(
+    shape: dict,
+    prompt_tokens: float,
+    gen_length: int,
+    scored_rows: int,
+    block_length: int | None = None,
+) -> float:
     """Model FLOPs of one prompt under LoRA: the policy forward, its activation-only backward
     (LoRA's own weight gradients are left out: r 32 adds < 1 %), the reference forward, and
     the head rows: ``scored_rows`` scored by ``token_logprobs`` plus the canvas's rows for the
-    KL (policy and reference), forward, and the policy's rows backward. Recomputation
+    KL (policy and reference), forward, and the policy's rows backward. Attention scores and
+    values count the keys each query sees (``block_length``: block-causal). Recomputation
     (gradient checkpointing, fused kernels' backward) is not counted."""
-    d, vocab, layers = shape["d_model"], shape["vocab_size"], shape["n_layers"]
+    summary = model_shape(shape)
     length = prompt_tokens + gen_length
-    trunk = 2 * trunk_matmul_params(shape) * length + 4 * layers * length**2 * d
-    head_row = 2 * d * vocab
+    attention = 4 * summary.layers * length * mean_keys(length, block_length) * summary.q_width
+    trunk = 2 * summary.active_matmul_parameters * length + attention
+    head_row = 2 * summary.d * summary.vocab
     head = head_row * (scored_rows + 2 * gen_length) + head_row * (scored_rows + gen_length)
     return 3 * trunk + head
 
@@ -105,7 +138,9 @@ def mean_prompt_tokens(tokenizer, prompts: list[str]) -> float:
 def run(device: torch.device, args: argparse.Namespace) -> tuple[list[dict], dict]:
     """One ``train`` call over ``args.prompts`` prompts; its row and settings."""
     gpu = device.type == "cuda"
-    shape = LLADA_8B if gpu else (QUICK_MODEL if args.quick else CPU_MODEL)
+    gpu_shape, cpu_shape, quick_shape = MODELS[args.family]
+    shape = gpu_shape if gpu else (quick_shape if args.quick else cpu_shape)
+    block_length = block_length_for(build_model(shape, device="meta"), None)
     gen_length, window = (32, (4, 12)) if args.quick else (128, (20, 60))
     sentences = mosa.tiny.align_sentences()
     with tempfile.TemporaryDirectory() as folder:
@@ -138,7 +173,7 @@ def run(device: torch.device, args: argparse.Namespace) -> tuple[list[dict], dic
     longest = max(len(ids) for ids in sum(encode_sentences(tokenizer, sentences), []))
     scored = len(window_span(window, gen_length, longest))
     tokens = mean_prompt_tokens(tokenizer, prompts)
-    flops = step_flops(shape, tokens, gen_length, scored)
+    flops = step_flops(shape, tokens, gen_length, scored, block_length)
     peak = matmul_peak_flops(device, args.quick)
     row = {
         "prompts": steps * args.batch,
@@ -150,10 +185,15 @@ def run(device: torch.device, args: argparse.Namespace) -> tuple[list[dict], dic
         "peak_MiB": max(r["peak_memory_bytes"] for r in records) / 2**20,
         "projected s for 3000 prompts": PAPER_PROMPTS / rate,
     }
+    summary = model_shape(shape)
     meta = {
-        "model": "LLaDA-8B shapes, bf16"
+        "family": args.family,
+        "model": GPU_NAMES[args.family]
         if gpu
-        else f"d {shape['d_model']}, {shape['n_layers']} layers, vocab {shape['vocab_size']}, fp32",
+        else f"d {summary.d}, {summary.layers} layers, vocab {summary.vocab}, fp32"
+        + (f", {summary.experts} experts top-{summary.top_k}" if summary.experts else ""),
+        "block_length": block_length,
+        "active matmul parameters": summary.active_matmul_parameters,
         "prompts source": source,
         "mean prompt tokens": tokens,
         "batch": args.batch,
@@ -189,6 +229,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, help="prompts per step (8 GPU, 4 CPU)")
     parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--family", choices=list(MODELS), default="llada", help="model family")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -199,7 +240,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--prompts {args.prompts}: give at least two batches ({2 * args.batch})")
     rows, meta = run(device, args)
     table = report(rows, meta, device)
-    publish("align_end_to_end", device, rows, meta, table, write=not args.smoke)
+    name = "align_end_to_end" if args.family == "llada" else f"align_end_to_end-{args.family}"
+    publish(name, device, rows, meta, table, write=not args.smoke)
     return 0
 
 

@@ -39,3 +39,22 @@ def test_step_flops_match_the_hand_count_at_llada_8b():
     # ~48 prompt tokens + 128 canvas: about 7.8 TFLOP (issue 21's count).
     flops = align_end_to_end.step_flops(align_end_to_end.LLADA_8B, 48, 128, scored_rows=52)
     assert 7.5e12 < flops < 8.2e12
+
+
+def test_llada2_flops_count_the_active_parameters_and_block_causal_keys():
+    config = align_end_to_end.LLADA2_MINI
+    d, head_dim = config["hidden_size"], config["head_dim"]
+    attention = 2 * d * config["num_attention_heads"] * head_dim
+    attention += 2 * d * config["num_key_value_heads"] * head_dim
+    dense = attention + 3 * d * config["intermediate_size"]
+    experts = config["num_shared_experts"] + config["num_experts_per_tok"]  # of width I each
+    moe = attention + config["num_experts"] * d + 3 * d * config["moe_intermediate_size"] * experts
+    dense_layers = config["first_k_dense_replace"]
+    moe_layers = config["num_hidden_layers"] - dense_layers
+    assert align_end_to_end.trunk_matmul_params(config) == dense_layers * dense + moe_layers * moe
+    # Block-causal: a query of block b sees (b + 1) blocks; 4 blocks of 32 see 80 on average.
+    assert align_end_to_end.mean_keys(128, 32) == 80
+    assert align_end_to_end.mean_keys(128, None) == 128
+    full = align_end_to_end.step_flops(config, 48, 128, scored_rows=52)
+    blocks = align_end_to_end.step_flops(config, 48, 128, scored_rows=52, block_length=32)
+    assert blocks < full

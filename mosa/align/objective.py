@@ -1,7 +1,8 @@
 """The MOSA objective on one batch (docs/DESIGN.md §7), with the fused head ops.
 
 The policy and the reference each run once over ``prompt + gen_length masks``; only hidden
-states leave the model. ``token_logprobs`` scores every sentence token at every response
+states leave the model. For a block-diffusion model (LLaDA2) the canvas is laid out as
+``block_generate`` lays it out (``lay_out_blocks``) and run block-causally (docs/DESIGN.md §7). ``token_logprobs`` scores every sentence token at every response
 position the window can reach (K targets per position share one log-sum-exp), and the score of
 a sentence at offset ``k`` is a diagonal sum of that table. ``token_kl`` gives the per-position
 KL over the vocabulary chunk by chunk, so no ``[B, L, V]`` tensor is ever formed.
@@ -11,17 +12,68 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from mosa.sampling.block_canvas import BlockCanvas
+from mosa.text.canvas import Canvas
 from mosa_kernels import token_kl, token_logprobs
 
 IGNORE = -100
 
 
 @dataclass
-class AlignBatch:
+class ResponseCanvas:
+    """What a forward runs on: ``input_ids`` ``[B, L]`` (the chat-templated prompt, left-padded,
+    then the G response positions), ``attention_mask`` ``[B, L]`` bool (False at padding) or
+    None, ``gen_length`` G.
+
+    ``block_length`` (keyword): None runs the model bidirectionally and the response is the last
+    G slots; a block length means the canvas is ``block_generate``'s (``lay_out_blocks``), run
+    block-causally, and row b's response starts at slot ``response_start[b]`` (``int64[B]``).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    gen_length: int
+    response_start: torch.Tensor | None = field(default=None, kw_only=True)
+    block_length: int | None = field(default=None, kw_only=True)
+
+    def to(self, device):
+        return _moved(self, device)
+
+    def response_slots(self) -> torch.Tensor:
+        """``int64[B, G]``: the slot of each row's response position."""
+        offsets = torch.arange(self.gen_length, device=self.input_ids.device)
+        if self.response_start is None:
+            start = self.input_ids.shape[1] - self.gen_length
+            return (start + offsets).expand(self.input_ids.shape[0], -1)
+        return self.response_start[:, None] + offsets
+
+
+def lay_out_blocks(canvas, block_length: int, mask_id: int, pad_id: int):
+    """``canvas`` (a ``ResponseCanvas`` or subclass) on ``block_generate``'s aligned canvas
+    (``BlockCanvas.lay_out``): each row shifted right by a multiple of ``block_length`` so its
+    blocks count from its own position 0, masks filling the last block, ``pad_id`` the slots
+    left of each row (never attended). Response tokens already in ``canvas`` (the A2D and
+    anywhere canvases' committed pieces) move with their row. Reads the prompt lengths on the
+    host: lay out on the host before moving the batch."""
+    prompts = Canvas(
+        canvas.input_ids, canvas.attention_mask, canvas.input_ids.shape[1] - canvas.gen_length
+    )
+    blocks = BlockCanvas.lay_out(prompts, block_length, mask_id, pad_id)
+    return dataclasses.replace(
+        canvas,
+        input_ids=blocks.x,
+        attention_mask=blocks.key_valid,
+        response_start=blocks.response_start,
+        block_length=block_length,
+    )
+
+
+@dataclass
+class AlignBatch(ResponseCanvas):
     """One batch of the objective.
 
     Attributes:
@@ -34,33 +86,22 @@ class AlignBatch:
             row may place its refusal / harmful continuation at (None: all of them). The
             ``anywhere`` defense uses them to skip tokens committed in the canvas and to give
             each row its own window.
+        response_start, block_length: a block canvas's (``ResponseCanvas``).
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
-    gen_length: int
     positive: torch.Tensor
     negative: torch.Tensor
     allowed_plus: torch.Tensor | None = None
     allowed_minus: torch.Tensor | None = None
 
-    def to(self, device) -> AlignBatch:
-        return _moved(self, device)
-
 
 @dataclass
-class EosBatch:
+class EosBatch(ResponseCanvas):
     """One batch of the A2D objective: ``input_ids`` ``[B, P + G]`` (prompt, then a response
     canvas holding a partly masked harmful continuation) and ``targets`` ``[B, G]``: the EOS id
     at the masked positions the continuation covers, ``IGNORE`` elsewhere."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
-    gen_length: int
     targets: torch.Tensor
-
-    def to(self, device) -> EosBatch:
-        return _moved(self, device)
 
 
 def _moved(batch, device):
@@ -165,28 +206,36 @@ def score_window(
     return reward_plus, reward_minus, best_plus + window[0], best_minus + window[0]
 
 
-def response_hidden(hidden: torch.Tensor, gen_length: int, logits_shift: int) -> torch.Tensor:
-    """The hidden states that predict the G response tokens (Dream's come one slot earlier)."""
-    end = hidden.shape[1] - logits_shift
-    return hidden[:, end - gen_length : end]
+Forward = Callable[..., torch.Tensor]
+"""``(input_ids, attention_mask) -> hidden_states [B, L, d]``; called with ``block_length=``
+too (keyword) for a block-causal canvas."""
 
 
-Forward = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-"""``(input_ids, attention_mask) -> hidden_states [B, L, d]``."""
+def run_forward(forward: Forward, canvas: ResponseCanvas) -> torch.Tensor:
+    """``forward`` on ``canvas``, block-causally when it has a ``block_length``."""
+    if canvas.block_length is None:
+        return forward(canvas.input_ids, canvas.attention_mask)
+    return forward(canvas.input_ids, canvas.attention_mask, block_length=canvas.block_length)
+
+
+def response_hidden(hidden: torch.Tensor, canvas: ResponseCanvas, logits_shift: int):
+    """The hidden states ``[B, G, d]`` that predict each row's G response tokens (Dream's
+    come one slot earlier), gathered per row on a block canvas."""
+    if canvas.response_start is None:
+        end = hidden.shape[1] - logits_shift
+        return hidden[:, end - canvas.gen_length : end]
+    slots = canvas.response_slots() - logits_shift
+    return hidden.gather(1, slots[..., None].expand(-1, -1, hidden.shape[-1]))
 
 
 def response_states(
-    policy: Forward,
-    reference: Forward,
-    logits_shift: int,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    gen_length: int,
+    policy: Forward, reference: Forward, logits_shift: int, canvas: ResponseCanvas
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Response hidden states ``[B, G, d]`` of the policy (with graph) and of the reference."""
-    hidden = response_hidden(policy(input_ids, attention_mask), gen_length, logits_shift)
+    """Response hidden states ``[B, G, d]`` of the policy (with graph) and of the reference,
+    both on the same canvas and attention."""
+    hidden = response_hidden(run_forward(policy, canvas), canvas, logits_shift)
     with torch.no_grad():
-        ref_hidden = response_hidden(reference(input_ids, attention_mask), gen_length, logits_shift)
+        ref_hidden = response_hidden(run_forward(reference, canvas), canvas, logits_shift)
     return hidden, ref_hidden.to(hidden.dtype)
 
 
@@ -205,9 +254,7 @@ def mosa_terms(
     longest = max(batch.positive.shape[1], batch.negative.shape[1])
     check_window(window, batch.gen_length, longest)
     weight, bias = head
-    hidden, ref_hidden = response_states(
-        policy, reference, logits_shift, batch.input_ids, batch.attention_mask, batch.gen_length
-    )
+    hidden, ref_hidden = response_states(policy, reference, logits_shift, batch)
     reward_plus, reward_minus, best_plus, best_minus = score_window(
         hidden, weight, bias, batch, window
     )
@@ -220,15 +267,11 @@ def response_kl(
     reference: Forward,
     head: tuple[torch.Tensor, torch.Tensor | None],
     logits_shift: int,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    gen_length: int,
+    canvas: ResponseCanvas,
 ) -> torch.Tensor:
     """Summed KL(p_policy || p_ref) over the response positions, per row (benign regulariser)."""
     weight, bias = head
-    hidden, ref_hidden = response_states(
-        policy, reference, logits_shift, input_ids, attention_mask, gen_length
-    )
+    hidden, ref_hidden = response_states(policy, reference, logits_shift, canvas)
     return token_kl(hidden, ref_hidden, weight, bias=bias).sum(dim=1)
 
 
@@ -242,9 +285,7 @@ def a2d_terms(
     target positions (so ``loss`` is its negative); one policy forward, no reference (the
     benign KL keeps utility)."""
     weight, bias = head
-    hidden = response_hidden(
-        policy(batch.input_ids, batch.attention_mask), batch.gen_length, logits_shift
-    )
+    hidden = response_hidden(run_forward(policy, batch), batch, logits_shift)
     logp = token_logprobs(hidden, weight, batch.targets[..., None], bias=bias, ignore_index=IGNORE)
     counts = (batch.targets != IGNORE).sum(dim=1).clamp(min=1)
     eos = logp[..., 0].sum(dim=1) / counts

@@ -45,7 +45,9 @@ from tqdm.auto import tqdm
 from mosa.distributed import Runtime, join
 from mosa.models import PRESETS, build_model, load_model
 from mosa.models.base import DEFAULT_MAX_SHARD_BYTES
+from mosa.models.families import is_block_diffusion
 from mosa.models.files import write_checkpoint, write_folder
+from mosa.sampling import LLADA2_REFERENCE
 from mosa.sampling.predictor import model_token_id
 from mosa.text.canvas import build_canvas
 from mosa.text.prompts import check_no_mask_in_prompts, encode_prompts, load_tokenizer
@@ -53,7 +55,14 @@ from mosa_kernels.ops._checks import check_positive_int
 from mosa_kernels.random import derive_seed
 
 from .defenses import defense_for
-from .objective import AlignBatch, EosBatch, check_window, response_kl
+from .objective import (
+    AlignBatch,
+    EosBatch,
+    ResponseCanvas,
+    check_window,
+    lay_out_blocks,
+    response_kl,
+)
 from .run_folder import (
     START_OVER,
     TrainingInterrupted,
@@ -87,6 +96,11 @@ class AlignConfig:
     positions of partly masked harmful continuations supervised to EOS; ``window`` and
     ``beta`` unused) or ``"anywhere"`` (ours: MOSA on canvases with committed harmful pieces,
     each row's window a random one of ``window``'s width; see ``mosa.align.canvases``).
+    ``block_length``: the block of a block-diffusion model's (LLaDA2's) canvas, laid out and
+    attended as ``block_generate`` decodes it (None: the family sampler's default, 32); a
+    bidirectional model refuses it. ``lora_experts``: LoRA also on the routed experts of an MoE
+    model (default: attention, dense MLPs and shared experts); when experts train (this, or
+    full fine-tuning) the routers' load-balancing loss is added (docs/DESIGN.md §7).
     """
 
     model: str
@@ -117,6 +131,8 @@ class AlignConfig:
     device: str | None = None
     progress: bool = True
     defense: str = "mosa"
+    block_length: int | None = None
+    lora_experts: bool = False
 
     def __post_init__(self):
         self.window = tuple(self.window)
@@ -124,6 +140,13 @@ class AlignConfig:
         positive = ("gen_length", "lora_r", "lora_alpha", "epochs", "batch_size", "grad_accum")
         for name in positive:
             check_positive_int(name, getattr(self, name))
+        if self.block_length is not None:
+            check_positive_int("block_length", self.block_length)
+        if self.lora_experts and not self.lora:
+            raise ValueError(
+                "lora_experts=True adds LoRA to the routed experts; full fine-tuning (lora=False) "
+                "trains them already, so leave lora_experts False"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         for name in ("beta", "benign_beta", "weight_decay", "lora_dropout", "save_every"):
@@ -170,13 +193,15 @@ class _Models:
                 r=config.lora_r,
                 lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout,
-                target_modules=base.lora_target_modules,
+                target_modules=base.lora_targets(experts=config.lora_experts),
             )
             self.unwrapped = peft.get_peft_model(base, lora)
             self._frozen_reference = None
         else:
             self._frozen_reference = copy.deepcopy(base).eval().requires_grad_(False)
             self.unwrapped = base
+        if config.lora_experts or not config.lora:
+            base.keep_router_outputs()  # experts train: their routers' balancing loss
         self.unwrapped.train()
         self.trained = self.unwrapped
         self.fsdp = config.fsdp
@@ -194,10 +219,13 @@ class _Models:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.trained = DistributedDataParallel(self.unwrapped, device_ids=ids)
+            # Routed experts' adapters that no token of a step reached get no gradient.
+            self.trained = DistributedDataParallel(
+                self.unwrapped, device_ids=ids, find_unused_parameters=config.lora_experts
+            )
 
-    def policy(self, input_ids, attention_mask):
-        out = self.trained(input_ids, attention_mask)
+    def policy(self, input_ids, attention_mask, block_length=None):
+        out = self.trained(input_ids, attention_mask, block_length=block_length)
         if out.aux_loss is not None:  # e.g. an MoE router's load balancing
             self._aux_losses.append(out.aux_loss)
         return out.hidden_states
@@ -208,12 +236,15 @@ class _Models:
         taken, self._aux_losses = self._aux_losses, []
         return rows * sum(taken) if taken else 0.0
 
-    def reference(self, input_ids, attention_mask):
+    def reference(self, input_ids, attention_mask, block_length=None):
         if self._frozen_reference is not None:
-            return self._frozen_reference(input_ids, attention_mask).hidden_states
+            reference = self._frozen_reference
+            return reference(input_ids, attention_mask, block_length=block_length).hidden_states
         # Outside DDP's wrapper: the reference pass must not touch its gradient hooks.
         with self.unwrapped.disable_adapter():
-            return self.unwrapped(input_ids, attention_mask).hidden_states
+            return self.unwrapped(
+                input_ids, attention_mask, block_length=block_length
+            ).hidden_states
 
     def gathered_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LM head ``(weight, bias)``; under FSDP it is gathered first, because the fused
@@ -247,13 +278,27 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def _canvas(tokenizer, prompts: list[str], gen_length: int, mask_id: int, device):
-    # Built and checked on the host, then copied: the checks read values, which on the device
-    # would wait for the step's queued work.
+def _canvas(tokenizer, prompts: list[str], gen_length: int, mask_id: int):
+    """The prompts' left-padded canvas on the host: ``(ids, mask)``. Built and checked on the
+    host, then copied: the checks read values, which on the device would wait for the step's
+    queued work (so is the block layout)."""
     ids, mask = encode_prompts(tokenizer, prompts, chat_template=True, device="cpu")
     canvas = build_canvas(ids, mask, gen_length, mask_id)
-    mask = None if canvas.attention_mask is None else canvas.attention_mask.to(device)
-    return canvas.x.to(device), mask
+    return canvas.x, canvas.attention_mask
+
+
+def block_length_for(model, block_length: int | None) -> int | None:
+    """The block length the objective lays the canvas out with: for a block-diffusion model
+    ``block_length``, or its sampler's default when None; None (bidirectional) for any other
+    model, which refuses a ``block_length``."""
+    if is_block_diffusion(model):
+        return LLADA2_REFERENCE.block_length if block_length is None else block_length
+    if block_length is not None:
+        raise ValueError(
+            f"block_length={block_length} is for block-diffusion models (LLaDA2); "
+            f"{type(model).__name__} attends bidirectionally: leave block_length unset"
+        )
+    return None
 
 
 def _prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
@@ -289,7 +334,18 @@ class _Data:
     """Which prompts and sentences each (step, micro-step, rank) gets."""
 
     def __init__(
-        self, config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id, eos_id=None
+        self,
+        config,
+        runtime,
+        tokenizer,
+        prompts,
+        benign_prompts,
+        sentences,
+        mask_id,
+        eos_id=None,
+        *,
+        block_length=None,
+        pad_id=None,
     ):
         self.config, self.runtime, self.tokenizer = config, runtime, tokenizer
         self.prompts, self.benign_prompts = list(prompts), list(benign_prompts)
@@ -299,6 +355,7 @@ class _Data:
             )
         self.refusals, self.harmful = encode_sentences(tokenizer, sentences)
         self.mask_id, self.eos_id = mask_id, eos_id
+        self.block_length, self.pad_id = block_length, mask_id if pad_id is None else pad_id
         self.defense = defense_for(config.defense)
         self.global_batch = runtime.world * config.batch_size * config.grad_accum
         self.steps_per_epoch, self.steps = run_length(config, runtime.world, len(self.prompts))
@@ -339,18 +396,22 @@ class _Data:
             [self.prompts[order[place]] for place in places],
             self.config.gen_length,
             self.mask_id,
-            "cpu",
         )
-        return self.defense.batch(self, ids, mask, draws).to(self.runtime.device)
+        return self._laid_out(self.defense.batch(self, ids, mask, draws))
+
+    def _laid_out(self, batch):
+        """``batch`` on the device, on ``block_generate``'s canvas for a block model."""
+        if self.block_length is not None:
+            batch = lay_out_blocks(batch, self.block_length, self.mask_id, self.pad_id)
+        return batch.to(self.runtime.device)
 
     def benign(self, step: int, micro: int):
         """The benign prompts of (step, micro-step, this rank): the list walked in order."""
         epoch, places = self._positions(step, micro)
         start, n = epoch * self.steps_per_epoch * self.global_batch, len(self.benign_prompts)
         prompts = [self.benign_prompts[(start + place) % n] for place in places]
-        return _canvas(
-            self.tokenizer, prompts, self.config.gen_length, self.mask_id, self.runtime.device
-        )
+        ids, mask = _canvas(self.tokenizer, prompts, self.config.gen_length, self.mask_id)
+        return self._laid_out(ResponseCanvas(ids, mask, self.config.gen_length))
 
 
 # Checkpoints --------------------------------------------------------------------------------
@@ -400,6 +461,13 @@ def _load_checkpoint(folder: Path, models: _Models, optimizer, device) -> None:
         optim_state_dict=optim,
         options=dataclasses.replace(_STATE_OPTIONS, cpu_offload=False, strict=False),
     )
+    # set_state_dict first gives every parameter an optimizer state (a zero step); one the
+    # checkpoint has none for (an expert's adapter no token reached yet) must start fresh, as
+    # in the uninterrupted run, or its first update's bias correction counts that step.
+    saved = set(optim.get("state", {}))
+    for name, param in models.unwrapped.named_parameters():
+        if param.requires_grad and name not in saved:
+            optimizer.state.pop(param, None)
     rng = _read_checkpoint_file(folder / "rng.pt", _load_tensors)
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and device.type == "cuda":
@@ -482,11 +550,10 @@ def _forward_backward(
     loss = terms.loss(config.beta).sum()
     benign_kl = torch.zeros((), device=loss.device)
     if config.benign_beta > 0:
-        ids, mask = data.benign(step, micro)
+        benign = data.benign(step, micro)
         benign_kl = response_kl(
-            models.policy, models.reference, head, models.logits_shift, ids, mask,
-            config.gen_length,
-        ).sum()  # fmt: skip
+            models.policy, models.reference, head, models.logits_shift, benign
+        ).sum()
         loss = loss + config.benign_beta * benign_kl
     loss = loss + models.take_aux_loss(batch.input_ids.shape[0])
     (loss / (config.batch_size * config.grad_accum)).backward()
@@ -622,9 +689,11 @@ def train(
         mask_id = models.base.mask_token_id
         needs_eos = defense_for(config.defense).needs_eos
         eos_id = _eos_id(models.base, tokenizer, config.defense) if needs_eos else None
+        block_length = block_length_for(models.base, config.block_length)
         data = _Data(
-            config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id, eos_id
-        )
+            config, runtime, tokenizer, prompts, benign_prompts, sentences, mask_id, eos_id,
+            block_length=block_length, pad_id=models.base.pad_token_id,
+        )  # fmt: skip
         check_window(config.window, config.gen_length, data.longest_sentence())
         optimizer = torch.optim.AdamW(
             models.parameters(), lr=config.lr, weight_decay=config.weight_decay

@@ -76,6 +76,8 @@ def _align(args: argparse.Namespace) -> int:
             export_merged=args.export_merged,
             device=args.device,
             defense=defense,
+            block_length=args.block_length,
+            lora_experts=args.lora_experts,
             **settings,
         )
         out = train(config, prompts, sentences=sentences, benign_prompts=benign)
@@ -136,6 +138,12 @@ def add_parser(commands) -> None:
                 defense.flag, dest="defense", action="store_const", const=name, help=defense.help
             )
     p.set_defaults(defense=next(n for n, d in DEFENSES.items() if d.flag is None))
+    g.add_argument(
+        "--block-length",
+        type=int,
+        help="block-diffusion models (LLaDA2): the block the canvas is laid out and attended "
+        "in, as block_generate decodes (default: the sampler's, 32); not for other models",
+    )
     g.add_argument("--beta", type=float, default=default["beta"], help="KL weight")
     g.add_argument(
         "--benign-beta", type=float, help=f"benign-KL weight (default {default['benign_beta']:g})"
@@ -145,6 +153,11 @@ def add_parser(commands) -> None:
     g.add_argument("--fsdp", action="store_true", help="full fine-tuning sharded with FSDP2")
     g.add_argument("--lora-r", type=int, default=default["lora_r"])
     g.add_argument("--lora-alpha", type=int, default=default["lora_alpha"])
+    g.add_argument(
+        "--lora-experts",
+        action="store_true",
+        help="MoE models: LoRA on the routed experts too (adds the router balancing loss)",
+    )
     g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {default['lr']:g})")
     g.add_argument("--clip", type=float, help=f"gradient-norm clip (default {default['clip']:g})")
     g.add_argument("--epochs", type=int, default=default["epochs"])

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from .cache import KVCache
 from .files import write_checkpoint
 from .layers import AttentionInputs, RMSNorm, rotary_tables
+from .moe import load_balancing_loss
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
@@ -79,12 +80,16 @@ class DiffusionLM(nn.Module):
     rope_in_fp32: ClassVar[bool]
     lora_target_modules: ClassVar[str]
     """Regular expression (peft ``target_modules``) for every attention and MLP projection."""
+    lora_expert_modules: ClassVar[str | None] = None
+    """The routed experts' projections (MoE families), which ``lora_targets(experts=True)``
+    adds; None for a family without routed experts."""
 
     def __init__(self, config: Any):
         super().__init__()
         self.config = config
         self.gradient_checkpointing = False
         self.name_or_path: str | None = None
+        self._routers: list[nn.Module] = []
 
     # Family hooks ------------------------------------------------------------------------
 
@@ -140,6 +145,42 @@ class DiffusionLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.get_input_embeddings().weight.dtype
+
+    def lora_targets(self, experts: bool = False) -> str:
+        """peft ``target_modules``: ``lora_target_modules``, plus the routed experts' projections
+        when ``experts`` (the MoE families' ``lora_experts`` option)."""
+        if not experts:
+            return self.lora_target_modules
+        if self.lora_expert_modules is None:
+            raise ValueError(
+                f"lora_experts=True wraps routed experts, which {type(self).__name__} does not "
+                "have; leave lora_experts False for a dense model"
+            )
+        return f"(?:{self.lora_target_modules})|(?:{self.lora_expert_modules})"
+
+    def keep_router_outputs(self, keep: bool = True) -> int:
+        """Makes every MoE block keep its router's outputs in training forwards (gradients on),
+        so that ``forward`` returns the load-balancing loss as ``aux_loss``; ``keep=False``
+        stops it (the default: nothing kept, nothing computed). Returns the number of MoE
+        blocks."""
+        routers = [m for m in self.modules() if hasattr(m, "keep_routing")]
+        for router in routers:
+            router.keep_routing, router.routing = keep, None
+        self._routers = routers if keep else []
+        return len(routers)
+
+    def _router_aux_loss(self, key_valid: torch.Tensor | None) -> torch.Tensor | None:
+        """``router_aux_loss_coef`` times the mean over MoE layers of their load-balancing loss
+        (``mosa.models.moe.load_balancing_loss``) over the valid tokens; the kept outputs are
+        released."""
+        kept = [router.routing for router in self._routers if router.routing is not None]
+        for router in self._routers:
+            router.routing = None
+        if not kept:
+            return None
+        valid = None if key_valid is None else key_valid.reshape(-1)
+        losses = [load_balancing_loss(probs, ids, valid) for probs, ids in kept]
+        return self.config.router_aux_loss_coef * torch.stack(losses).mean()
 
     # Forward ----------------------------------------------------------------------------
 
@@ -229,6 +270,7 @@ class DiffusionLM(nn.Module):
             else:
                 x = block(x, inputs)
         hidden = self.final_norm(x)
+        aux_loss = self._router_aux_loss(key_valid) if self._routers else None
 
         logits = None
         if return_logits:
@@ -241,7 +283,9 @@ class DiffusionLM(nn.Module):
             logits = F.linear(hidden, self.lm_head_weight, self.lm_head_bias)
             if self.logits_shift:
                 logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return DiffusionLMOutput(hidden_states=hidden, logits=logits, cache=cache)
+        return DiffusionLMOutput(
+            hidden_states=hidden, logits=logits, cache=cache, aux_loss=aux_loss
+        )
 
     def _check_inputs(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None

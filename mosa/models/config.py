@@ -483,6 +483,9 @@ class LLaDA2Config(_ConfigBase):
     n_group: int = 8
     topk_group: int = 4
     routed_scaling_factor: float = 2.5
+    # Not in the published LLaDA2.x configs; the load-balancing weight the trainer uses when
+    # experts train (docs/DESIGN.md §7).
+    router_aux_loss_coef: float = 0.001
     moe_intermediate_size: int | None = None
     first_k_dense_replace: int = 0
     pad_token_id: int | None = 126081
@@ -625,6 +628,7 @@ class LLaDAMoEConfig(_HeadShapes, _ConfigBase):
     qk_layernorm: bool | None = None
     moe_layer_freq: tuple[int, ...] = ()
     moe_router_enable_expert_bias: bool | None = None
+    router_aux_loss_coef: float = 0.01
     mask_token_id: int | None = 156895
     pad_token_id: int | None = 1
     eos_token_id: TokenIds = 50279

@@ -115,6 +115,7 @@ class LLaDA2Model(DecoderStackLM):
         r"model\.layers\.\d+\.(attention\.(query_key_value|dense)"
         r"|mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj))"
     )
+    lora_expert_modules = r"model\.layers\.\d+\.mlp\.experts\.\d+\.(gate_proj|up_proj|down_proj)"
 
     def __init__(self, config: LLaDA2Config):
         if not isinstance(config, LLaDA2Config):

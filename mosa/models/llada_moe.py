@@ -116,6 +116,7 @@ class LLaDAMoEModel(DecoderStackLM):
         r"model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
         r"|(mlp|shared_expert)\.(gate_proj|up_proj|down_proj))"
     )
+    lora_expert_modules = r"model\.layers\.\d+\.mlp\.experts\.\d+\.(gate_proj|up_proj|down_proj)"
 
     def __init__(self, config: LLaDAMoEConfig):
         if not isinstance(config, LLaDAMoEConfig):

@@ -230,7 +230,14 @@ class LLaDA2Gate(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``h [N, d]`` -> ``(expert_ids int64[N, k], weights float32[N, k])``."""
-        logits = F.linear(h.float(), self.weight.float())
+        return self.route(self.logits(h))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [N, d]`` -> fp32 router logits ``[N, E]``."""
+        return F.linear(h.float(), self.weight.float())
+
+    def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The router's choice from its logits (``route_grouped_sigmoid``)."""
         return route_grouped_sigmoid(
             logits,
             self.expert_bias,
@@ -241,7 +248,50 @@ class LLaDA2Gate(nn.Module):
         )
 
 
-class LLaDA2SparseMoe(nn.Module):
+class KeptRouting(nn.Module):
+    """An MoE block that keeps its router's outputs for a load-balancing loss when asked.
+
+    ``keep_routing`` (False by default, so nothing is kept and nothing costs) is set by
+    ``DiffusionLM.keep_router_outputs``; a forward with it set and gradients on leaves
+    ``routing = (probabilities [N, E], expert_ids int64[N, k])``, the tokens in ``h``'s
+    flattened order, for ``load_balancing_loss``.
+    """
+
+    keep_routing = False
+    routing: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _keep(self, probabilities: torch.Tensor, expert_ids: torch.Tensor) -> None:
+        self.routing = (probabilities, expert_ids)
+
+    def _keeps(self) -> bool:
+        return self.keep_routing and torch.is_grad_enabled()
+
+
+def load_balancing_loss(
+    probabilities: torch.Tensor, expert_ids: torch.Tensor, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """The Switch / OLMoE load-balancing loss ``E * sum_e f_e * P_e`` of one MoE layer.
+
+    ``f_e`` is the share of the top-k assignments (``expert_ids [N, k]``) that went to expert
+    e and ``P_e`` the mean routing probability (``probabilities [N, E]``) of expert e, both
+    over the tokens where ``valid`` ``[N]`` is True (all when None); 1 when balanced. ``f`` has
+    no gradient; the loss reaches the router through ``P``. No host read.
+    """
+    num_experts, top_k = probabilities.shape[1], expert_ids.shape[1]
+    if valid is None:
+        weight = probabilities.new_ones(probabilities.shape[0])
+    else:
+        weight = valid.to(probabilities.dtype)
+    tokens = weight.sum().clamp(min=1)
+    counts = probabilities.new_zeros(num_experts).index_add_(
+        0, expert_ids.reshape(-1), weight.repeat_interleave(top_k)
+    )
+    share = counts / (tokens * top_k)
+    mean_probability = (probabilities * weight[:, None]).sum(dim=0) / tokens
+    return num_experts * (share * mean_probability).sum()
+
+
+class LLaDA2SparseMoe(KeptRouting):
     """LLaDA2.x's MoE block: routed experts weighted by ``LLaDA2Gate``, plus the shared
     experts' MLP (width ``moe_intermediate_size * num_shared_experts``) unless
     ``num_shared_experts`` is None. Names: ``gate.weight``, ``gate.expert_bias``,
@@ -272,14 +322,18 @@ class LLaDA2SparseMoe(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, L, d]`` -> ``[B, L, d]`` in h's dtype."""
         flat = h.reshape(-1, h.shape[-1])
-        expert_ids, weights = self.gate(flat)
+        logits = self.gate.logits(flat)
+        expert_ids, weights = self.gate.route(logits)
+        if self._keeps():  # the normalised sigmoid scores are the routing probabilities
+            scores = torch.sigmoid(logits)
+            self._keep(scores / scores.sum(dim=-1, keepdim=True), expert_ids)
         out = self.experts(flat, expert_ids, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         return out.view(h.shape)
 
 
-class LLaDAMoESparseMoe(nn.Module):
+class LLaDAMoESparseMoe(KeptRouting):
     """LLaDA-MoE's (OLMoE-style) MoE block: ``route_softmax`` on ``gate(h)`` (logits in h's
     dtype), weights cast to h's dtype, no normalisation. Names: ``gate.weight``,
     ``experts.{e}.{gate,up,down}_proj.weight`` and, when ``expert_bias``, the buffer
@@ -305,7 +359,9 @@ class LLaDAMoESparseMoe(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, L, d]`` -> ``[B, L, d]`` in h's dtype."""
         flat = h.reshape(-1, h.shape[-1])
-        expert_ids, weights = route_softmax(
-            self.gate(flat), top_k=self.top_k, expert_bias=self.expert_bias
-        )
+        logits = self.gate(flat)
+        expert_ids, weights = route_softmax(logits, top_k=self.top_k, expert_bias=self.expert_bias)
+        if self._keeps():
+            wide = torch.promote_types(logits.dtype, torch.float32)  # fp32, or float64
+            self._keep(torch.softmax(logits.to(wide), dim=-1), expert_ids)
         return self.experts(flat, expert_ids, weights.to(flat.dtype)).view(h.shape)

@@ -30,37 +30,45 @@ def _batch(seed: int = 0) -> AlignBatch:
     return AlignBatch(torch.cat([ids, canvas], dim=1), mask, GEN_LENGTH, positive, negative)
 
 
-def _forwards(model):
-    def policy(ids, mask):
-        return model(ids, mask).hidden_states
+def forwards(model):
+    """``(policy, reference, policy_logits, reference_logits)`` of a peft model (keywords such
+    as ``block_length`` are passed on)."""
 
-    def reference(ids, mask):
+    def policy(ids, mask, **kw):
+        return model(ids, mask, **kw).hidden_states
+
+    def reference(ids, mask, **kw):
         with model.disable_adapter():
-            return model(ids, mask).hidden_states
+            return model(ids, mask, **kw).hidden_states
 
-    def policy_logits(ids, mask):
-        return model(ids, mask, return_logits=True).logits
+    def policy_logits(ids, mask, **kw):
+        return model(ids, mask, return_logits=True, **kw).logits
 
-    def reference_logits(ids, mask):
+    def reference_logits(ids, mask, **kw):
         with model.disable_adapter():
-            return model(ids, mask, return_logits=True).logits
+            return model(ids, mask, return_logits=True, **kw).logits
 
     return policy, reference, policy_logits, reference_logits
+
+
+def fused_and_plain(base, model, batch, window):
+    """``(fused, its LoRA gradients, plain, its LoRA gradients)``: ``mosa_terms`` and
+    ``reference_terms`` of ``batch`` and the gradients of their loss at beta 0.05."""
+    policy, reference, policy_logits, reference_logits = forwards(model)
+    head = (base.lm_head_weight, base.lm_head_bias)
+    lora = [p for p in model.parameters() if p.requires_grad]
+    fused = mosa_terms(policy, reference, head, base.logits_shift, batch, window)
+    fused_grads = torch.autograd.grad(fused.loss(0.05).sum(), lora)
+    plain = reference_terms(policy_logits, reference_logits, batch, window)
+    plain_grads = torch.autograd.grad(plain.loss(0.05).sum(), lora)
+    return fused, fused_grads, plain, plain_grads
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("window", [WINDOW, (0, 0), (15, 40)])
 def test_fused_objective_matches_reference_and_its_gradients(family, window):
     base, model = lora_model(family)
-    policy, reference, policy_logits, reference_logits = _forwards(model)
-    batch = _batch()
-    head = (base.lm_head_weight, base.lm_head_bias)
-    lora = [p for p in model.parameters() if p.requires_grad]
-
-    fused = mosa_terms(policy, reference, head, base.logits_shift, batch, window)
-    fused_grads = torch.autograd.grad(fused.loss(0.05).sum(), lora)
-    plain = reference_terms(policy_logits, reference_logits, batch, window)
-    plain_grads = torch.autograd.grad(plain.loss(0.05).sum(), lora)
+    fused, fused_grads, plain, plain_grads = fused_and_plain(base, model, _batch(), window)
 
     for name in ("reward_plus", "reward_minus", "kl"):
         torch.testing.assert_close(

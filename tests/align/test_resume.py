@@ -5,14 +5,19 @@ from __future__ import annotations
 import fcntl
 import json
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import mosa.tiny
 from mosa.align import trainer
 from mosa.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from tiny_checkpoints import tiny_family_folder, tiny_sentence_args  # noqa: E402
 
 pytest.importorskip("peft")
 
@@ -20,6 +25,21 @@ pytest.importorskip("peft")
 def _align(out: Path, *extra: str) -> int:
     """The tiny model's run (its prompts and settings), a few steps."""
     return main(["align", "--out", str(out), *extra])
+
+
+def _run_args(tmp_path: Path, family: str) -> list[str]:
+    """The model and settings of a run: none for the tiny model (its own), else a tiny random
+    ``family`` folder over the tiny model's tokenizer and prompts."""
+    if family == "tiny":
+        return []
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(mosa.tiny.align_prompts()[0][:16]) + "\n")
+    folder = tiny_family_folder(tmp_path / family, family, seed=1)
+    return [
+        str(folder), "--prompts", str(prompts), "--gen-length", "14", "--window", "2", "5",
+        "--batch-size", "2", "--lr", "1e-3", "--lora-r", "4", "--lora-alpha", "8",
+        "--block-length", "4", "--lora-experts", *tiny_sentence_args(tmp_path),
+    ]  # fmt: skip
 
 
 def _refusal(capsys, out: Path, *extra: str) -> str:
@@ -70,13 +90,16 @@ def test_a_second_run_into_a_busy_folder_is_refused_at_once(tmp_path, monkeypatc
     assert a_file.read_text() == "kept"
 
 
+@pytest.mark.parametrize("family", ["tiny", "llada2"])
 def test_ctrl_c_keeps_the_steps_done_and_a_rerun_resumes_to_the_whole_run(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, family
 ):
     """A Ctrl-C (a real SIGINT, in-process) while step 1 runs: step 1 ends, a checkpoint is
-    saved at step 2, one line says so, and the rerun ends where the uninterrupted run does."""
+    saved at step 2, one line says so, and the rerun ends where the uninterrupted run does.
+    LLaDA2: its block-causal canvas, LoRA on the routed experts and the router loss."""
+    run = _run_args(tmp_path, family)
     whole = tmp_path / "whole"
-    assert _align(whole, "--max-steps", "4") == 0
+    assert _align(whole, *run, "--max-steps", "4") == 0
     step_once = trainer._train_step
 
     def ctrl_c_in_step_1(models, data, optimizer, config, step):
@@ -86,7 +109,7 @@ def test_ctrl_c_keeps_the_steps_done_and_a_rerun_resumes_to_the_whole_run(
 
     out = tmp_path / "run"
     monkeypatch.setattr(trainer, "_train_step", ctrl_c_in_step_1)
-    message = _refusal(capsys, out, "--max-steps", "4")
+    message = _refusal(capsys, out, *run, "--max-steps", "4")
     assert message == (
         "mosa align: interrupted at step 2; rerun the same command to resume from step 2 "
         f"({out / 'checkpoint'})"
@@ -97,7 +120,7 @@ def test_ctrl_c_keeps_the_steps_done_and_a_rerun_resumes_to_the_whole_run(
 
     monkeypatch.setattr(trainer, "_train_step", step_once)
     capsys.readouterr()
-    assert _align(out, "--max-steps", "4") == 0
+    assert _align(out, *run, "--max-steps", "4") == 0
     assert "resuming from step 2" in capsys.readouterr().out
     log = (out / "metrics.jsonl").read_text()
     assert _values(log) == _values((whole / "metrics.jsonl").read_text())

@@ -17,6 +17,9 @@ from mosa.align import AlignConfig, train
 from mosa.cli import main
 from mosa.models import load_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from tiny_checkpoints import tiny_family_folder, tiny_sentence_args  # noqa: E402
+
 pytest.importorskip("peft")
 
 SMALL = dict(gen_length=16, window=(2, 6), lora_r=4, lora_alpha=8, lr=1e-3, clip=1.0)
@@ -175,20 +178,41 @@ def _torchrun(args: list[str], nproc: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _cli_args(out: Path, prompts: Path, per_process_batch: int) -> list[str]:
+def _cli_args(out: Path, prompts: Path, per_process_batch: int, model: Path | None = None):
+    folder = [] if model is None else [str(model), *tiny_sentence_args(model)]
     return [
-        "--out", str(out), "--prompts", str(prompts), "--benign-beta", "0",
+        *folder, "--out", str(out), "--prompts", str(prompts), "--benign-beta", "0",
         "--gen-length", "16", "--window", "2", "6", "--lora-r", "4", "--lora-alpha", "8",
         "--batch-size", str(per_process_batch), "--max-steps", "3", "--seed", "1",
     ]  # fmt: skip
 
 
+def _model_folder(tmp_path: Path, family: str) -> Path | None:
+    """None: the embedded tiny model; else ``family``'s tiny random model's folder."""
+    if family == "tiny":
+        return None
+    return tiny_family_folder(tmp_path / family, family, seed=2)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {
+        k: v for shard in sorted(folder.glob("*.safetensors")) for k, v in load_file(shard).items()
+    }
+
+
+# LLaDA2 (block-causal canvas, block 4, and with --lora-experts the routed experts' adapters,
+# which only some tokens reach, and the router balancing loss).
+FAMILIES = [("tiny", ()), ("llada2", ("--block-length", "4")), ("llada2", ("--lora-experts",))]
+
+
 @pytest.mark.slow
-def test_two_process_ddp_equals_one_process(tmp_path):
+@pytest.mark.parametrize(("family", "extra"), FAMILIES)
+def test_two_process_ddp_equals_one_process(tmp_path, family, extra):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(_prompts()) + "\n")
-    assert main(["align", *_cli_args(tmp_path / "one", prompts, 4)]) == 0
-    _torchrun(_cli_args(tmp_path / "two", prompts, 2), nproc=2)
+    model = _model_folder(tmp_path, family)
+    assert main(["align", *_cli_args(tmp_path / "one", prompts, 4, model), *extra]) == 0
+    _torchrun([*_cli_args(tmp_path / "two", prompts, 2, model), *extra], nproc=2)
     one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     # LoRA B starts at zero (peft): its values are its update, the yardstick for A's too.
     start = {n: torch.zeros_like(t) if "lora_B" in n else t for n, t in one.items()}
@@ -201,14 +225,16 @@ def test_two_process_ddp_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_fsdp2_full_finetune_equals_one_process(tmp_path):
+@pytest.mark.parametrize("family", ["tiny", "llada2"])
+def test_two_process_fsdp2_full_finetune_equals_one_process(tmp_path, family):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(_prompts()) + "\n")
-    assert main(["align", *_cli_args(tmp_path / "one", prompts, 4), "--full-finetune"]) == 0
-    _torchrun([*_cli_args(tmp_path / "two", prompts, 2), "--fsdp"], nproc=2)
-    one = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "model" / "model.safetensors")
-    _assert_same_updates(two, one, load_file(mosa.tiny.path() / "model.safetensors"))
+    model = _model_folder(tmp_path, family)
+    assert main(["align", *_cli_args(tmp_path / "one", prompts, 4, model), "--full-finetune"]) == 0
+    _torchrun([*_cli_args(tmp_path / "two", prompts, 2, model), "--fsdp"], nproc=2)
+    one = _weights(tmp_path / "one" / "model")
+    two = _weights(tmp_path / "two" / "model")
+    _assert_same_updates(two, one, _weights(model or mosa.tiny.path()))
 
 
 def test_benign_prompts_are_walked_in_order(monkeypatch):
@@ -220,7 +246,12 @@ def test_benign_prompts_are_walked_in_order(monkeypatch):
     config = _config(Path("unused"), batch_size=2, grad_accum=2, epochs=2, benign_beta=1.0)
     tokenizer = load_tokenizer(mosa.tiny.path())
     seen = []
-    monkeypatch.setattr(trainer, "_canvas", lambda tokenizer, prompts, *rest: seen.extend(prompts))
+
+    def canvas(tokenizer, prompts, *rest):
+        seen.extend(prompts)
+        return torch.zeros((len(prompts), 1), dtype=torch.long), None
+
+    monkeypatch.setattr(trainer, "_canvas", canvas)
     for rank in range(2):
         runtime = Runtime(rank, 2, torch.device("cpu"))
         data = trainer._Data(

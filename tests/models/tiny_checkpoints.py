@@ -191,3 +191,36 @@ def padded_batch(
         ids[row, total - n :] = torch.randint(0, 120, (n,), generator=generator)
         mask[row, total - n :] = 1
     return ids, mask
+
+
+def tiny_family_folder(folder: Path, family: str, seed: int = 0) -> Path:
+    """A model folder of ``family``'s tiny random model over the embedded tiny model's
+    tokenizer and chat template (``config_over``), weights in one shard: a folder ``mosa
+    align`` and ``load_model`` take like a published checkpoint's."""
+    import shutil
+
+    import mosa.tiny
+    from mosa.text.prompts import load_tokenizer
+
+    source = mosa.tiny.path()
+    config = config_over(family, load_tokenizer(source))
+    model = build_model(config, device="cpu")
+    write_sharded(folder, config, random_weights(model, seed), shards=1)
+    for path in source.iterdir():
+        if path.name.startswith(("tokenizer", "chat_template")):
+            shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+def tiny_sentence_args(folder: Path) -> list[str]:
+    """``mosa align``'s ``--refusals`` / ``--harmful`` for the embedded tiny model's sentence
+    sets (in its vocabulary), written as JSON lists into ``folder``."""
+    import mosa.tiny
+
+    sentences = mosa.tiny.align_sentences()
+    args = []
+    for flag, texts in (("--refusals", sentences.refusals), ("--harmful", sentences.harmful)):
+        path = folder / f"{flag[2:]}.json"
+        path.write_text(json.dumps(list(texts)))
+        args += [flag, str(path)]
+    return args
