@@ -40,7 +40,8 @@ class BlockDiffusionState:
 
     Attributes:
         x: ``int64[B, L]``, the aligned canvas. key_valid: ``bool[B, L]`` or None.
-        given: ``bool[B, L]``, the prompt and padding (never committed or edited).
+        given: ``bool[B, L]``, the prompt, padding and fixed response tokens (never
+            committed or edited).
         trace: ``int64[B, L]``, the row's step each position was last written at, -1 where
             none wrote it.
         row_start, response_start: ``int64[B]``, each row's first prompt / response slot.

@@ -49,6 +49,7 @@ def block_generate(
     generator: torch.Generator | None = None,
     cuda_graphs: bool | str = "auto",
     truncate: str | None = None,
+    response: torch.Tensor | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Sample responses with LLaDA2.x's block-diffusion decoding (docs/DESIGN.md §6).
 
@@ -96,6 +97,15 @@ def block_generate(
             ``True`` raises where unsupported, ``False`` is always eager.
         truncate: ``'left'`` keeps the end of a prompt that does not fit the model's
             context with ``gen_length`` (refused by default).
+        response: optional ``int[G]``/``int[B, G]`` initial response (``G = gen_length``):
+            ids other than ``mask_id`` are fixed tokens, written at their response
+            positions (after each row's shift to its blocks) and never remasked nor edited
+            (LLaDA2.1's ``editing_threshold`` leaves them), as ``generate``'s. A fixed token
+            counts as committed: it is no candidate, a block whose masks are all filled ends
+            (a whole fixed block runs no step), and its trace is -1. Unlike ``generate``,
+            which splits a block's masked count over its steps, LLaDA2.0's schedule stays
+            the published split of ``block_length`` (as for a block the prompt partly fills),
+            so a block holding fixed tokens may take fewer steps.
 
     Returns ``int64[B, P + gen_length]`` in the input's layout (prompt and padding as given),
     or a ``GenerateOutput``.
@@ -113,7 +123,7 @@ def block_generate(
         eos_id=eos_id,
     )  # fmt: skip
     input_ids, attention_mask = fit_prompt(model, input_ids, attention_mask, gen_length, truncate)
-    prompts = build_canvas(input_ids, attention_mask, gen_length, settings.mask_id)
+    prompts = build_canvas(input_ids, attention_mask, gen_length, settings.mask_id, response)
     canvas = BlockCanvas.lay_out(
         prompts, block_length, settings.mask_id, bucket_pad_id(model, settings.mask_id)
     )
