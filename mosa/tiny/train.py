@@ -12,10 +12,11 @@ U(eps, 1]``, masks each response token (EOS padding included) with probability `
 loss is the sum of the masked tokens' cross-entropy divided by ``t``, normalised by the
 response length.
 
-``llada2`` (block-diffusion SFT, ``block_sft_loss``): a sample's sequence (prompt, response,
-then EOS up to the next multiple of ``BLOCK_LENGTH``, the positions the sampler's last block
-decodes) is counted in blocks of ``BLOCK_LENGTH`` from its position 0. Each sample draws one
-block uniformly among those holding response positions and ``t ~ U(eps, 1]``; the block's
+``llada2`` (block-diffusion SFT, ``block_sft_loss``): a sample's sequence (prompt, then the
+EOS-padded response) is counted in blocks of ``BLOCK_LENGTH`` from its position 0. Each sample
+draws one block uniformly among those the sampler decodes, the blocks holding response
+positions up to the one holding the response's first EOS (``block_generate`` stops a row
+after that block), and ``t ~ U(eps, 1]``; the block's
 response tokens are masked with probability ``t`` (its prompt tokens never), earlier blocks
 stay clean, and the model runs block-causally (``block_length=BLOCK_LENGTH``), so later blocks
 are invisible and the sequence is cut at the chosen block's end. The loss is the sum of the
@@ -105,13 +106,14 @@ class BlockDraw:
     uniform: torch.Tensor
 
     @classmethod
-    def draw(cls, prompt_lengths: torch.Tensor, length: int, generator) -> BlockDraw:
-        """Draws for rows of ``prompt_lengths`` real prompt tokens and ``length``-token
-        responses: a block uniformly among those holding response positions."""
+    def draw(cls, prompt_lengths: torch.Tensor, eos_at: torch.Tensor, generator) -> BlockDraw:
+        """Draws for rows of ``prompt_lengths`` real prompt tokens whose responses hold their
+        first EOS at ``eos_at``: a block uniformly among those from the one holding the first
+        response position to the one holding that EOS."""
         batch = prompt_lengths.shape[0]
         t = (1 - EPS) * torch.rand(batch, 1, generator=generator) + EPS
         first = prompt_lengths // BLOCK_LENGTH
-        count = (prompt_lengths + length + BLOCK_LENGTH - 1) // BLOCK_LENGTH - first
+        count = (prompt_lengths + eos_at) // BLOCK_LENGTH - first + 1
         block = first + (torch.rand(batch, generator=generator) * count).long()
         uniform = torch.rand(batch, BLOCK_LENGTH, generator=generator)
         return cls(t, block, uniform)
@@ -121,7 +123,7 @@ def block_batch(tokenizer, prompts, response, draw: BlockDraw):
     """The cut, noised sequences of a block-diffusion SFT batch, left-padded by whole blocks:
     ``(ids, attention_mask, targets, masked)``, the last two ``[B, BLOCK_LENGTH]`` (the clean
     chosen block and where it is masked)."""
-    fill = [tokenizer.eos_token_id] * (BLOCK_LENGTH - 1)
+    fill = [tokenizer.eos_token_id] * BLOCK_LENGTH
     rows, masked = [], []
     offsets = torch.arange(BLOCK_LENGTH)
     for i, prompt in enumerate(prompts):
@@ -136,11 +138,20 @@ def block_batch(tokenizer, prompts, response, draw: BlockDraw):
     return ids, attention, targets, masked
 
 
+def first_eos(response: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """``int64[B]``: the index of each response row's first EOS (a row without one is a
+    ValueError: ``encode_examples`` pads every response with at least one)."""
+    is_eos = response == eos_id
+    if not bool(is_eos.any(dim=1).all()):
+        raise ValueError("every response must end with EOS padding; encode it with encode_examples")
+    return is_eos.int().argmax(dim=1)
+
+
 def block_sft_loss(model, tokenizer, prompts, response, generator) -> torch.Tensor:
     """The block-diffusion SFT loss on one batch (module docstring): the chosen blocks' masked
     response tokens' CE / t, per block position."""
     lengths = torch.tensor([len(p) for p in prompts])
-    draw = BlockDraw.draw(lengths, response.shape[1], generator)
+    draw = BlockDraw.draw(lengths, first_eos(response, tokenizer.eos_token_id), generator)
     ids, attention, targets, masked = block_batch(tokenizer, prompts, response, draw)
     logits = model(ids, attention, return_logits=True, block_length=BLOCK_LENGTH).logits
     logits = logits[:, -BLOCK_LENGTH:]

@@ -63,23 +63,33 @@ def test_block_sft_loss_matches_float64_reference(tokenizer):
     lengths = [3, 8, 13, 16, 21, 7]
     prompts = [torch.randint(7, len(tokenizer), (n,), generator=words).tolist() for n in lengths]
     response = torch.randint(7, len(tokenizer), (len(lengths), 13), generator=words)
-    response[:, 9:] = tokenizer.eos_token_id
+    eos_at = torch.tensor([12, 0, 5, 9, 3, 8])
+    for row, at in enumerate(eos_at.tolist()):
+        response[row, at:] = tokenizer.eos_token_id
+    assert torch.equal(train.first_eos(response, tokenizer.eos_token_id), eos_at)
     loss = train.block_sft_loss(
         model, tokenizer, prompts, response, torch.Generator().manual_seed(2)
     )
-    draw = train.BlockDraw.draw(torch.tensor(lengths), 13, torch.Generator().manual_seed(2))
+    draw = train.BlockDraw.draw(torch.tensor(lengths), eos_at, torch.Generator().manual_seed(2))
     expected = reference_block_loss(reference_model, tokenizer, prompts, response, draw)
     assert expected > 0
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_block_draw_covers_exactly_the_blocks_holding_response_positions():
+def test_block_draw_covers_the_blocks_the_sampler_decodes():
+    # From the block of the first response position to the block of the first EOS.
     lengths = torch.tensor([3, 8, 13, 16]).repeat_interleave(500)
-    draw = train.BlockDraw.draw(lengths, 13, torch.Generator().manual_seed(0))
-    for p in (3, 8, 13, 16):
+    eos_at = torch.tensor([13, 0, 2, 39]).repeat_interleave(500)
+    draw = train.BlockDraw.draw(lengths, eos_at, torch.Generator().manual_seed(0))
+    for p, e in ((3, 13), (8, 0), (13, 2), (16, 39)):
         drawn = set(draw.block[lengths == p].tolist())
-        assert drawn == set(range(p // BLOCK, (p + 13 + BLOCK - 1) // BLOCK)), p
+        assert drawn == set(range(p // BLOCK, (p + e) // BLOCK + 1)), p
     assert bool((draw.t > 0).all()) and bool((draw.t <= 1).all())
+
+
+def test_first_eos_refuses_a_response_without_eos(tokenizer):
+    with pytest.raises(ValueError, match="EOS padding"):
+        train.first_eos(torch.tensor([[7, 8], [7, tokenizer.eos_token_id]]), tokenizer.eos_token_id)
 
 
 def test_block_batch_left_pads_by_whole_blocks(tokenizer):
