@@ -134,3 +134,5 @@ def test_families_agree_and_unknown_ones_are_refused():
         mosa.tiny.path("dream")
     with pytest.raises(ValueError, match="llada, llada2"):
         train.tiny_family("dream")
+    with pytest.raises(ValueError, match="no tiny evaluation preset for a dream model"):
+        evaluate.sampler_defaults(build_model("dream-7b", device="meta"))
