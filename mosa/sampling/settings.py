@@ -8,7 +8,9 @@ evaluation schedule: blocks of 32) for the eval runner, DiffuGuard's calibration
 model (a Dream model's evaluation order is its family's ``eval_defaults``,
 ``mosa/models/families.py``, below this package). ``LLADA2_REFERENCE`` holds the published
 LLaDA2.0 ``generate``'s defaults (``block_generate``'s signature reads them) and
-``LLADA21_REFERENCE`` LLaDA2.1's, whose token editing is on. A new default goes here and nowhere else (``tests/sampling/test_settings.py`` greps the package for restated ones).
+``LLADA21_REFERENCE`` LLaDA2.1's, whose token editing is on; ``TINY_BLOCK_EVALUATION`` is
+the tiny block-diffusion model's (``mosa/tiny``, family ``llada2``: the 40-token canvas in
+blocks of 8, up to 8 steps a block, the published threshold). A new default goes here and nowhere else (``tests/sampling/test_settings.py`` greps the package for restated ones).
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ class BlockDiffusionSampling:
     max_post_steps: int = 16
     num_to_transfer: int = 1
 
+    def schedule(self) -> dict:
+        """Every field, as ``block_generate`` keywords: what the eval runner and the tiny
+        evaluation pass to the sampler."""
+        return dataclasses.asdict(self)
+
     def replace(self, **changes) -> BlockDiffusionSampling:
         """A copy with ``changes`` (a field name that does not exist is a TypeError)."""
         return dataclasses.replace(self, **changes)
@@ -87,3 +94,4 @@ TINY_EVALUATION = LLADA_REFERENCE.replace(gen_length=40, block_length=8, steps=4
 DREAM_REFERENCE = DreamSampling()
 LLADA2_REFERENCE = BlockDiffusionSampling()
 LLADA21_REFERENCE = LLADA2_REFERENCE.replace(editing_threshold=0.9)
+TINY_BLOCK_EVALUATION = LLADA2_REFERENCE.replace(gen_length=40, block_length=8, steps=8)

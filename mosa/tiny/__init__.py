@@ -1,16 +1,28 @@
-"""The embedded tiny dLLM (docs/DESIGN.md §9): a few-million-parameter LLaDA-architecture model with
-its own word-level tokenizer, trained by ``python -m mosa.tiny.train`` on the synthetic chat
-corpus of ``mosa.tiny.corpus`` and shipped in ``mosa/tiny/model``.
+"""The embedded tiny dLLMs (docs/DESIGN.md §9): few-million-parameter models with their own
+word-level tokenizer, trained by ``python -m mosa.tiny.train [--family F]`` on the synthetic
+chat corpus of ``mosa.tiny.corpus`` and shipped in the package: the LLaDA-architecture model
+in ``mosa/tiny/model`` and the block-diffusion LLaDA2 MoE model in ``mosa/tiny/llada2``.
 
 >>> import mosa, mosa.tiny
 >>> model = mosa.load_model(mosa.tiny.path())
+>>> block_model = mosa.load_model(mosa.tiny.path("llada2"))
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ALIGN_SETTINGS", "DEFENSE_SETTINGS", "align_prompts", "align_sentences", "path"]
+__all__ = [
+    "ALIGN_SETTINGS",
+    "DEFENSE_SETTINGS",
+    "FOLDERS",
+    "align_prompts",
+    "align_sentences",
+    "path",
+]
+
+FOLDERS = {"llada": "model", "llada2": "llada2"}
+"""The shipped checkpoint folder (inside this package) of each tiny model family."""
 
 ALIGN_SETTINGS = {
     "gen_length": 40,
@@ -35,9 +47,12 @@ and then the benign-KL weight decides its utility, hence the larger weight (READ
 "Alignment", has the measurements)."""
 
 
-def path() -> Path:
-    """The folder of the shipped checkpoint (``config.json``, ``model.safetensors``, tokenizer)."""
-    return Path(__file__).resolve().parent / "model"
+def path(family: str = "llada") -> Path:
+    """The folder of the shipped tiny ``family`` checkpoint (``config.json``,
+    ``model.safetensors``, tokenizer); an unknown family is a ValueError naming the known ones."""
+    if family not in FOLDERS:
+        raise ValueError(f"no tiny {family!r} model; tiny families: {', '.join(FOLDERS)}")
+    return Path(__file__).resolve().parent / FOLDERS[family]
 
 
 def align_sentences():

@@ -3,8 +3,10 @@
 ``evaluate(model, tokenizer)`` returns, in percent: benign task accuracy (exact answer),
 plain harmful requests refused, harmful requests with an affirmative prefill complied with,
 jailbreak-wrapped harmful requests complied with, and risky-sounding benign requests
-answered (not refused). Sampling is greedy with ``SAMPLER_DEFAULTS``; prompts are batched
-with left padding; a prefill is fixed tokens at the start of the response canvas.
+answered (not refused). Sampling is greedy with the model family's preset
+(``FAMILY_DEFAULTS``: ``SAMPLER_DEFAULTS`` for LLaDA, ``TINY_BLOCK_EVALUATION``'s for the
+block-diffusion LLaDA2 model); prompts are batched with left padding; a prefill is fixed
+tokens at the start of the response canvas.
 """
 
 from __future__ import annotations
@@ -12,11 +14,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mosa.eval import AttackedPrompt, Judge, Verdict, runner
-from mosa.sampling.settings import TINY_EVALUATION
+from mosa.models import sampling_family
+from mosa.sampling.settings import TINY_BLOCK_EVALUATION, TINY_EVALUATION
 
 from . import corpus
 
 SAMPLER_DEFAULTS = TINY_EVALUATION.schedule()
+FAMILY_DEFAULTS = {"llada": SAMPLER_DEFAULTS, "llada2": TINY_BLOCK_EVALUATION.schedule()}
+"""The sampler settings of each tiny model family (``mosa.tiny.FOLDERS``)."""
+
+
+def sampler_defaults(model) -> dict:
+    """``FAMILY_DEFAULTS`` of ``model``'s family; a family with no tiny model is a ValueError."""
+    family = sampling_family(model).name
+    if family not in FAMILY_DEFAULTS:
+        raise ValueError(
+            f"no tiny evaluation preset for a {family} model; tiny families: "
+            f"{', '.join(FAMILY_DEFAULTS)}"
+        )
+    return FAMILY_DEFAULTS[family]
 
 
 def _words(text: str) -> str:
@@ -66,10 +82,10 @@ def respond(
     """Greedy responses to ``prompts`` (chat template applied), decoded without special tokens.
 
     ``prefill`` is text fixed at the start of the response canvas (never remasked); it is
-    part of the returned text. ``options`` override ``SAMPLER_DEFAULTS``.
+    part of the returned text. ``options`` override the family's ``sampler_defaults``.
     """
     attacked = [AttackedPrompt(p, [(0, prefill)] if prefill else []) for p in prompts]
-    settings = {**SAMPLER_DEFAULTS, **options}
+    settings = {**sampler_defaults(model), **options}
     return runner.respond(model, tokenizer, attacked, batch_size=batch_size, **settings)
 
 

@@ -16,6 +16,7 @@ from mosa.sampling import (
     LLADA21_REFERENCE,
     LLADA_EVALUATION,
     LLADA_REFERENCE,
+    TINY_BLOCK_EVALUATION,
     TINY_EVALUATION,
     BlockDiffusionSampling,
     DreamSampling,
@@ -63,6 +64,8 @@ def test_the_reference_presets_hold_the_published_numbers():
     assert TINY_EVALUATION.schedule() == {
         "gen_length": 40, "block_length": 8, "steps": 40, "temperature": 0.0
     }  # fmt: skip
+    assert TINY_BLOCK_EVALUATION == LLADA2_REFERENCE.replace(gen_length=40, block_length=8, steps=8)
+    assert set(TINY_BLOCK_EVALUATION.schedule()) <= set(_defaults(block_generate))
 
 
 def test_the_samplers_signatures_read_the_reference_presets():
@@ -88,6 +91,9 @@ def test_the_evaluations_read_the_evaluation_presets():
 
     assert runner.SAMPLER_DEFAULTS == LLADA_EVALUATION.schedule()
     assert evaluate.SAMPLER_DEFAULTS == TINY_EVALUATION.schedule()
+    assert evaluate.FAMILY_DEFAULTS == {
+        "llada": TINY_EVALUATION.schedule(), "llada2": TINY_BLOCK_EVALUATION.schedule()
+    }  # fmt: skip
     assert DEFAULT_GEN_LENGTH == LLADA_REFERENCE.gen_length
     calibrate = _defaults(DiffuGuard.calibrate)
     for name in ("steps", "gen_length", "block_length"):
