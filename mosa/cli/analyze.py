@@ -47,7 +47,7 @@ def _inputs(args: argparse.Namespace):
     harmful prompts; the output folder is created first."""
     prepare_output("--out", args.out, folder=True)
     model, tokenizer, tiny = load_model_and_tokenizer(args)
-    settings = sampler_settings(args, tiny)
+    settings = sampler_settings(args, tiny, model)
     harmful = _prompts("--prompts", args.prompts, "tiny-harmful", tiny, args.limit)
     return model, tokenizer, tiny, settings, harmful
 

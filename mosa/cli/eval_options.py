@@ -119,7 +119,8 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     tiny = TINY_EVALUATION
     g = p.add_argument_group(
         "sampler (greedy LLaDA; defaults: "
-        f"{tiny.gen_length}/{tiny.block_length}/{tiny.steps} for the tiny model)"
+        f"{tiny.gen_length}/{tiny.block_length}/{tiny.steps} for the tiny model; a LLaDA2 "
+        "folder decodes with block_generate: --steps per block, its other options published)"
     )
     g.add_argument(
         "--gen-length", type=int, help=f"response canvas (default {LLADA_EVALUATION.gen_length})"
@@ -134,14 +135,19 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--truncate-prompt", choices=["left"], help=TRUNCATE_HELP)
 
 
-def sampler_settings(args: argparse.Namespace, tiny: bool) -> dict:
+def sampler_settings(args: argparse.Namespace, tiny: bool, model=None) -> dict:
     """The ``generate`` settings: the defaults (the tiny model's or the paper's), then the
     flags; a lone ``--gen-length`` gets one step per token and a block that divides it;
-    ``--truncate-prompt`` adds ``truncate``."""
+    ``--truncate-prompt`` adds ``truncate``. For a block-diffusion ``model`` (LLaDA2,
+    ``block_generate``) ``--steps`` counts per block (default: one per block token) and
+    ``--gen-length`` need not be a multiple of ``--block-length``."""
     from mosa.eval.runner import SAMPLER_DEFAULTS
+    from mosa.models.families import is_block_diffusion
     from mosa.tiny.evaluate import SAMPLER_DEFAULTS as TINY_DEFAULTS
 
     settings = dict(TINY_DEFAULTS if tiny else SAMPLER_DEFAULTS)
+    if model is not None and is_block_diffusion(model):
+        return _block_settings(args, settings)
     if args.gen_length is not None:
         settings["gen_length"] = args.gen_length
         if args.block_length is None and args.gen_length % settings["block_length"]:
@@ -157,6 +163,25 @@ def sampler_settings(args: argparse.Namespace, tiny: bool) -> dict:
             f"sampler: need --gen-length ({gen}) a multiple of --block-length ({block}) and "
             f"--steps ({steps}) a multiple of the number of blocks, all >= 1"
         )
+    return _common_settings(args, settings)
+
+
+def _block_settings(args: argparse.Namespace, settings: dict) -> dict:
+    """``block_generate``'s schedule from the flags: the lengths as given (``block_generate``
+    checks them), ``steps`` per block, by default the block's length."""
+    for name in ("gen_length", "block_length"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    settings["steps"] = settings["block_length"] if args.steps is None else args.steps
+    if min(settings["gen_length"], settings["block_length"], settings["steps"]) < 1:
+        raise SystemExit(
+            f"sampler: need --gen-length ({settings['gen_length']}), --block-length "
+            f"({settings['block_length']}) and --steps per block ({settings['steps']}) >= 1"
+        )
+    return _common_settings(args, settings)
+
+
+def _common_settings(args: argparse.Namespace, settings: dict) -> dict:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.truncate_prompt is not None:

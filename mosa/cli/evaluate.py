@@ -321,6 +321,7 @@ def _attack_rows(run: _Run, name: str, prompts: list[str]) -> list[dict]:
                 run.tokenizer,
                 prompts[i],
                 gen_length=run.settings["gen_length"],
+                block_length=run.settings["block_length"],
                 **run.gcg,
             )
             for i in tqdm(share, desc="gcg", unit="prompt", disable=not progress)
@@ -446,7 +447,7 @@ def _evaluate_locked(args: argparse.Namespace, out: Path, runtime) -> int:
 
     rank, world = runtime.rank, runtime.world
     model, tokenizer, tiny = load_model_and_tokenizer(args, runtime.device)
-    settings = sampler_settings(args, tiny)
+    settings = sampler_settings(args, tiny, model)
     data = load_prompt_set("--dataset", args.dataset).limited(args.limit)
     names = args.attacks or (default_attacks() if data.kind == "harmful" else ("none",))
     if data.kind != "harmful" and tuple(names) != ("none",):

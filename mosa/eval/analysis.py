@@ -149,10 +149,11 @@ def gcg_positions(
 ) -> dict[int, GCGPositionOutcome]:
     """For each of ``positions``, a GCG search per prompt that places ``target`` there (the
     canvas is the sampler's ``gen_length``), then greedy responses to the prompts with their
-    suffixes, judged. ``gcg`` holds further ``gcg_search`` options (steps, suffix_length, ...)."""
+    suffixes, judged. ``gcg`` holds further ``gcg_search`` options (steps, suffix_length, ...);
+    a block-diffusion model's search scores the sampler's ``block_length`` layout."""
     if isinstance(positions, str | int) or not positions:
         raise ValueError("positions must be a non-empty list of response positions")
-    gen_length = {**SAMPLER_DEFAULTS, **sampler}["gen_length"]
+    settings = {**SAMPLER_DEFAULTS, **sampler}
     outcomes = {}
     for position in positions:
         searches = [
@@ -162,7 +163,8 @@ def gcg_positions(
                 prompt,
                 target,
                 position=position,
-                gen_length=gen_length,
+                gen_length=settings["gen_length"],
+                block_length=settings["block_length"],
                 **dict(gcg or {}),
             )
             for prompt in tqdm(prompts, desc=f"gcg @ {position}", disable=not progress)

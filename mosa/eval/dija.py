@@ -84,8 +84,10 @@ def apply_dija(prompt: str, options: DijaOptions) -> AttackedPrompt:
 class Infill(Decoding):
     """A prompt with ``<mask:N>`` slots decoded as one canvas from its first slot on: the rest
     of the user's turn and the response, the slots and the response masked, so the text
-    returned starts at the first slot. The canvas is rounded up to whole blocks, ``steps`` per
-    block kept; rows of equal tail length share a sampler call."""
+    returned starts at the first slot. For LLaDA's sampler the canvas is rounded up to whole
+    blocks, ``steps`` per block kept (``_infill_length``); a block-diffusion sampler decodes
+    the slots in the blocks they fall in, before the response's. Rows of equal tail length
+    share a sampler call."""
 
     @classmethod
     def prepare(cls, decoder, rows):
@@ -97,7 +99,7 @@ class Infill(Decoding):
             tokenizer, [_with_masks(a.prompt, mask_token) for a in rows], mask_token
         )
         for head, tail in split:
-            canvas = _infill_length(len(tail), decoder.settings)
+            canvas = _infill_length(len(tail), decoder)
             try:
                 prompt_room(model, len(head), canvas, decoder.settings.get("truncate"))
             except ValueError as err:
@@ -111,19 +113,13 @@ class Infill(Decoding):
     @classmethod
     def respond(cls, decoder, items):
         model, tokenizer, settings = decoder.model, decoder.tokenizer, decoder.settings
-        gen_length, block_length = settings["gen_length"], settings["block_length"]
-        steps_per_block = settings["steps"] // (gen_length // block_length)
         texts: dict[int, str] = {}
         for tail_length in sorted({len(tail) for _, tail in items}):
             group = [i for i, (_, tail) in enumerate(items) if len(tail) == tail_length]
-            length = _infill_length(tail_length, settings)
+            length = _infill_length(tail_length, decoder)
             canvas = torch.full((len(group), length), model.mask_token_id)
             canvas[:, :tail_length] = torch.stack([items[i][1] for i in group])
-            options = {
-                **settings,
-                "gen_length": length,
-                "steps": steps_per_block * (length // block_length),
-            }
+            options = {**settings, "gen_length": length, "steps": _infill_steps(length, decoder)}
             head_ids, head_mask = left_pad([items[i][0] for i in group], tokenizer.pad_token_id)
             out = decoder.sample(
                 head_ids.to(model.device), head_mask.to(model.device), canvas.to(model.device),
@@ -153,7 +149,25 @@ def _split_at_first_mask(tokenizer, prompts, mask_token) -> list[tuple[torch.Ten
     return rows
 
 
-def _infill_length(tail_length: int, settings: dict) -> int:
-    """DIJA's canvas: the rest of the turn and the response, rounded up to whole blocks."""
+def _infill_length(tail_length: int, decoder) -> int:
+    """DIJA's canvas: the rest of the turn and the response, rounded up to whole blocks of
+    LLaDA's sampler (whose blocks start at the canvas). A block-diffusion sampler counts its
+    blocks from the sequence's first token and lets the last one run past the canvas, so
+    there the canvas is the rest of the turn and the response, as they are."""
+    settings = decoder.settings
+    length = tail_length + settings["gen_length"]
+    if decoder.block_diffusion:
+        return length
+    return -(-length // settings["block_length"]) * settings["block_length"]
+
+
+def _infill_steps(length: int, decoder) -> int:
+    """The steps over DIJA's canvas of ``length``: LLaDA's steps per block kept (its
+    ``steps`` count the whole canvas); a block-diffusion sampler's ``steps`` are per block
+    already."""
+    settings = decoder.settings
+    if decoder.block_diffusion:
+        return settings["steps"]
     block_length = settings["block_length"]
-    return -(-(tail_length + settings["gen_length"]) // block_length) * block_length
+    per_block = settings["steps"] // (settings["gen_length"] // block_length)
+    return per_block * (length // block_length)

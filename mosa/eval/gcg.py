@@ -28,6 +28,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from mosa.models.families import is_block_diffusion
+from mosa.sampling.block_canvas import BlockCanvas
+from mosa.sampling.buckets import bucket_pad_id
+from mosa.text.canvas import build_canvas
 from mosa_kernels import token_logprobs
 
 from .attacked import AttackedPrompt, build_response_canvas
@@ -77,6 +81,7 @@ def gcg_search(
     candidates: int = 64,
     seed: int = 0,
     progress: bool = False,
+    block_length: int | None = None,
 ) -> GCGResult:
     """Searches a suffix for ``prompt`` that raises ``log p(target)`` at response tokens
     ``[position, position + len(target))`` of a fully masked canvas of ``gen_length``.
@@ -86,6 +91,14 @@ def gcg_search(
     ``torch.Generator`` seeded with ``seed``, so a search repeats exactly on one device.
     Raises ``ValueError`` when the target is empty, has words the tokenizer does not know, or
     does not fit the canvas, and for settings out of range.
+
+    A block-diffusion model (LLaDA2) needs ``block_length``, its sampler's: the canvas is
+    laid out as ``block_generate`` lays it out (``BlockCanvas``: whole blocks from the
+    sequence's start, the last one running past the response) and run under block-causal
+    attention, so the target's log-probability at position ``k`` sees the blocks up to
+    ``k``'s only, as the step that first decodes ``k``'s block would with the earlier blocks
+    still masked (at ``position=0``, in the first decoded block, exactly the first step's).
+    Other models ignore ``block_length`` (LLaDA's and Dream's forward is bidirectional).
     """
     if not hasattr(model, "lm_head_weight") or not hasattr(model, "get_input_embeddings"):
         raise TypeError(
@@ -115,7 +128,14 @@ def gcg_search(
     # Hidden state ``i - logits_shift`` predicts token ``i`` (Dream predicts from the left).
     first_row = len(layout.prefix_ids) + suffix_length + len(layout.after_ids) + position
     rows = torch.arange(len(target_ids), device=model.device) + first_row - model.logits_shift
-    scorer = _Scorer(model, layout, gen_length, rows, target_ids)
+    if is_block_diffusion(model) and block_length is None:
+        raise ValueError(
+            f"{type(model).__name__} decodes block by block: pass block_length= (the sampler's, "
+            "e.g. runner settings' block_length) so the search scores the canvas it decodes"
+        )
+    if not is_block_diffusion(model):
+        block_length = None
+    scorer = _Scorer(model, layout, gen_length, rows, target_ids, suffix_length, block_length)
     generator = torch.Generator().manual_seed(seed)
 
     current = torch.tensor(suffix, dtype=torch.long, device=model.device)
@@ -189,18 +209,31 @@ class _Layout:
 
 class _Scorer:
     """The loss of suffixes: the sequence ``prefix, suffix, after, masks`` through the model,
-    ``-sum log p(target)`` at the target's rows."""
+    ``-sum log p(target)`` at the target's rows. With ``block_length`` (a block-diffusion
+    model) the masks run to the end of the last block, as ``block_generate``'s canvas, and
+    the forward is block-causal."""
 
-    def __init__(self, model, layout: _Layout, gen_length: int, rows, target_ids):
-        device = model.device
-        self.model = model
+    def __init__(
+        self, model, layout: _Layout, gen_length: int, rows, target_ids, suffix_length,
+        block_length=None,
+    ):  # fmt: skip
+        device, mask_id = model.device, model.mask_token_id
+        self.model, self.block_length = model, block_length
         self.prefix = torch.tensor(layout.prefix_ids, dtype=torch.long, device=device)
-        self.after = torch.cat(
-            [
-                torch.tensor(layout.after_ids, dtype=torch.long, device=device),
-                torch.full((gen_length,), model.mask_token_id, dtype=torch.long, device=device),
-            ]
-        )
+        after = torch.tensor(layout.after_ids, dtype=torch.long, device=device)
+        if block_length is None:
+            masks = torch.full((gen_length,), mask_id, dtype=torch.long, device=device)
+            self.after = torch.cat([after, masks])
+        else:
+            # block_generate's canvas of the prompt (any suffix: its length is what counts),
+            # one unpadded row: the prompt, the response's masks and the last block's overrun.
+            pad_id = bucket_pad_id(model, mask_id)
+            suffix = torch.full((suffix_length,), pad_id, dtype=torch.long, device=device)
+            prompt = torch.cat([self.prefix, suffix, after])[None]
+            canvas = BlockCanvas.lay_out(
+                build_canvas(prompt, None, gen_length, mask_id), block_length, mask_id, pad_id
+            )
+            self.after = canvas.x[0, len(self.prefix) + suffix_length :]
         self.rows = rows
         self.target_ids = target_ids
         # The head is constant here: detached, token_logprobs computes no head gradient.
@@ -220,7 +253,7 @@ class _Scorer:
         ids = torch.cat(
             [self.prefix.expand(count, -1), suffixes, self.after.expand(count, -1)], dim=1
         )
-        return self._loss(self.model(ids).hidden_states).cpu()
+        return self._loss(self.model(ids, block_length=self.block_length).hidden_states).cpu()
 
     def gradient(self, suffix: torch.Tensor) -> torch.Tensor:
         """``d loss / d one_hot(suffix)``: ``float32[n, V]`` over the embedding's rows."""
@@ -235,7 +268,8 @@ class _Scorer:
             after = embedding[self.after]
         embeds = torch.cat([prefix, one_hot @ embedding, after])[None]
         with torch.enable_grad():
-            loss = self._loss(self.model(inputs_embeds=embeds).hidden_states).sum()
+            out = self.model(inputs_embeds=embeds, block_length=self.block_length)
+            loss = self._loss(out.hidden_states).sum()
             (gradient,) = torch.autograd.grad(loss, one_hot)
         return gradient.float()
 

@@ -1,7 +1,8 @@
 """Attacked prompts through the sampler and a judge: responses, verdicts and rates.
 
 ``respond`` batches attacked prompts (chat template applied, left padding) through LLaDA's
-``generate``, Dream's ``diffusion_generate`` (for a Dream model) or DiffuGuard's sampler
+``generate``, Dream's ``diffusion_generate`` (for a Dream model), LLaDA2's ``block_generate``
+(for a block-diffusion model) or DiffuGuard's sampler
 (``guard=``) with each row's fixed pieces written into its response canvas; ``run_attacks``
 does that for several attacks over one prompt set and judges the responses. Greedy by
 default, as the paper's evaluation.
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mosa.models import FAMILIES, ModelFamily, sampling_family
 from mosa.models.families import resolve
-from mosa.sampling.diffuguard import DiffuGuard, diffuguard_generate
+from mosa.sampling.diffuguard import BLOCK_OPTIONS, DiffuGuard, diffuguard_generate
 from mosa.sampling.settings import LLADA_EVALUATION, LLADA_REFERENCE
 from mosa.sampling.texts import check_prompts_fit
 from mosa.text.prompts import encode_prompts
@@ -82,7 +83,12 @@ def respond(
 
     ``guard`` samples every canvas with ``mosa.sampling.diffuguard`` instead (LLaDA's
     schedule, greedy tokens; ``sampler`` may hold only ``steps``, ``gen_length``,
-    ``block_length`` and greedy defaults; LLaDA models only).
+    ``block_length`` and greedy defaults, and for a block-diffusion model
+    ``diffuguard.BLOCK_OPTIONS``; LLaDA and LLaDA2 models).
+
+    A block-diffusion model (LLaDA2) is sampled with ``block_generate`` in its own terms:
+    ``steps`` per block, ``threshold`` and the rest of its options as given (its defaults:
+    the published ``LLADA2_REFERENCE``'s, ``stop_at_eos`` on).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -93,9 +99,10 @@ def respond(
             "own decoding (dija, trajhijack) are decoded over other canvases"
         )
     settings = {**SAMPLER_DEFAULTS, **sampler}
-    _check_family(sampling_family(model), settings, guard)
+    family = sampling_family(model)
+    _check_family(family, settings, guard)
     if guard is not None:
-        _check_guarded(guard, settings)
+        _check_guarded(guard, settings, family)
     decoder = Decoder(model, tokenizer, settings, guard)
     prepared = _prepare(decoder, attacked, decodings)
     texts: list[str] = []
@@ -160,6 +167,12 @@ class Decoder:
     settings: dict
     guard: DiffuGuard | None
 
+    @property
+    def block_diffusion(self) -> bool:
+        """The model decodes block by block under block-causal attention (LLaDA2's
+        ``block_generate``: ``steps`` per block, blocks counted from the sequence's start)."""
+        return sampling_family(self.model).block_diffusion
+
     def sample(self, ids, mask, canvas, settings: dict, trace: bool):
         """The sampler over response ``canvas`` (see ``_sample``)."""
         return _sample(self.model, ids, mask, canvas, settings, self.guard, trace)
@@ -178,17 +191,24 @@ class Decoder:
         return ids, mask, canvas
 
 
-def _check_guarded(guard: DiffuGuard, settings: dict) -> None:
+def _check_guarded(guard: DiffuGuard, settings: dict, family: ModelFamily) -> None:
     if not isinstance(guard, DiffuGuard):
         raise TypeError(f"guard must be a DiffuGuard or None, got {type(guard).__name__}")
+    takes = _guard_options(family)
     other = sorted(
-        k for k, v in settings.items() if k not in _SCHEDULE and _GREEDY.get(k, object()) != v
+        k for k, v in settings.items() if k not in takes and _GREEDY.get(k, object()) != v
     )
     if other:
         raise ValueError(
             f"with guard=, responses come from DiffuGuard's greedy sampler, which takes only "
-            f"{_SCHEDULE}; drop {other} (or leave them at {_GREEDY})"
+            f"{takes}; drop {other} (or leave them at {_GREEDY})"
         )
+
+
+def _guard_options(family: ModelFamily) -> tuple[str, ...]:
+    """The settings DiffuGuard's sampler takes for ``family``: LLaDA's schedule, and on
+    block diffusion ``block_generate``'s greedy options too."""
+    return _SCHEDULE + (BLOCK_OPTIONS if family.block_diffusion else ())
 
 
 def _check_family(family: ModelFamily, settings: dict, guard: DiffuGuard | None) -> None:
@@ -232,7 +252,8 @@ def _sample(model, ids, mask, canvas, settings, guard, trace):
         return family.sample(
             model, ids, mask, response=canvas, trace=trace, **_family_options(family, settings)
         )
-    schedule = {k: settings[k] for k in _SCHEDULE}
+    takes = _guard_options(sampling_family(model))
+    schedule = {k: v for k, v in settings.items() if k in takes}
     return diffuguard_generate(
         model, ids, mask, guard=guard, response=canvas, return_details=trace, **schedule
     )

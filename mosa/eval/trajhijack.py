@@ -63,7 +63,10 @@ class Hijack(Decoding):
         # The response is the last gen_length columns (truncate='left' may shorten the prompt).
         response = out.sequences[:, -decoder.settings["gen_length"] :]
         hijacks = [a.decoding for a in items]
-        response = hijack_responses(decoder, ids, mask, response, out.commit_step, hijacks)
+        fixed = canvas != decoder.model.mask_token_id
+        response = hijack_responses(
+            decoder, ids, mask, response, out.commit_step, hijacks, fixed.to(response.device)
+        )
         return decoder.tokenizer.batch_decode(response, skip_special_tokens=True)
 
 
@@ -89,12 +92,18 @@ def apply_trajhijack(prompt: str, options: TrajHijackOptions) -> AttackedPrompt:
     return trajhijack_attack(prompt, options.hijack_prefix, options.refusals, options.rounds)
 
 
-def hijack_responses(decoder, ids, mask, response, commit_step, hijacks: Sequence[Hijack]):
+def hijack_responses(
+    decoder, ids, mask, response, commit_step, hijacks: Sequence[Hijack], fixed=None
+):
     """TrajHijack on finished responses ``[B, G]`` with their ``commit_step``: each row whose
     response holds one of its hijack's refusals is decoded again (``decoder.sample``) from
     the canvas of the step that completed the refusal, the refusal re-masked and the prefix
-    fixed at position 0; up to ``hijack.rounds`` times. Returns the new responses."""
+    fixed at position 0; up to ``hijack.rounds`` times. ``fixed`` (``bool[B, G]``): the
+    tokens fixed in the canvases decoded (None: every position with no commit step, which
+    a sampler that fills what it leaves undecided, block_generate's EOS after a stop, must
+    not take). Returns the new responses."""
     response, commit_step = response.clone(), commit_step.clone()
+    fixed = commit_step < 0 if fixed is None else fixed.clone()
     model, tokenizer = decoder.model, decoder.tokenizer
     mask_id = model.mask_token_id
     end_ids = end_of_text_ids(model, tokenizer)
@@ -104,7 +113,7 @@ def hijack_responses(decoder, ids, mask, response, commit_step, hijacks: Sequenc
             if round_index >= hijack.rounds:
                 continue
             canvas = hijacked_canvas(
-                tokenizer, response[row], commit_step[row], hijack, mask_id, end_ids
+                tokenizer, response[row], commit_step[row], hijack, mask_id, end_ids, fixed[row]
             )
             if canvas is not None:
                 redo.append(row)
@@ -118,24 +127,29 @@ def hijack_responses(decoder, ids, mask, response, commit_step, hijacks: Sequenc
         )
         response[rows_index] = out.sequences[:, -response.shape[1] :]
         commit_step[rows_index] = out.commit_step
+        fixed[rows_index] = torch.stack(canvases) != mask_id
     return response
 
 
-def hijacked_canvas(tokenizer, response, commit_step, hijack, mask_id, end_ids=()):
+def hijacked_canvas(tokenizer, response, commit_step, hijack, mask_id, end_ids=(), fixed=None):
     """The canvas TrajHijack resumes from, ``int64[G]``, or None when ``response`` commits no
-    refusal: the tokens committed up to the step that completed the first refusal (fixed
-    tokens included), the refusal and any committed ``end_ids`` (EOS, end of turn)
-    re-masked, and ``hijack.prefix`` fixed from position 0."""
+    refusal: the tokens committed up to the step that completed the first refusal (``fixed``
+    tokens, ``bool[G]``, included; None: those with no commit step), the refusal and any
+    committed ``end_ids`` (EOS, end of turn) re-masked, and ``hijack.prefix`` fixed from
+    position 0. Under block diffusion the step lies inside the block that completed the
+    refusal: earlier blocks stay as committed, later ones are masked again."""
     span = refusal_span(tokenizer, response.tolist(), hijack.refusals)
     if span is None:
         return None
     first, last = span
+    if fixed is None:
+        fixed = commit_step < 0
     done = commit_step[first:last].max()
-    kept = (commit_step >= 0) & (commit_step <= done) | (commit_step < 0)
+    kept = (commit_step >= 0) & (commit_step <= done) & ~fixed | fixed
     # The end of text committed with the refusal is part of it: kept, it leaves the
     # affirmative prefix no room to go on.
     ended = torch.isin(response, torch.tensor(end_ids, device=response.device))
-    kept &= ~ended | (commit_step < 0)
+    kept &= ~ended | fixed
     canvas = torch.where(kept, response, torch.full_like(response, mask_id))
     canvas[first:last] = mask_id
     prefix = build_response_canvas(tokenizer, [(0, hijack.prefix)], len(response), mask_id)

@@ -52,7 +52,8 @@ class ModelFamily:
         sampler_options: the options ``sample_texts`` passes on (``gen_length`` included).
         eval_defaults: options a deterministic evaluation (the eval runner, lm-eval) sets
             unless told otherwise.
-        diffuguard: whether DiffuGuard's sampler (LLaDA's block schedule with hooks) runs it.
+        diffuguard: whether DiffuGuard's sampler (LLaDA's block schedule, or
+            ``block_generate``'s blocks for a block-diffusion family, with hooks) runs it.
         adopter: ``"module:function"`` that puts a transformers model's modules in place of a
             meta skeleton's (``from_hf``).
         block_diffusion: the family decodes block by block under block-causal attention
@@ -174,6 +175,7 @@ FAMILIES: dict[str, ModelFamily] = {
             "cuda_graphs",
             "truncate",
         ),  # fmt: skip
+        diffuguard=True,
         block_diffusion=True,
     ),
     "llada_moe": ModelFamily(

@@ -40,7 +40,8 @@ class BlockDiffusionState:
 
     Attributes:
         x: ``int64[B, L]``, the aligned canvas. key_valid: ``bool[B, L]`` or None.
-        given: ``bool[B, L]``, the prompt and padding (never committed or edited).
+        given: ``bool[B, L]``, the prompt, padding and fixed response tokens (never
+            committed or edited).
         trace: ``int64[B, L]``, the row's step each position was last written at, -1 where
             none wrote it.
         row_start, response_start: ``int64[B]``, each row's first prompt / response slot.
@@ -111,9 +112,11 @@ class BlockDiffusionState:
             nonfinite=per_row(torch.bool),
         )
 
-    def begin_block(self, block: int) -> None:
-        """Readies block ``block``: the rows it belongs to and that have not stopped run it."""
-        self.live.copy_((self.end_blocks > block) & ~self.stopped)
+    def begin_block(self, block: int, rows: torch.Tensor | None = None) -> None:
+        """Readies block ``block``: the rows it belongs to and that have not stopped run it
+        (of ``rows``, ``bool[B]``, only, when given: a block decoded again)."""
+        live = (self.end_blocks > block) & ~self.stopped
+        self.live.copy_(live if rows is None else live & rows)
         self.done.copy_(~self.live)
         self.post_steps.zero_()
         self.step_in_block.zero_()
@@ -150,6 +153,8 @@ class BlockDiffusionStep:
     cache: KVCache | None
     settings: BlockSettings
     generator: torch.Generator | None = None
+    rank: object = None
+    """``BlockHooks.rank`` (eager only), or None: the top-k half ranks by confidence."""
 
     def __call__(self) -> None:
         state, settings = self.state, self.settings
@@ -171,7 +176,13 @@ class BlockDiffusionStep:
             runs = live & has_masks
             k = state.schedule.index_select(0, state.step_in_block.view(1)).expand_as(runs)
         # Candidates are the running rows' masked positions: the rest commit nothing.
-        commit = threshold_or_top_k(confidence, is_masked & runs[:, None], k, settings.threshold)
+        rank = None
+        if self.rank is not None:
+            slots = torch.arange(start, end, device=current.device).expand_as(current)
+            rank = self.rank(confidence, slots)
+        commit = threshold_or_top_k(
+            confidence, is_masked & runs[:, None], k, settings.threshold, rank
+        )
         if settings.editing:
             editable = ~is_masked & ~state.given[:, start:end] & runs[:, None]
             edited = edits(token, confidence, current, editable, settings.editing_threshold)
@@ -266,9 +277,11 @@ class BlockStepSet:
         graphs: bool,
         graph_cache=None,
         generator: torch.Generator | None = None,
+        rank=None,
     ):
         self.model, self.settings, self.state = model, settings, state
         self.graphs, self.graph_cache, self.generator = graphs, graph_cache, generator
+        self.rank = rank
         self.kv_cache = None if settings.cache is None else allocate_cache(model, state)
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
         self.steps: dict[BlockStepShape, BlockDiffusionStep] = {}
@@ -298,8 +311,9 @@ class BlockStepSet:
         step = self.steps.get(shape)
         if step is None:
             step = self.steps[shape] = BlockDiffusionStep(
-                self.state, shape, self.model, self.kv_cache, self.settings, self.generator
-            )
+                self.state, shape, self.model, self.kv_cache, self.settings, self.generator,
+                self.rank,
+            )  # fmt: skip
         if not self.graphs:
             step()
             return

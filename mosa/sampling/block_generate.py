@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from mosa.models import DiffusionLM, adopt_model
@@ -21,6 +24,24 @@ from .graph_sets import run_graphed
 from .nonfinite import raise_on_nonfinite
 from .output import GenerateOutput
 from .settings import LLADA2_REFERENCE as REFERENCE
+
+
+@dataclass(frozen=True)
+class BlockHooks:
+    """How a sampler built on ``block_generate``'s steps (DiffuGuard) changes them; eager only
+    (the block-diffusion twin of ``llada.StepHooks``).
+
+    Attributes:
+        rank: ``rank(confidence, slots)`` (both ``[B, W]``: the block's confidences and canvas
+            slots), the score the schedule's count commits by (LLaDA2.0's top-k half; the
+            ``threshold`` still compares the model's confidence).
+        block_end: ``block_end(run, block)``, called after each block's steps and before its
+            EOS stop (an audit, which may decode the block again with
+            ``BlockRun.redo_block``).
+    """
+
+    rank: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    block_end: Callable[[BlockRun, int], None] | None = None
 
 
 @torch.no_grad()
@@ -49,6 +70,8 @@ def block_generate(
     generator: torch.Generator | None = None,
     cuda_graphs: bool | str = "auto",
     truncate: str | None = None,
+    response: torch.Tensor | None = None,
+    hooks: BlockHooks | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Sample responses with LLaDA2.x's block-diffusion decoding (docs/DESIGN.md §6).
 
@@ -96,6 +119,16 @@ def block_generate(
             ``True`` raises where unsupported, ``False`` is always eager.
         truncate: ``'left'`` keeps the end of a prompt that does not fit the model's
             context with ``gen_length`` (refused by default).
+        response: optional ``int[G]``/``int[B, G]`` initial response (``G = gen_length``):
+            ids other than ``mask_id`` are fixed tokens, written at their response
+            positions (after each row's shift to its blocks) and never remasked nor edited
+            (LLaDA2.1's ``editing_threshold`` leaves them), as ``generate``'s. A fixed token
+            counts as committed: it is no candidate, a block whose masks are all filled ends
+            (a whole fixed block runs no step), and its trace is -1. Unlike ``generate``,
+            which splits a block's masked count over its steps, LLaDA2.0's schedule stays
+            the published split of ``block_length`` (as for a block the prompt partly fills),
+            so a block holding fixed tokens may take fewer steps.
+        hooks: ``BlockHooks`` of a sampler built on these steps (DiffuGuard); eager only.
 
     Returns ``int64[B, P + gen_length]`` in the input's layout (prompt and padding as given),
     or a ``GenerateOutput``.
@@ -113,13 +146,16 @@ def block_generate(
         eos_id=eos_id,
     )  # fmt: skip
     input_ids, attention_mask = fit_prompt(model, input_ids, attention_mask, gen_length, truncate)
-    prompts = build_canvas(input_ids, attention_mask, gen_length, settings.mask_id)
+    prompts = build_canvas(input_ids, attention_mask, gen_length, settings.mask_id, response)
     canvas = BlockCanvas.lay_out(
         prompts, block_length, settings.mask_id, bucket_pad_id(model, settings.mask_id)
     )
     graphs = use_cuda_graphs(
         cuda_graphs, device=canvas.x.device, model=model,
-        unmet={"temperature must be 0 (sampling noise is seeded per step)": temperature != 0},
+        unmet={
+            "temperature must be 0 (sampling noise is seeded per step)": temperature != 0,
+            "hooks must be None (they run eagerly)": hooks is not None,
+        },
     )  # fmt: skip
     state = None
     if graphs:
@@ -131,7 +167,9 @@ def block_generate(
             run=lambda steps: _decode(steps, canvas),
         )  # fmt: skip
     if state is None:  # eager, or the graph path failed and "auto" falls back
-        state = _decode(_step_set(model, settings, canvas, None, generator), canvas)
+        hooks = BlockHooks() if hooks is None else hooks
+        steps = _step_set(model, settings, canvas, None, generator, hooks.rank)
+        state = _decode(steps, canvas, hooks.block_end)
     return _finish(state, canvas, settings, prompts.x[:, : prompts.prompt_length], return_trace)
 
 
@@ -150,34 +188,55 @@ def check_block_diffusion_model(model) -> None:
         )
 
 
-def _step_set(model, settings, canvas: BlockCanvas, sets, generator=None) -> BlockStepSet:
+def _step_set(
+    model, settings, canvas: BlockCanvas, sets, generator=None, rank=None
+) -> BlockStepSet:
     rows, length = canvas.x.shape
     state = BlockDiffusionState.allocate(
         rows, length, canvas.x.device, canvas.key_valid is not None,
         None if settings.editing else settings.steps,
     )  # fmt: skip
-    return BlockStepSet(model, settings, state, sets is not None, sets, generator)
+    return BlockStepSet(model, settings, state, sets is not None, sets, generator, rank)
 
 
-def _decode(steps: BlockStepSet, canvas: BlockCanvas) -> BlockDiffusionState:
+@dataclass
+class BlockRun:
+    """One ``block_generate`` call's decoding, as a ``BlockHooks.block_end`` hook sees it:
+    ``steps`` (its ``state`` holds the canvas, trace and flags) over the aligned ``canvas``."""
+
+    steps: BlockStepSet
+    canvas: BlockCanvas
+
+    @property
+    def state(self) -> BlockDiffusionState:
+        return self.steps.state
+
+    def block_slots(self, block: int) -> slice:
+        """The canvas slots of block ``block`` (the same for every row: rows are aligned)."""
+        width = self.steps.settings.block_length
+        return slice(block * width, (block + 1) * width)
+
+    def redo_block(self, block: int, rows: torch.Tensor) -> None:
+        """Re-masks block ``block`` of ``rows`` (``bool[B]``; given tokens stay) and decodes it
+        again for those rows alone; its steps count as the rows' steps."""
+        state, mask_id = self.state, self.steps.settings.mask_id
+        slots = self.block_slots(block)
+        free = ~state.given[:, slots] & rows[:, None]
+        state.x[:, slots] = state.x[:, slots].masked_fill(free, mask_id)
+        state.trace[:, slots] = state.trace[:, slots].masked_fill(free, -1)
+        _decode_block(self.steps, self.canvas, block, rows)
+
+
+def _decode(steps: BlockStepSet, canvas: BlockCanvas, block_end=None) -> BlockDiffusionState:
     """Decodes ``canvas`` block by block with ``steps``; the host reads each step's
-    block-done flag (``BlockDone``) and, after each block, whether a row is left."""
+    block-done flag (``BlockDone``) and, after each block, whether a row is left.
+    ``block_end``: ``BlockHooks.block_end``."""
     state, settings = _load(steps, canvas), steps.settings
-    first = canvas.first_block
-    for block in range(first, canvas.num_blocks):
-        state.begin_block(block)
-        done = BlockDone(state.block_done)
-        for i in range(settings.max_block_steps):
-            steps.run(steps.shape(block, first, i))
-            if done.after_step(i):
-                break
-        else:
-            if settings.editing and not bool(state.block_done):
-                raise ValueError(
-                    f"block {block} was never filled in {settings.max_block_steps} steps: the "
-                    f"model keeps predicting the mask token ({settings.mask_id}) at masked "
-                    "positions; check mask_id"
-                )
+    run = BlockRun(steps, canvas)
+    for block in range(canvas.first_block, canvas.num_blocks):
+        _decode_block(steps, canvas, block)
+        if block_end is not None:
+            block_end(run, block)
         state.end_block(settings, block)
         left = (state.end_blocks > block + 1) & ~state.stopped
         nonfinite, more = torch.stack([state.nonfinite.any(), left.any()]).tolist()
@@ -186,6 +245,24 @@ def _decode(steps: BlockStepSet, canvas: BlockCanvas) -> BlockDiffusionState:
         if not more:
             break
     return state
+
+
+def _decode_block(steps: BlockStepSet, canvas: BlockCanvas, block: int, rows=None) -> None:
+    """Runs block ``block``'s steps (for ``rows``, ``bool[B]``, only when given)."""
+    state, settings = steps.state, steps.settings
+    state.begin_block(block, rows)
+    done = BlockDone(state.block_done)
+    for i in range(settings.max_block_steps):
+        steps.run(steps.shape(block, canvas.first_block, i))
+        if done.after_step(i):
+            break
+    else:
+        if settings.editing and not bool(state.block_done):
+            raise ValueError(
+                f"block {block} was never filled in {settings.max_block_steps} steps: the "
+                f"model keeps predicting the mask token ({settings.mask_id}) at masked "
+                "positions; check mask_id"
+            )
 
 
 def _load(steps: BlockStepSet, canvas: BlockCanvas) -> BlockDiffusionState:

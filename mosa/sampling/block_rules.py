@@ -12,17 +12,22 @@ from mosa_kernels.ops.select_transfer import select_scheduled
 
 
 def threshold_or_top_k(
-    confidence: torch.Tensor, candidate: torch.Tensor, k: torch.Tensor, threshold: float
+    confidence: torch.Tensor,
+    candidate: torch.Tensor,
+    k: torch.Tensor,
+    threshold: float,
+    rank: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The positions a step commits: every candidate whose confidence is above ``threshold``
     (strictly, as published) when there are at least ``k[b]`` of them, else the ``k[b]`` most
-    confident candidates (all of them when fewer; ties to the lower position).
+    confident candidates (all of them when fewer; ties to the lower position), or the ``k[b]``
+    of the highest ``rank`` when given (DiffuGuard's annealed score).
 
     ``select_transfer``'s threshold rule is ``>=`` and takes at least one, which is not this
     rule, so the two halves are composed here.
     """
     above = candidate & (confidence > threshold)
-    best = select_scheduled(confidence, candidate, k)
+    best = select_scheduled(confidence if rank is None else rank, candidate, k)
     return torch.where((above.sum(dim=1) >= k)[:, None], above, best)
 
 

@@ -37,6 +37,11 @@ Differences from the paper, which this is a simplified version of:
   which other rows were repaired. It is ``generate``'s block loop and step (``BlockStep``)
   with ``StepHooks``: SAR ranks through ``rank``, audit and repair run at ``block_end``;
   eager, without a cache: one full forward per step, plus one per audit.
+- On a block-diffusion model (LLaDA2) it is ``block_generate``'s blocks and steps with
+  ``BlockHooks`` instead (``_run_blocks``): SAR's score ranks the schedule's top-k half (a
+  position above ``threshold`` still commits by the model's confidence), alpha falls over
+  the response's blocks at the schedule's slowest rate, the audit feature comes from the
+  block-causal forward, and a flagged block is decoded again before its EOS stop.
 
 DiffuGuard only re-orders the model's own argmax predictions, so it protects only a model
 that still puts probability on its refusal's words; after a prefill the shipped tiny model
@@ -49,17 +54,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from mosa.models import DiffusionLM, adopt_model
+from mosa.models.families import is_block_diffusion
 from mosa.text.canvas import build_canvas
 from mosa.text.prompts import encode_prompts
 from mosa_kernels.random import derive_seed
 
 from .arguments import check_sampler_arguments
+from .block_generate import BlockHooks, BlockRun, block_generate
 from .context_window import fit_prompt
 from .harm_probe import DEFAULT_SHRINKAGE, Probe, pooled_features
 from .llada import SamplerSettings, StepHooks, _Generation
@@ -121,7 +129,8 @@ class DiffuGuard:
         shrinkage: float = DEFAULT_SHRINKAGE,
         **settings,
     ) -> DiffuGuard:
-        """A guard (``settings``: ``alpha``, ``max_repairs``, ``seed``) whose audit probe
+        """A guard (``settings``: ``alpha``, ``max_repairs``, ``seed``; for a block-diffusion
+        model also ``block_generate``'s options of ``BLOCK_OPTIONS``) whose audit probe
         separates ``harmful`` from ``benign`` prompts.
 
         Each prompt (chat template applied) is answered with SAR under the guard's settings
@@ -135,9 +144,11 @@ class DiffuGuard:
             raise ValueError("calibrate builds the audit; do not pass audit=")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        guard = cls(**settings)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        guard = cls(**{k: v for k, v in settings.items() if k in fields})
         model = _check_model(adopt_model(model))
         sampler = {"steps": steps, "gen_length": gen_length, "block_length": block_length}
+        sampler |= {k: v for k, v in settings.items() if k not in fields}
         harmful, benign = (
             _calibration_features(model, tokenizer, prompts, name, guard, sampler, batch_size)
             for name, prompts in (("harmful", harmful), ("benign", benign))
@@ -170,7 +181,8 @@ class GuardOutput:
         commit_step: ``int64[B, G]``, the step each response position was (last) committed
             at, counted over every step run, repairs included; -1 for fixed tokens.
         steps: the steps run (a repair's steps count once, whichever rows it ran).
-        repairs: ``int64[B, blocks]``, how often each block of each row was decoded again.
+        repairs: ``int64[B, blocks]``, how often each block of each row was decoded again
+            (block diffusion: column k is the k-th block the rows decoded).
         scores: ``float32[B, blocks]``, the audit's final score per block (> 0: flagged), or
             None without an audit.
         features: ``float32[B, blocks, d]``, the audit features (calibration), or None.
@@ -198,6 +210,7 @@ def diffuguard_generate(
     mask_id: int | None = None,
     return_details: bool = False,
     fill_prompt_masks: bool = False,
+    **block_options,
 ) -> torch.Tensor | GuardOutput:
     """Sample responses with DiffuGuard's SAR and (when ``guard.audit`` is set) its block
     audit and repair; see the module docstring.
@@ -207,7 +220,9 @@ def diffuguard_generate(
         prompt: ``int[B, P]``, left-padded when rows differ (give ``attention_mask``).
         guard: the settings and probe.
         steps, gen_length, block_length: LLaDA's schedule: ``gen_length % block_length == 0``
-            and ``steps`` a multiple of the number of blocks.
+            and ``steps`` a multiple of the number of blocks. A block-diffusion model (LLaDA2)
+            runs ``block_generate``'s steps and blocks instead (``steps`` per block), greedy,
+            with its options of ``BLOCK_OPTIONS`` in ``block_options``.
         response: optional ``int[G]``/``int[B, G]`` canvas: ``mask_id`` where the sampler
             fills in, any other id a fixed token, never remasked (repairs included).
         mask_id: defaults to the model's ``mask_token_id``.
@@ -223,7 +238,7 @@ def diffuguard_generate(
     out = _run(
         model, prompt, attention_mask, guard=guard, steps=steps, gen_length=gen_length,
         block_length=block_length, response=response, mask_id=mask_id,
-        fill_prompt_masks=fill_prompt_masks,
+        fill_prompt_masks=fill_prompt_masks, **block_options,
     )  # fmt: skip
     return out if return_details else out.sequences
 
@@ -242,9 +257,26 @@ def _run(
     mask_id=None,
     collect: bool = False,
     fill_prompt_masks: bool = False,
+    **block_options,
 ) -> GuardOutput:
-    """The sampler: ``generate``'s blocks and steps, ranked by ``_Annealing`` and audited at
-    each block end; ``collect`` also returns the audit features of every block end."""
+    """The sampler: ``generate``'s blocks and steps (``block_generate``'s for a
+    block-diffusion model), ranked by ``_Annealing`` and audited at each block end;
+    ``collect`` also returns the audit features of every block end."""
+    if is_block_diffusion(model):
+        if fill_prompt_masks:
+            raise ValueError(
+                "fill_prompt_masks is LLaDA's generate's; block_generate refuses a prompt "
+                "holding the mask id (put the positions to fill in response=)"
+            )
+        return _run_blocks(
+            model, prompt, attention_mask, guard, collect, steps=steps, gen_length=gen_length,
+            block_length=block_length, response=response, mask_id=mask_id, **block_options,
+        )  # fmt: skip
+    if block_options:
+        raise ValueError(
+            f"{sorted(block_options)} are block_generate's options (block-diffusion models); "
+            f"DiffuGuard on {type(model).__name__} takes steps, gen_length and block_length"
+        )
     check_sampler_arguments(model, prompt, steps)
     settings = _sampler_settings(model, steps, gen_length, block_length, mask_id)
     probe = guard.audit
@@ -302,6 +334,113 @@ def _run(
         scores=scores,
         features=None if features is None else torch.stack(features, dim=1),
     )
+
+
+BLOCK_OPTIONS = (
+    "threshold", "minimal_topk", "editing_threshold", "max_post_steps", "num_to_transfer",
+    "eos_early_stop", "stop_at_eos", "cache", "eos_id",
+)  # fmt: skip
+"""The ``block_generate`` options DiffuGuard passes on for a block-diffusion model (greedy:
+no temperature, filters or CUDA graphs; the hooks run eagerly)."""
+
+
+def _run_blocks(model, prompt, attention_mask, guard: DiffuGuard, collect, **options):
+    """DiffuGuard on ``block_generate``: SAR ranks the schedule's top-k half of each step
+    (``BlockHooks.rank``), and after each block (before its EOS stop) the audit scores it and
+    flagged rows decode it again at ``alpha = 1`` (``BlockHooks.block_end``). Outputs per
+    decoded block: the k-th block a row decodes is column k (rows are aligned)."""
+    other = sorted(set(options) - {"steps", "gen_length", "block_length", "response", "mask_id"})
+    if set(other) - set(BLOCK_OPTIONS):
+        raise ValueError(
+            f"DiffuGuard runs block_generate greedily with {BLOCK_OPTIONS} at most; drop "
+            f"{sorted(set(other) - set(BLOCK_OPTIONS))}"
+        )
+    probe = guard.audit
+    if probe is not None:
+        probe.check_model(model)
+    batch, width = prompt.shape[0] if prompt.dim() == 2 else 1, options["block_length"]
+    everyone = torch.arange(batch, device=prompt.device)
+    annealing = _Annealing(
+        itertools.chain(
+            guard.alphas(_sar_steps(options, _prompt_lengths(prompt, attention_mask))),
+            itertools.repeat(0.0),
+        ),
+        _noise(torch.Generator().manual_seed(guard.seed), batch, width), everyone,
+    )  # fmt: skip
+    repairs, scores, features = [], [], []
+
+    def rank(confidence: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        return annealing(confidence, slots - slots[:, :1])  # the block's own columns
+
+    def audit(run: BlockRun, block: int) -> None:
+        """Scores the block just decoded; decodes flagged rows' block again (alpha 1)."""
+        state, slots = run.state, run.block_slots(block)
+        decoded = block - run.canvas.first_block  # the same block of every row
+
+        def pooled(rows):
+            valid = None if state.key_valid is None else state.key_valid[rows, : slots.stop]
+            return pooled_features(
+                model, state.x[rows, : slots.stop], valid, state.response_start[rows], slots,
+                width,
+            )  # fmt: skip
+
+        repaired = torch.zeros(batch, dtype=torch.long)
+        feature = pooled(everyone) if probe is not None or collect else None
+        if probe is not None:
+            score = probe.score(feature)
+            decodes = (state.end_blocks > block) & ~state.stopped
+            for repair in range(guard.max_repairs):
+                rows = (score > 0) & decodes
+                if not bool(rows.any()):
+                    break
+                seed = _repair_seed(guard.seed, decoded, repair)
+                noise = _noise(torch.Generator().manual_seed(seed), batch, width)
+                with annealing.switched(itertools.repeat(1.0), noise, everyone):
+                    run.redo_block(block, rows)
+                index = rows.nonzero()[:, 0]
+                feature[index] = pooled(index)
+                score[index] = probe.score(feature[index])
+                repaired += rows.cpu()
+            scores.append(score.cpu())
+        repairs.append(repaired)
+        if collect:
+            features.append(feature.cpu())
+
+    out = block_generate(
+        model, prompt, attention_mask, temperature=0.0, return_trace=True, cuda_graphs=False,
+        hooks=BlockHooks(rank=rank, block_end=audit), **options,
+    )  # fmt: skip
+    return GuardOutput(
+        sequences=out.sequences,
+        commit_step=out.commit_step,
+        steps=out.steps,
+        repairs=torch.stack(repairs, dim=1),
+        scores=torch.stack(scores, dim=1) if probe is not None else None,
+        features=torch.stack(features, dim=1) if collect else None,
+    )
+
+
+def _sar_steps(options: dict, lengths: list[int]) -> int:
+    """The steps SAR anneals over on block diffusion: the most blocks a row of prompt
+    ``lengths`` decodes, at the steps the schedule alone takes to fill a block (LLaDA2.0:
+    ``min(steps, block_length)``, each of the first steps committing at least one; LLaDA2.1:
+    ``block_length / num_to_transfer``); steps past them are greedy. A threshold crossing, a
+    first block the prompt partly fills and fixed tokens make a block take fewer, so alpha
+    may not be down to 0 by the end."""
+    width, gen_length = options["block_length"], options["gen_length"]
+    blocks = max(-(-(p + gen_length) // width) - p // width for p in lengths)
+    if options.get("editing_threshold") is not None:
+        return blocks * -(-width // options.get("num_to_transfer", 1))
+    steps = min(options["steps"], gen_length // options.get("minimal_topk", 1))
+    return blocks * min(steps, width)
+
+
+def _prompt_lengths(prompt: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+    """Each row's real prompt length (``int[P]`` is one row)."""
+    rows = prompt.reshape(-1, prompt.shape[-1])
+    if attention_mask is None:
+        return [rows.shape[1]] * rows.shape[0]
+    return (attention_mask.reshape(rows.shape) != 0).sum(dim=1).tolist()
 
 
 def _sampler_settings(model, steps, gen_length, block_length, mask_id) -> SamplerSettings:

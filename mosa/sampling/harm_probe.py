@@ -101,20 +101,28 @@ class Probe:
 
 
 def pooled_features(
-    model, x: torch.Tensor, key_valid: torch.Tensor | None, prompt_length: int, block: slice
+    model,
+    x: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    prompt_length: int | torch.Tensor,
+    block: slice,
+    block_length: int | None = None,
 ) -> torch.Tensor:
     """float32 ``[B, d]``: the mean last hidden state of canvas ``x`` ``[B, L]`` over its real
-    prompt tokens (columns before ``prompt_length``, ``key_valid`` False at padding; None:
-    nothing padded) and the response positions of ``block``. One forward of the whole canvas,
-    later blocks still masked, as the next denoising step would see it.
+    prompt tokens (columns before ``prompt_length``, an int or ``int64[B]`` per row;
+    ``key_valid`` False at padding, None: nothing padded) and the response positions of
+    ``block``. One forward of the whole canvas, later blocks still masked, as the next
+    denoising step would see it; block-causal with ``block_length`` (block diffusion, whose
+    aligned canvas starts each row's prompt at its own slot and ends it at ``prompt_length``).
 
     Not the whole response so far: its share of the mean would grow block by block, and with
     it the score's drift (mostly end-of-text padding late in an answer), which one threshold
     for every block cannot follow."""
-    hidden = model(x, key_valid).hidden_states.float()
-    position = torch.arange(x.shape[1], device=x.device)
+    hidden = model(x, key_valid, block_length=block_length).hidden_states.float()
+    position = torch.arange(x.shape[1], device=x.device)[None]
     in_block = (position >= block.start) & (position < block.stop)
-    weight = ((position < prompt_length) | in_block)[None].expand(x.shape[0], -1)
+    prompt_end = torch.as_tensor(prompt_length, device=x.device).reshape(-1, 1)
+    weight = ((position < prompt_end) | in_block).expand(x.shape[0], -1)
     if key_valid is not None:
         weight = weight & key_valid.bool()
     weight = weight.float()

@@ -148,12 +148,12 @@ def test_a_config_two_families_claim_is_refused_naming_them(monkeypatch):
 
 def test_the_moe_families_entries():
     """LLaDA-MoE decodes with LLaDA's generate and options (DiffuGuard too); LLaDA2 with the
-    block-diffusion sampler."""
+    block-diffusion sampler (DiffuGuard on its steps too)."""
     llada, moe, llada2 = FAMILIES["llada"], FAMILIES["llada_moe"], FAMILIES["llada2"]
     assert (moe.sampler, moe.sampler_options, moe.diffuguard) == (
         llada.sampler, llada.sampler_options, True,
     )  # fmt: skip
-    assert not moe.block_diffusion and llada2.block_diffusion and not llada2.diffuguard
+    assert not moe.block_diffusion and llada2.block_diffusion and llada2.diffuguard
     assert llada2.sampler == "mosa.sampling.block_generate:block_generate"
 
 

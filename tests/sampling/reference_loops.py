@@ -385,6 +385,20 @@ def _cut_at_eos(x, trace, first: int, stop: int, eos_id: int):
     return response[:keep], trace[first : first + keep]
 
 
+def _block_canvas(prompt, gen_length, block_length, mask_id, response):
+    """The published canvas (whole blocks from position 0: the prompt, then masks) with
+    ``response``'s fixed tokens at their positions; ``(x, trace, fixed positions)``."""
+    prompt_length = prompt.numel()
+    num_blocks = -(-(prompt_length + gen_length) // block_length)
+    x = torch.full((num_blocks * block_length,), mask_id, dtype=torch.long)
+    x[:prompt_length] = prompt
+    fixed = set()
+    if response is not None:
+        x[prompt_length : prompt_length + gen_length] = response
+        fixed = {prompt_length + g for g in (response != mask_id).nonzero()[:, 0].tolist()}
+    return x, torch.full_like(x, -1), fixed
+
+
 @torch.no_grad()
 def llada2_reference(
     model,
@@ -398,19 +412,20 @@ def llada2_reference(
     eos_id: int,
     minimal_topk: int = 1,
     eos_early_stop: bool = False,
+    response: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLaDA2.0's published ``generate`` at temperature 0 for one prompt ``int[P]``.
 
     Returns ``(response, trace)``: the response up to and including its first EOS (as
     published), and the step each of its positions was last written at (-1: never).
     ``model(x, block_length=..., return_logits=True)`` gives block-causal logits.
+    ``response`` (``int[G]``, mosa's extension): its ids other than ``mask_id`` are written
+    into the canvas before decoding, as committed tokens (no candidates, never written).
     """
     steps = min(steps, gen_length // minimal_topk)
     prompt_length = prompt.numel()
-    num_blocks = -(-(prompt_length + gen_length) // block_length)
-    x = torch.full((num_blocks * block_length,), mask_id, dtype=torch.long)
-    x[:prompt_length] = prompt
-    trace = torch.full_like(x, -1)
+    x, trace, _ = _block_canvas(prompt, gen_length, block_length, mask_id, response)
+    num_blocks = x.numel() // block_length
     counts = [block_length // steps + (i < block_length % steps) for i in range(steps)]
     step = 0
     for block in range(prompt_length // block_length, num_blocks):
@@ -451,14 +466,13 @@ def llada21_reference(
     max_post_steps: int = 16,
     num_to_transfer: int = 1,
     eos_early_stop: bool = False,
+    response: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LLaDA2.1's published ``generate`` (token editing) at temperature 0 for one prompt;
-    returns as ``llada2_reference``."""
+    returns as ``llada2_reference`` (``response``'s fixed tokens are never edited either)."""
     prompt_length = prompt.numel()
-    num_blocks = -(-(prompt_length + gen_length) // block_length)
-    x = torch.full((num_blocks * block_length,), mask_id, dtype=torch.long)
-    x[:prompt_length] = prompt
-    trace = torch.full_like(x, -1)
+    x, trace, fixed = _block_canvas(prompt, gen_length, block_length, mask_id, response)
+    num_blocks = x.numel() // block_length
     step = 0
     for block in range(prompt_length // block_length, num_blocks):
         start, end = block * block_length, (block + 1) * block_length
@@ -476,6 +490,7 @@ def llada21_reference(
                 p
                 for p in range(max(start, prompt_length), end)
                 if p not in masked
+                and p not in fixed
                 and _above(float(confidence[p - start]), editing_threshold)
                 and token[p - start] != old[p - start]
             ]
