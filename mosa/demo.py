@@ -213,7 +213,10 @@ def diffuguard_for(model, tokenizer, size: DemoSize) -> DiffuGuard:
     demo's sampler schedule."""
     harmful, benign = align_prompts()
     count = size.calibration
-    schedule = {k: sampler_defaults(model)[k] for k in ("steps", "gen_length", "block_length")}
+    defaults = sampler_defaults(model)
+    # The schedule only: DiffuGuard's sampler is greedy and refuses the other options.
+    keys = ("steps", "gen_length", "block_length", "threshold")
+    schedule = {k: defaults[k] for k in keys if k in defaults}
     return DiffuGuard.calibrate(model, tokenizer, harmful[:count], benign[:count], **schedule)
 
 
