@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mosa.tiny import FOLDERS
+
 from .common import prepare_output
 
 
@@ -36,7 +38,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = prepare_output("--out", args.out, folder=True)
     _check_previous_demo(out)
     torch.set_num_threads(args.threads)
-    run_demo(out, quick=args.quick, seed=args.seed, every=args.all)
+    run_demo(out, quick=args.quick, seed=args.seed, every=args.all, family=args.family)
     return 0
 
 
@@ -51,6 +53,13 @@ def add_parser(commands) -> None:
         action="store_true",
         help="every defense (MOSA, Initial Alignment, A2D, DiffuGuard, ours) against every "
         "attack (adds pad, dija, trajhijack, first-step GCG; ~19 minutes on 2 cores)",
+    )
+    p.add_argument(
+        "--family",
+        choices=tuple(FOLDERS),
+        default="llada",
+        help="the tiny model: LLaDA-architecture (default) or the block-diffusion LLaDA2 MoE "
+        "one, sampled with block_generate",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -15,9 +15,11 @@ from pathlib import Path
 __all__ = [
     "ALIGN_SETTINGS",
     "DEFENSE_SETTINGS",
+    "FAMILY_ALIGN_SETTINGS",
     "FOLDERS",
     "align_prompts",
     "align_sentences",
+    "align_settings",
     "path",
 ]
 
@@ -45,6 +47,21 @@ answers more than MOSA's window does: it over-refuses unless the look-alike prom
 as benign (``align_prompts(look_alikes=True)``, as the demo and ``mosa align --anywhere`` do),
 and then the benign-KL weight decides its utility, hence the larger weight (README.md,
 "Alignment", has the measurements)."""
+
+
+FAMILY_ALIGN_SETTINGS = {"llada2": {"block_length": 8}}
+"""Changes to ``ALIGN_SETTINGS`` per tiny model family: the block-diffusion model is scored in
+the blocks it decodes (``TINY_BLOCK_EVALUATION``'s), not LLaDA2.0's 32."""
+
+
+def align_settings(family: str = "llada", defense: str = "mosa") -> dict:
+    """``AlignConfig`` keywords for training ``defense`` on the tiny ``family`` model:
+    ``ALIGN_SETTINGS`` with the family's and the defense's changes."""
+    return {
+        **ALIGN_SETTINGS,
+        **FAMILY_ALIGN_SETTINGS.get(family, {}),
+        **DEFENSE_SETTINGS.get(defense, {}),
+    }
 
 
 def path(family: str = "llada") -> Path:
