@@ -43,8 +43,8 @@ from mosa.text.prompts import load_tokenizer
 from mosa.tiny import (
     ALIGN_SETTINGS,
     align_prompts,
-    align_settings,
     align_sentences,
+    align_settings,
     corpus,
     path,
 )
