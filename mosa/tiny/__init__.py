@@ -15,7 +15,6 @@ from pathlib import Path
 __all__ = [
     "ALIGN_SETTINGS",
     "DEFENSE_SETTINGS",
-    "FAMILY_ALIGN_SETTINGS",
     "FOLDERS",
     "align_prompts",
     "align_sentences",
@@ -49,19 +48,14 @@ and then the benign-KL weight decides its utility, hence the larger weight (READ
 "Alignment", has the measurements)."""
 
 
-FAMILY_ALIGN_SETTINGS = {"llada2": {"block_length": 8}}
-"""Changes to ``ALIGN_SETTINGS`` per tiny model family: the block-diffusion model is scored in
-the blocks it decodes (``TINY_BLOCK_EVALUATION``'s), not LLaDA2.0's 32."""
-
-
 def align_settings(family: str = "llada", defense: str = "mosa") -> dict:
     """``AlignConfig`` keywords for training ``defense`` on the tiny ``family`` model:
-    ``ALIGN_SETTINGS`` with the family's and the defense's changes."""
-    return {
-        **ALIGN_SETTINGS,
-        **FAMILY_ALIGN_SETTINGS.get(family, {}),
-        **DEFENSE_SETTINGS.get(defense, {}),
-    }
+    ``ALIGN_SETTINGS`` with the family's block length and the defense's changes."""
+    from mosa.sampling.settings import TINY_BLOCK_EVALUATION
+
+    # The block-diffusion model is scored in the blocks it decodes, not LLaDA2.0's 32.
+    blocks = {"block_length": TINY_BLOCK_EVALUATION.block_length} if family == "llada2" else {}
+    return {**ALIGN_SETTINGS, **blocks, **DEFENSE_SETTINGS.get(defense, {})}
 
 
 def path(family: str = "llada") -> Path:
