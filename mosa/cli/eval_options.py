@@ -144,12 +144,8 @@ def sampler_settings(args: argparse.Namespace, tiny: bool, model=None) -> dict:
     from mosa.eval.runner import SAMPLER_DEFAULTS
     from mosa.models.families import is_block_diffusion
     from mosa.tiny.evaluate import SAMPLER_DEFAULTS as TINY_DEFAULTS
-    from mosa.tiny.evaluate import sampler_defaults
 
-    if tiny:
-        settings = dict(TINY_DEFAULTS if model is None else sampler_defaults(model))
-    else:
-        settings = dict(SAMPLER_DEFAULTS)
+    settings = dict(TINY_DEFAULTS if tiny else SAMPLER_DEFAULTS)
     if model is not None and is_block_diffusion(model):
         return _block_settings(args, settings)
     if args.gen_length is not None:
