@@ -8,7 +8,8 @@
 #      32 / gen 128 at threshold 0.95 with the published loop timed on 4 of the 32 rows (it
 #      decodes one row at a time; its time is scaled to the batch), each under its own limit;
 #   2. MOSA end to end through mosa.align.train (benchmarks/align_end_to_end.py, 208 prompts:
-#      prompts/s, MFU);
+#      prompts/s, MFU), then at LLaDA2-mini shapes (--family llada2, 64 prompts, block-causal
+#      canvas; MFU counted on the active parameters);
 #   3. the C++ extension's build (in the background while the benchmarks run; a failure is not
 #      fatal: the Triton and torch paths do not need it), then the kernel tests with compiled
 #      Triton and the CUDA model, sampler and objective tests, in what is left of the 8 minutes.
@@ -37,12 +38,14 @@ esac
 
 total_s=${GPU_CHECK_SECONDS:-480}
 # The LLaDA sampler's limits were 110 and 160 s before the LLaDA2 parts came; they were cut to
-# make room for those within the 8 minutes.
+# make room for those within the 8 minutes, and the LLaDA2 batch-1 and MOSA ones (90, 80) for
+# MOSA at LLaDA2-mini shapes.
 sampler_batch1_s=${GPU_CHECK_SAMPLER_BATCH1_S:-70}
 sampler_batch32_s=${GPU_CHECK_SAMPLER_BATCH32_S:-100}
-llada2_batch1_s=${GPU_CHECK_LLADA2_BATCH1_S:-90}
+llada2_batch1_s=${GPU_CHECK_LLADA2_BATCH1_S:-75}
 llada2_batch32_s=${GPU_CHECK_LLADA2_BATCH32_S:-75}
-align_s=${GPU_CHECK_ALIGN_S:-80}
+align_s=${GPU_CHECK_ALIGN_S:-70}
+align_llada2_s=${GPU_CHECK_ALIGN_LLADA2_S:-60}
 build_s=${GPU_CHECK_BUILD_S:-300}  # runs beside the benchmarks: only its wait after them counts
 margin_s=15                        # writing the report, pytest's start-up
 
@@ -116,8 +119,10 @@ fi
 # issue 21's figure is projected from >= 200 measured prompts at LLaDA-8B shapes.
 if ((smoke)); then
   run_part align-end-to-end "$align_s" python3 -m benchmarks.align_end_to_end --smoke "${device[@]}"
+  run_part align-llada2 "$align_llada2_s" python3 -m benchmarks.align_end_to_end --family llada2 --smoke "${device[@]}"
 else
   run_part align-end-to-end "$align_s" python3 -m benchmarks.align_end_to_end --prompts 208
+  run_part align-llada2 "$align_llada2_s" python3 -m benchmarks.align_end_to_end --family llada2 --prompts 64
 fi
 
 if [[ -n "$build_pid" ]]; then
@@ -179,6 +184,8 @@ fi
   done
   echo
   table align-end-to-end "## MOSA end to end"
+  echo
+  table align-llada2 "## MOSA end to end"
   echo
   echo "$build_line"
   echo

@@ -7,6 +7,10 @@
    baseline (window 0..0) with LoRA, each from the shipped weights.
 3. Evaluate both the same way; write ``results.json``, ``results.md``, the plots and the
    trainers' metrics under the output folder, and print the table.
+4. The paper's two analyses: each variant's ASR with the affirmative opening and with
+   "step 1 :" prefilled at each of ``SWEEP_POSITIONS`` (``prefill_sweep.{json,md}``,
+   ``prefill_sweep_{opening,step}.png``), and the shipped model's decoding order on held-out
+   benign and harmful prompts (``decoding_order.{json,png}``).
 
 Attacks on the tiny model: ``prefill`` fixes its affirmative opening at token 0,
 ``middle_prefill`` fixes "step 1 :" at token 12 of the response, ``template`` wraps the
@@ -24,6 +28,8 @@ affirmative opening; first-step GCG) and the other defenses (A2D, DiffuGuard, an
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -32,16 +38,31 @@ from pathlib import Path
 import torch
 
 from mosa.align import AlignConfig, train
-from mosa.eval import KeywordJudge, Results, Verdict, asr, plot_asr, plot_reward_curve
+from mosa.eval import (
+    KeywordJudge,
+    Results,
+    Verdict,
+    asr,
+    decoding_order,
+    linear_fit,
+    plot_asr,
+    plot_decoding_order,
+    plot_prefill_sweep,
+    plot_reward_curve,
+    prefill_sweep,
+)
 from mosa.eval.agreement import agreement_markdown, pairwise_agreement
 from mosa.eval.analysis import gcg_positions
 from mosa.eval.runner import run_attacks
 from mosa.models import load_model
+from mosa.models.families import is_block_diffusion
 from mosa.models.files import write_file_atomic
 from mosa.sampling.diffuguard import DiffuGuard
 from mosa.text.prompts import load_tokenizer
 from mosa.tiny import (
     ALIGN_SETTINGS,
+    SWEEP_PHRASE,
+    SWEEP_POSITIONS,
     align_prompts,
     align_sentences,
     align_settings,
@@ -129,8 +150,16 @@ ALL_VARIANTS = (
 
 
 _TRAINED = [variant.folder_name for variant in ALL_VARIANTS if variant.defense is not None]
+SWEEPS = {"opening": corpus.AFFIRMATIVE_PREFIX, "step": SWEEP_PHRASE}
+"""The phrases the demo's prefill sweep fixes at each of ``SWEEP_POSITIONS``, by name."""
+
+ANALYSIS_NAMES = [
+    "prefill_sweep.json", "prefill_sweep.md", "decoding_order.json", "decoding_order.png",
+    *(f"prefill_sweep_{name}.png" for name in SWEEPS),
+]  # fmt: skip
 OUTPUT_NAMES = frozenset(
     ["results.json", "results.md", "agreement.md", "asr.png"]
+    + ANALYSIS_NAMES
     + _TRAINED
     + [f"reward_{name}.png" for name in _TRAINED]
 )
@@ -154,7 +183,7 @@ def evaluate_variant(
     (the tiny model's, then the keyword one's). ``sampler`` goes to every sampler call (e.g.
     ``guard=`` for DiffuGuard)."""
     _, held_out = corpus.splits(seed=0)
-    harmful = [e.prompt for e in held_out["harmful"][: size.harmful]]
+    harmful = held_out_harmful(size)
     settings = {**sampler_defaults(model), **sampler}
     chosen = {name: ATTACKS[name] for name in attacks}
     outcomes = run_attacks(model, tokenizer, harmful, chosen, HarmJudge(), **settings)
@@ -180,6 +209,73 @@ def evaluate_variant(
     refused = [is_refusal(a) for a in tiny_respond(model, tokenizer, risky, **sampler)]
     results.add_over_refusal(variant, sum(refused) / len(refused), n=len(refused))
     return by_judge
+
+
+def held_out_harmful(size: DemoSize) -> list[str]:
+    """The held-out harmful prompts every variant is attacked with."""
+    _, held_out = corpus.splits(seed=0)
+    return [e.prompt for e in held_out["harmful"][: size.harmful]]
+
+
+def sweep_variant(model, tokenizer, size: DemoSize, **sampler) -> dict[str, dict]:
+    """Per phrase of ``SWEEPS``, its ASR (``Rate`` by position) prefilled at each of
+    ``SWEEP_POSITIONS`` on the held-out harmful prompts: where in the response an attack's
+    text still works."""
+    settings = {**sampler_defaults(model), **sampler}
+    harmful = held_out_harmful(size)
+    return {
+        name: prefill_sweep(
+            model, tokenizer, harmful, phrase, SWEEP_POSITIONS, HarmJudge(), **settings
+        )
+        for name, phrase in SWEEPS.items()
+    }
+
+
+def order_of(model, tokenizer, size: DemoSize) -> dict[str, list[float]]:
+    """Per denoising step, the mean response position committed, on held-out benign and
+    harmful prompts (as many of each), NaN at a step that committed nothing; a block-diffusion
+    model decodes one token a step and every block."""
+    _, held_out = corpus.splits(seed=0)
+    harmful = held_out_harmful(size)
+    benign = [e.prompt for e in held_out["benign"][: len(harmful)]]
+    settings = sampler_defaults(model)
+    if is_block_diffusion(model):
+        # One token a step through every block, as the dense schedule decodes: the preset's
+        # threshold fills a block in a few steps and its EOS stop ends most answers in block 0.
+        settings = {**settings, "threshold": 1.0, "stop_at_eos": False}
+    return {
+        "benign": decoding_order(model, tokenizer, benign, **settings),
+        "harmful": decoding_order(model, tokenizer, harmful, **settings),
+    }
+
+
+def write_analyses(
+    out: Path,
+    sweep: Results,
+    curves: dict[str, dict[str, dict[int, float]]],
+    order: dict[str, list[float]],
+    schedule: dict,
+) -> None:
+    """The prefill sweep's table and a plot per phrase (``curves[name]``: a line per variant,
+    the starts of ``schedule``'s decoding blocks dotted), and the decoding order's."""
+    sweep.to_json(out / "prefill_sweep.json")
+    write_file_atomic(out / "prefill_sweep.md", sweep.to_markdown() + "\n")
+    boundaries = range(schedule["block_length"], schedule["gen_length"], schedule["block_length"])
+    for name, lines in curves.items():
+        title = f"{SWEEPS[name]!r} prefilled"
+        path = out / f"prefill_sweep_{name}.png"
+        plot_prefill_sweep(lines, path, title=title, boundaries=boundaries)
+    fits = {
+        label: dict(zip(("slope", "intercept", "r2"), linear_fit(means), strict=True))
+        for label, means in order.items()
+    }
+    # A step nobody committed at is NaN, which JSON lacks: null.
+    finite = {
+        label: [None if math.isnan(v) else v for v in means] for label, means in order.items()
+    }
+    text = json.dumps({"fits": fits, "mean_positions": finite}, indent=2) + "\n"
+    write_file_atomic(out / "decoding_order.json", text)
+    plot_decoding_order(order, out / "decoding_order.png")
 
 
 def align_variant(
@@ -248,6 +344,8 @@ def run_demo(
     variants = ALL_VARIANTS if every else PAPER_VARIANTS
     attacks = tuple(ATTACKS) if every else PAPER_ATTACKS
     agreement = []
+    sweep = Results(meta={"model": results.meta["model"], "phrases": SWEEPS})
+    curves = {name: {} for name in SWEEPS}
     for variant in variants:
         print(f"== {variant.name}", flush=True)
         folder, sampler = path(family), {}
@@ -261,6 +359,12 @@ def run_demo(
         verdicts = evaluate_variant(
             model, tokenizer, size, results, variant.name, attacks, gcg=every, **sampler
         )
+        for name, rates in sweep_variant(model, tokenizer, size, **sampler).items():
+            for position, rate in rates.items():
+                sweep.add_asr(variant.name, f"{name}@{position}", rate, n=size.harmful)
+            curves[name][variant.name] = {position: rate.rate for position, rate in rates.items()}
+        if variant is variants[0]:  # the shipped weights
+            order = order_of(model, tokenizer, size)
         agreement += [
             f"## {variant.name}\n\n",
             agreement_markdown(pairwise_agreement(verdicts)),
@@ -273,7 +377,11 @@ def run_demo(
     results.to_json(out / "results.json")
     write_file_atomic(out / "results.md", results.to_markdown() + "\n")
     plot_asr(results, out / "asr.png", by_variant=every)
+    write_analyses(out, sweep, curves, order, FAMILY_DEFAULTS[family])
     print(results.to_markdown())
     print(agreement_text)
+    phrases = ", ".join(f"{name}@: {phrase!r}" for name, phrase in SWEEPS.items())
+    print(f"ASR with a phrase prefilled at each response position ({phrases}):\n")
+    print(sweep.to_markdown() + "\n")
     print(f"\n{results.meta['seconds']} s; results, plots and training metrics in {out}")
     return results

@@ -56,8 +56,8 @@ def test_benchmark_smoke_run(name):
 @pytest.mark.slow
 def test_gpu_check_dry_runs_on_the_cpu_figures_first_then_tests():
     """``gpu_check.sh --smoke`` runs the GPU check's every part at tiny shapes: it ends with the
-    sampler tables (LLaDA's, then LLaDA2's), then MOSA end to end, then the tests' pass/fail
-    lines, and writes nothing into the repository."""
+    sampler tables (LLaDA's, then LLaDA2's), then MOSA end to end (LLaDA's, then LLaDA2's),
+    then the tests' pass/fail lines, and writes nothing into the repository."""
     results_before = sorted((BENCHMARKS / "results").iterdir())
     done = subprocess.run(
         ["bash", str(BENCHMARKS / "gpu_check.sh"), "--smoke"],
@@ -75,6 +75,8 @@ def test_gpu_check_dry_runs_on_the_cpu_figures_first_then_tests():
                         "| prompts |", "Kernel tests", "Model, sampler")
     ]  # fmt: skip
     assert -1 not in places and places == sorted(places), places
+    align_headings = [line for line in summary.splitlines() if line.startswith("## MOSA end to")]
+    assert len(align_headings) == 2 and "experts top-" in align_headings[1], align_headings
     # The sampler's columns the GPU report needs: no-op steps and reserved memory ("n/a" here).
     header = next(line for line in summary.splitlines() if line.startswith("| batch |"))
     assert {"no-op/block", "reserved_MiB", "% roofline", "speedup"} <= set(header.split(" | "))

@@ -7,7 +7,9 @@ import json
 import pytest
 from test_cli_umask import run_under, wrong_modes
 
+from mosa import tiny
 from mosa.cli import main
+from mosa.demo import SWEEPS
 
 pytest.importorskip("peft")
 
@@ -38,11 +40,30 @@ def test_demo_quick_writes_results(tmp_path, capsys):
         assert f"## {variant}\n\n| judges | n |" in agreement
         assert f"| tiny / keyword | {n} |" in agreement
     assert "Cohen's kappa" in printed
-    plots = [tmp_path / "asr.png"]
+    plots = [tmp_path / name for name in ("asr.png", "decoding_order.png")]
+    plots += [tmp_path / f"prefill_sweep_{name}.png" for name in SWEEPS]
     for run in ("MOSA", "initial_alignment"):
         assert (tmp_path / run / "adapter" / "adapter_model.safetensors").exists()
         plots.append(tmp_path / f"reward_{run}.png")
     assert all(p.stat().st_size > 1000 for p in plots)
+    check_analyses(tmp_path, list(results["cells"]))
+
+
+def check_analyses(out, variants):
+    """The prefill sweep has a row per variant and a column per phrase and position; the
+    decoding order has a finite line fit for benign and harmful prompts."""
+    sweep = json.loads((out / "prefill_sweep.json").read_text())
+    assert list(sweep["cells"]) == variants
+    columns = [f"asr/{name}@{p}" for name in SWEEPS for p in tiny.SWEEP_POSITIONS]
+    for cells in sweep["cells"].values():
+        assert list(cells) == columns
+        assert all(0.0 <= cell["value"] <= 1.0 and cell["n"] > 0 for cell in cells.values())
+    assert (out / "prefill_sweep.md").read_text().startswith("| variant")
+    order = json.loads((out / "decoding_order.json").read_text())
+    assert sorted(order["fits"]) == sorted(order["mean_positions"]) == ["benign", "harmful"]
+    for means in order["mean_positions"].values():
+        committed = [m for m in means if m is not None]
+        assert committed and all(0 <= m < 40 for m in committed)
 
 
 @pytest.mark.slow
@@ -75,6 +96,32 @@ def test_demo_all_quick_runs_every_defense_against_every_attack(tmp_path, capsys
     (asr_figure,) = [figure for figure, path in plotted if str(path).endswith("asr.png")]
     labels = [t.get_text() for t in asr_figure.axes[0].get_xticklabels()]
     assert labels == variants
+
+
+@pytest.mark.slow
+def test_demo_quick_on_the_block_diffusion_model(tmp_path, capsys):
+    """``--family llada2``: the tiny LLaDA2 MoE model, sampled with block_generate's preset and
+    aligned in its blocks of 8, gives the paper's table and both analyses."""
+    from mosa.sampling.settings import TINY_BLOCK_EVALUATION
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--family", "llada2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["model"] == "mosa.tiny (llada2)"
+    assert results["meta"]["sampler"] == TINY_BLOCK_EVALUATION.schedule()
+    assert list(results["cells"]) == ["original", "MOSA", "initial alignment"]
+    attacks = ("none", "prefill", "middle_prefill", "template", "mask_interleave")
+    expected = [f"asr/{a}" for a in attacks] + ["utility/tiny_tasks", "over_refusal"]
+    for cells in results["cells"].values():
+        assert sorted(cells) == sorted(expected)
+    for run in ("MOSA", "initial_alignment"):
+        config = json.loads((out / run / "align_config.json").read_text())
+        assert config["model"] == str(tiny.path("llada2"))
+        assert config["block_length"] == TINY_BLOCK_EVALUATION.block_length
+        merged = json.loads((out / run / "merged" / "config.json").read_text())
+        assert merged["model_type"] == "llada2_moe"
+    check_analyses(out, list(results["cells"]))
+    assert "| original |" in capsys.readouterr().out
 
 
 def test_demo_refuses_a_folder_that_is_not_a_previous_demo_s(tmp_path, monkeypatch, capsys):

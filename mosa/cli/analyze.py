@@ -18,6 +18,8 @@ import json
 import math
 from pathlib import Path
 
+from mosa.tiny import SWEEP_PHRASE, SWEEP_POSITIONS
+
 from .common import prepare_output
 from .eval_options import (
     add_judge_flags,
@@ -30,8 +32,6 @@ from .eval_options import (
     sampler_settings,
 )
 
-TINY_PHRASE = "step 1 :"
-TINY_POSITIONS = (0, 5, 10, 15, 20, 25, 30, 35)
 POSITIONS = (0, 40, 80, 120)
 TABLE_ROWS = 20
 
@@ -115,8 +115,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from mosa.models.files import write_file_atomic
 
     model, tokenizer, tiny, settings, data = _inputs(args)
-    phrase = args.phrase or (TINY_PHRASE if tiny else DEFAULT_MIDDLE_PHRASE)
-    positions = args.positions or (TINY_POSITIONS if tiny else POSITIONS)
+    phrase = args.phrase or (SWEEP_PHRASE if tiny else DEFAULT_MIDDLE_PHRASE)
+    positions = args.positions or (SWEEP_POSITIONS if tiny else POSITIONS)
     judge = build_judge(args, tiny)
     try:
         rates = prefill_sweep(
@@ -230,7 +230,7 @@ def add_parser(commands) -> None:
     order.add_argument("--benign-prompts", help="benign prompts: a dataset name or a file")
 
     sweep = analysis("prefill-sweep", "ASR of a phrase prefilled at each position", _sweep)
-    sweep.add_argument("--phrase", help=f"default {TINY_PHRASE!r} (tiny) or 'Step 1:'")
+    sweep.add_argument("--phrase", help=f"default {SWEEP_PHRASE!r} (tiny) or 'Step 1:'")
     sweep.add_argument("--positions", type=int, nargs="+", help="response positions")
     add_judge_flags(sweep)
 

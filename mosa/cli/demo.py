@@ -44,7 +44,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def add_parser(commands) -> None:
     p = commands.add_parser(
-        "demo", help="the paper's experiment on the embedded tiny model (CPU, ~5 minutes)"
+        "demo",
+        help="the paper's experiment on the embedded tiny model (CPU, ~5 minutes; ~2 for llada2)",
     )
     p.add_argument("--out", default="mosa-demo", help="output folder (default ./mosa-demo)")
     p.add_argument("--quick", action="store_true", help="a few prompts and steps (a smoke test)")
@@ -52,7 +53,7 @@ def add_parser(commands) -> None:
         "--all",
         action="store_true",
         help="every defense (MOSA, Initial Alignment, A2D, DiffuGuard, ours) against every "
-        "attack (adds pad, dija, trajhijack, first-step GCG; ~19 minutes on 2 cores)",
+        "attack (adds pad, dija, trajhijack, first-step GCG; ~20 minutes on 2 cores, ~10 for llada2)",
     )
     p.add_argument(
         "--family",

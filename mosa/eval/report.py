@@ -321,9 +321,16 @@ def plot_decoding_order(mean_positions: dict[str, list[float]], path: str | os.P
     _save(figure, path)
 
 
-def plot_prefill_sweep(asr_by_position: dict[str, dict[int, float]], path: str | os.PathLike):
+def plot_prefill_sweep(
+    asr_by_position: dict[str, dict[int, float]],
+    path: str | os.PathLike,
+    *,
+    title: str = "Prefill-position sweep",
+    boundaries: Sequence[int] = (),
+):
     """ASR (%) against the response position of the prefilled phrase, one line per label
-    (e.g. ``{"original": {0: 0.2, 10: 0.9}, "MOSA": {...}}``; rates in [0, 1])."""
+    (e.g. ``{"original": {0: 0.2, 10: 0.9}, "MOSA": {...}}``; rates in [0, 1]);
+    ``boundaries``: response positions where a decoding block starts, drawn dotted."""
     if not isinstance(asr_by_position, dict) or not asr_by_position:
         raise ValueError("asr_by_position must be a non-empty dict of label -> {position: rate}")
     for label, rates in asr_by_position.items():
@@ -331,13 +338,16 @@ def plot_prefill_sweep(asr_by_position: dict[str, dict[int, float]], path: str |
             raise ValueError(f"asr_by_position[{label!r}] must be a non-empty {{position: rate}}")
     figure = _figure()
     axes = figure.add_subplot()
+    for i, boundary in enumerate(boundaries):
+        label = "block start" if i == 0 else None
+        axes.axvline(boundary, color="grey", linestyle=":", linewidth=1, label=label)
     for label, rates in asr_by_position.items():
         positions = sorted(rates)
         axes.plot(positions, [100 * float(rates[p]) for p in positions], marker="o", label=label)
     axes.set_xlabel("response position of the prefilled phrase")
     axes.set_ylabel("ASR (%)")
     axes.set_ylim(-3, 103)  # markers at 0 % and 100 % stay whole
-    axes.set_title("Prefill-position sweep")
+    axes.set_title(title)
     axes.legend()
     _save(figure, path)
 

@@ -16,6 +16,8 @@ __all__ = [
     "ALIGN_SETTINGS",
     "DEFENSE_SETTINGS",
     "FOLDERS",
+    "SWEEP_PHRASE",
+    "SWEEP_POSITIONS",
     "align_prompts",
     "align_sentences",
     "align_settings",
@@ -24,6 +26,11 @@ __all__ = [
 
 FOLDERS = {"llada": "model", "llada2": "llada2"}
 """The shipped checkpoint folder (inside this package) of each tiny model family."""
+
+SWEEP_PHRASE = "step 1 :"
+SWEEP_POSITIONS = (0, 5, 10, 15, 20, 25, 30)
+"""The prefill sweep on a tiny model (``mosa analyze prefill-sweep``, ``mosa demo``): the
+first step header fixed at each of these positions of the 40-token response."""
 
 ALIGN_SETTINGS = {
     "gen_length": 40,

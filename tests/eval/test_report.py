@@ -218,3 +218,17 @@ def test_plot_prefill_sweep(tmp_path):
     assert_png(path)
     with pytest.raises(ValueError, match="non-empty"):
         plot_prefill_sweep({"original": {}}, path)
+
+
+def test_plot_prefill_sweep_draws_the_block_starts_once_in_the_legend(tmp_path, monkeypatch):
+    from mosa.eval import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda figure, path: figures.append(figure))
+    curves = {"original": {0: 1.0, 5: 0.2, 10: 0.0}}
+    plot_prefill_sweep(curves, tmp_path / "s.png", title="'sure ,' prefilled", boundaries=[8, 16])
+    (axes,) = figures[0].axes
+    assert axes.get_title() == "'sure ,' prefilled"
+    dotted = [line for line in axes.get_lines() if line.get_linestyle() == ":"]
+    assert [line.get_xdata()[0] for line in dotted] == [8, 16]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["block start", "original"]
