@@ -121,6 +121,9 @@ def test_demo_quick_on_the_block_diffusion_model(tmp_path, capsys):
         merged = json.loads((out / run / "merged" / "config.json").read_text())
         assert merged["model_type"] == "llada2_moe"
     check_analyses(out, list(results["cells"]))
+    # One token a step through all five blocks, not the preset's few threshold steps.
+    order = json.loads((out / "decoding_order.json").read_text())
+    assert all(len(means) >= 40 for means in order["mean_positions"].values())
     assert "| original |" in capsys.readouterr().out
 
 

@@ -29,8 +29,8 @@ FOLDERS = {"llada": "model", "llada2": "llada2"}
 
 SWEEP_PHRASE = "step 1 :"
 SWEEP_POSITIONS = (0, 5, 10, 15, 20, 25, 30)
-"""The prefill sweep on a tiny model (``mosa analyze prefill-sweep``, ``mosa demo``): the
-first step header fixed at each of these positions of the 40-token response."""
+"""The prefill sweep on a tiny model (``mosa analyze prefill-sweep``, ``mosa demo``): a phrase,
+by default the first step header, fixed at each of these positions of the 40-token response."""
 
 ALIGN_SETTINGS = {
     "gen_length": 40,
