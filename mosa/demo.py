@@ -58,6 +58,7 @@ from mosa.models import load_model
 from mosa.models.families import is_block_diffusion
 from mosa.models.files import write_file_atomic
 from mosa.sampling.diffuguard import DiffuGuard
+from mosa.sampling.settings import TINY_BLOCK_ORDER
 from mosa.text.prompts import load_tokenizer
 from mosa.tiny import (
     ALIGN_SETTINGS,
@@ -240,9 +241,9 @@ def order_of(model, tokenizer, size: DemoSize) -> dict[str, list[float]]:
     benign = [e.prompt for e in held_out["benign"][: len(harmful)]]
     settings = sampler_defaults(model)
     if is_block_diffusion(model):
-        # One token a step through every block, as the dense schedule decodes: the preset's
-        # threshold fills a block in a few steps and its EOS stop ends most answers in block 0.
-        settings = {**settings, "threshold": 1.0, "stop_at_eos": False}
+        # One token a step through every block: the evaluation preset's threshold fills a
+        # block in a few steps and its EOS stop ends most answers in block 0.
+        settings = {**TINY_BLOCK_ORDER.schedule(), "stop_at_eos": False}
     return {
         "benign": decoding_order(model, tokenizer, benign, **settings),
         "harmful": decoding_order(model, tokenizer, harmful, **settings),

@@ -95,3 +95,6 @@ DREAM_REFERENCE = DreamSampling()
 LLADA2_REFERENCE = BlockDiffusionSampling()
 LLADA21_REFERENCE = LLADA2_REFERENCE.replace(editing_threshold=0.9)
 TINY_BLOCK_EVALUATION = LLADA2_REFERENCE.replace(gen_length=40, block_length=8, steps=8)
+# No confidence exceeds 1: one token a step, as the dense schedule decodes (the demo's
+# decoding-order analysis of the block model).
+TINY_BLOCK_ORDER = TINY_BLOCK_EVALUATION.replace(threshold=1.0)
