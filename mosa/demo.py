@@ -28,8 +28,6 @@ affirmative opening; first-step GCG) and the other defenses (A2D, DiffuGuard, an
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -56,7 +54,7 @@ from mosa.eval.analysis import gcg_positions
 from mosa.eval.runner import run_attacks
 from mosa.models import load_model
 from mosa.models.families import is_block_diffusion
-from mosa.models.files import write_file_atomic
+from mosa.models.files import write_file_atomic, write_json_atomic
 from mosa.sampling.diffuguard import DiffuGuard
 from mosa.sampling.settings import TINY_BLOCK_ORDER
 from mosa.text.prompts import load_tokenizer
@@ -270,12 +268,7 @@ def write_analyses(
         label: dict(zip(("slope", "intercept", "r2"), linear_fit(means), strict=True))
         for label, means in order.items()
     }
-    # A step nobody committed at is NaN, which JSON lacks: null.
-    finite = {
-        label: [None if math.isnan(v) else v for v in means] for label, means in order.items()
-    }
-    text = json.dumps({"fits": fits, "mean_positions": finite}, indent=2) + "\n"
-    write_file_atomic(out / "decoding_order.json", text)
+    write_json_atomic(out / "decoding_order.json", {"fits": fits, "mean_positions": order})
     plot_decoding_order(order, out / "decoding_order.png")
 
 

@@ -14,7 +14,6 @@ Without a model folder they run on the embedded tiny model and its held-out prom
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -52,16 +51,9 @@ def _inputs(args: argparse.Namespace):
     return model, tokenizer, tiny, settings, harmful
 
 
-def _write_json(path: Path, data: dict) -> None:
-    # NaN (a step that committed nothing) is not JSON: it becomes null.
-    from mosa.models.files import write_file_atomic
-
-    clean = json.loads(json.dumps(data), parse_constant=lambda _: None)
-    write_file_atomic(path, json.dumps(clean, indent=2) + "\n")
-
-
 def _order(args: argparse.Namespace) -> int:
     from mosa.eval import decoding_order, linear_fit, plot_decoding_order
+    from mosa.models.files import write_json_atomic
 
     model, tokenizer, tiny, settings, harmful = _inputs(args)
     sets = {"harmful": harmful}
@@ -91,7 +83,7 @@ def _order(args: argparse.Namespace) -> int:
             "mean_positions": means[label],
         }
     out = Path(args.out)
-    _write_json(
+    write_json_atomic(
         out / "decoding_order.json",
         {"model": model_label(args), "sampler": settings, "sets": report},
     )
@@ -158,6 +150,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _gcg(args: argparse.Namespace) -> int:
     from mosa.eval import gcg_positions
     from mosa.eval.attacks import DEFAULT_PREFILL
+    from mosa.models.files import write_json_atomic
     from mosa.tiny import corpus
 
     model, tokenizer, tiny, settings, data = _inputs(args)
@@ -191,7 +184,7 @@ def _gcg(args: argparse.Namespace) -> int:
         for position, o in outcomes.items()
     }
     out = Path(args.out)
-    _write_json(
+    write_json_atomic(
         out / "gcg_positions.json",
         {
             "model": model_label(args),

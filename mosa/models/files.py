@@ -224,6 +224,13 @@ def write_file_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Writes ``data`` as indented JSON with ``write_file_atomic``; a NaN (e.g. a decoding step
+    that committed nothing), which JSON lacks, becomes null. Returns ``path``."""
+    clean = json.loads(json.dumps(data), parse_constant=lambda _: None)
+    return write_file_atomic(path, json.dumps(clean, indent=2) + "\n")
+
+
 def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)

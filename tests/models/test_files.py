@@ -1,13 +1,16 @@
-"""Output files and folders written atomically get the permissions the umask gives."""
+"""Output files and folders written atomically get the permissions the umask gives; JSON
+written atomically is valid JSON even with NaN in it."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 
 import pytest
 
-from mosa.models.files import write_file_atomic, write_folder
+from mosa.models.files import write_file_atomic, write_folder, write_json_atomic
 
 
 @pytest.fixture(params=[(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)], ids=["022", "077"])
@@ -31,6 +34,14 @@ def test_write_file_atomic_follows_the_umask(tmp_path, umask):
     write_file_atomic(path, "{}\n{}\n")  # replacing a file gives the same
     assert mode(path) == file_mode
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.jsonl"]
+
+
+def test_write_json_atomic_writes_nan_as_null(tmp_path):
+    data = {"fits": {"r2": math.nan}, "mean_positions": [0.5, math.nan, 2.0]}
+    path = write_json_atomic(tmp_path / "order.json", data)
+    text = path.read_text()
+    assert "NaN" not in text and text.endswith("\n")
+    assert json.loads(text) == {"fits": {"r2": None}, "mean_positions": [0.5, None, 2.0]}
 
 
 def test_write_folder_follows_the_umask(tmp_path, umask):
